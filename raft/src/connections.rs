@@ -1,0 +1,47 @@
+//! A pool of reusable gRPC channels, one per peer address.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// The largest gRPC message berth sends or accepts (Raft batches, snapshot chunks).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long a connection attempt to a peer may take before the peer counts as
+/// unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// gRPC channels to peers, created lazily and shared.
+///
+/// A tonic `Channel` is a handle to one HTTP/2 connection that reconnects by itself, so
+/// one per address serves every request to that peer — Raft replication, write
+/// forwarding, read-index calls — without a connection per RPC.
+#[derive(Default)]
+pub struct Connections {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Connections {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The channel to `addr` (`host:port`), created on first use. Fails only for an
+    /// address that is not a valid URI authority.
+    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.channels.lock().unwrap();
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        map.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}

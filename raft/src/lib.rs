@@ -1,0 +1,56 @@
+//! # berth-raft: openraft glue, generic over the state machine it replicates
+//!
+//! This crate turns openraft into a replicated-state-machine library for berth's node
+//! crate. From the bottom up:
+//!
+//! - [`kv`]: durable ordered key-value storage behind one small trait — ordered keys,
+//!   atomic batch, durable commit — with two real backends (redb, the default; sled)
+//!   and an in-memory twin for tests. Everything above runs on any of them.
+//! - [`log_store`]: openraft's log storage (entries, vote, commit pointer) over a
+//!   [`kv::KvStore`].
+//! - [`state_machine`]: the three-method trait an application implements
+//!   (apply / snapshot / restore), with its determinism contract.
+//! - [`sm_store`]: openraft's state-machine storage for any [`StateMachine`]: the state
+//!   in memory, snapshots persisted atomically; plus the read handle the application
+//!   uses ([`StateHandle`]).
+//! - [`network`] and [`service`]: the Raft transport over tonic/gRPC, client and server,
+//!   with channel reuse ([`connections`]) and openraft's error classes.
+//! - [`type_config`]: `TypeConfig<SM>` and the `typ` aliases.
+//!
+//! ## Invariants
+//!
+//! - A storage error is fatal: openraft stops the node (field notes; openraft's storage
+//!   contract). Nothing here retries a failed write.
+//! - `append` reports its entries flushed only once [`kv::KvStore::write`] returned,
+//!   i.e. after the durable commit.
+//! - Apply is deterministic and runs in log order; snapshot meta and data are written
+//!   in one atomic batch.
+//!
+//! ## Caveats / not done
+//!
+//! - Snapshots are built and sent whole (in memory, streamed in 1 MiB chunks). Fine for
+//!   berth's state sizes (tens of MB at a million instances); a streaming snapshot
+//!   format would be needed beyond that.
+//! - The Raft transport assumes every node runs the same berth version (bincode inside
+//!   protobuf envelopes; see `proto/raft.proto`).
+
+pub mod blocking;
+pub mod codec;
+pub mod connections;
+pub mod keys;
+pub mod kv;
+pub mod log_store;
+pub mod network;
+pub mod service;
+pub mod sm_store;
+pub mod state_machine;
+pub mod type_config;
+
+pub use connections::Connections;
+pub use log_store::LogStore;
+pub use network::Network;
+pub use service::RaftService;
+pub use sm_store::{Replica, SmStore, StateHandle};
+pub use state_machine::StateMachine;
+pub use type_config::{typ, Node, NodeId, TypeConfig};
+pub use openraft;

@@ -1,0 +1,216 @@
+//! The Raft network: openraft's [`RaftNetworkV2`] over tonic.
+//!
+//! Each message is bincode-encoded (see [`crate::codec`]) into the envelopes of
+//! `proto/raft.proto`. Errors are classified the way openraft's backoff needs (#778,
+//! #462): a peer that refuses or drops connections is [`Unreachable`] (openraft backs
+//! off), a deadline is a [`Timeout`], anything else a [`NetworkError`] (retried soon).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::raft::raft_client::RaftClient;
+use berth_proto::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, OptionalSend};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::connections::{Connections, MAX_MESSAGE_BYTES};
+use crate::state_machine::StateMachine;
+use crate::type_config::typ::{Snapshot, Vote};
+use crate::type_config::{Node, NodeId, TypeConfig};
+use crate::codec;
+
+/// Bytes of snapshot data per streamed chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Creates [`Connection`]s to peers, sharing one channel per address.
+pub struct Network<SM> {
+    id: NodeId,
+    connections: Arc<Connections>,
+    _sm: std::marker::PhantomData<fn() -> SM>,
+}
+
+impl<SM> Network<SM> {
+    pub fn new(id: NodeId, connections: Arc<Connections>) -> Self {
+        Self {
+            id,
+            connections,
+            _sm: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<SM: StateMachine> RaftNetworkFactory<TypeConfig<SM>> for Network<SM> {
+    type Network = Connection<SM>;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        Connection {
+            id: self.id,
+            target,
+            addr: node.addr.clone(),
+            channel: self.connections.get(&node.addr).map_err(|e| e.to_string()),
+            _sm: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The link from this node to one peer.
+pub struct Connection<SM> {
+    id: NodeId,
+    target: NodeId,
+    addr: String,
+    channel: Result<Channel, String>,
+    _sm: std::marker::PhantomData<fn() -> SM>,
+}
+
+type RpcError<SM, E = openraft::errors::Infallible> = RPCError<TypeConfig<SM>, E>;
+
+/// Maps a gRPC failure to the error class openraft acts on.
+fn classify<SM: StateMachine>(status: tonic::Status) -> RpcError<SM> {
+    match status.code() {
+        // Connection refused or reset, or the peer's Raft has stopped.
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl<SM: StateMachine> Connection<SM> {
+    fn client(&self) -> Result<RaftClient<Channel>, RpcError<SM>> {
+        match &self.channel {
+            Ok(ch) => Ok(RaftClient::new(ch.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(format!(
+                "bad address {:?} of node {}: {e}",
+                self.addr, self.target
+            ))))),
+        }
+    }
+
+    fn timeout(&self, action: RPCTypes, timeout: Duration) -> Timeout<TypeConfig<SM>> {
+        Timeout {
+            action,
+            id: self.id,
+            target: self.target,
+            timeout,
+        }
+    }
+
+    /// One unary call: encode `req`, send it with a deadline, decode the
+    /// `Result<Resp, RaftError>` the peer answered.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RpcError<SM>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let client = self.client()?;
+        let ttl = option.hard_ttl();
+        let reply = match tokio::time::timeout(ttl, call(client, RaftMessage { payload })).await {
+            Err(_) => return Err(RPCError::Timeout(self.timeout(action, ttl))),
+            Ok(Err(status)) => return Err(classify::<SM>(status)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, openraft::errors::RaftError<TypeConfig<SM>>> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // The only error a peer's Raft returns here is `Fatal`: it has stopped.
+        result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig<SM>>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig<SM>>, RpcError<SM>> {
+        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig<SM>>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig<SM>>, RpcError<SM>> {
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move { c.vote(m).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig<SM>>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig<SM>>, RpcError<SM>> {
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move { c.pre_vote(m).await })
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig<SM>>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig<SM>>, RpcError<SM>> {
+        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, m| async move {
+            c.transfer_leader(m).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<SM>,
+        snapshot: Snapshot<SM>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig<SM>>, StreamingError<TypeConfig<SM>>> {
+        let meta = codec::encode(&(&vote, &snapshot.meta)).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut chunks = vec![SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Meta(meta)),
+        }];
+        chunks.extend(snapshot.snapshot.chunks(SNAPSHOT_CHUNK_BYTES).map(|c| SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Data(c.to_vec())),
+        }));
+        let mut client = self.client().map_err(|e| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })?;
+        let ttl = option.hard_ttl().max(Duration::from_secs(10));
+        let send = client.install_snapshot(futures::stream::iter(chunks));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(ttl, send) => r,
+        };
+        let reply = match reply {
+            Err(_) => return Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(StreamingError::Unreachable(Unreachable::new(&status)))
+            }
+            Ok(Err(status)) => return Err(StreamingError::Network(NetworkError::new(&status))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<SnapshotResponse<TypeConfig<SM>>, openraft::errors::Fatal<TypeConfig<SM>>> =
+            codec::decode(&reply.payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+    }
+}

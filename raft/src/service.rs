@@ -1,0 +1,85 @@
+//! The server side of the Raft network: tonic handlers that hand each message to the
+//! local openraft instance.
+
+use berth_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
+use berth_proto::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec;
+use crate::connections::MAX_MESSAGE_BYTES;
+use crate::state_machine::StateMachine;
+use crate::type_config::typ::{Raft, Snapshot, SnapshotMeta, Vote};
+
+/// Serves `proto/raft.proto` for one node.
+pub struct RaftService<SM: StateMachine> {
+    raft: Raft<SM>,
+}
+
+impl<SM: StateMachine> RaftService<SM> {
+    /// The tonic service, with berth's message size limits.
+    pub fn server(raft: Raft<SM>) -> RaftServer<Self> {
+        RaftServer::new(Self { raft })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
+    codec::decode(&m.payload).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload = codec::encode(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { payload }))
+}
+
+#[tonic::async_trait]
+impl<SM: StateMachine> RaftRpc for RaftService<SM> {
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req = decode(request.get_ref())?;
+        reply(&self.raft.vote(req).await)
+    }
+
+    async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req = decode(request.get_ref())?;
+        reply(&self.raft.pre_vote(req).await)
+    }
+
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req = decode(request.get_ref())?;
+        reply(&self.raft.append_entries(req).await)
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req = decode(request.get_ref())?;
+        let res = self
+            .raft
+            .handle_transfer_leader(req)
+            .await
+            .map_err(openraft::errors::RaftError::<_>::Fatal);
+        reply(&res)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = request.into_inner();
+        let mut head: Option<(Vote<SM>, SnapshotMeta<SM>)> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            match chunk.kind {
+                Some(snapshot_chunk::Kind::Meta(m)) => {
+                    head = Some(codec::decode(&m).map_err(|e| Status::invalid_argument(e.to_string()))?)
+                }
+                Some(snapshot_chunk::Kind::Data(d)) => data.extend_from_slice(&d),
+                None => return Err(Status::invalid_argument("empty snapshot chunk")),
+            }
+        }
+        let (vote, meta) = head.ok_or_else(|| Status::invalid_argument("snapshot stream without meta"))?;
+        let snapshot = Snapshot::<SM> { meta, snapshot: data };
+        reply(&self.raft.install_full_snapshot(vote, snapshot).await)
+    }
+}

@@ -1,0 +1,43 @@
+//! openraft's storage conformance suite against every backend.
+
+mod common;
+
+use std::sync::Arc;
+
+use berth_raft::kv::{self, Backend};
+use berth_raft::openraft::testing::log::{StoreBuilder, Suite};
+use berth_raft::openraft::StorageError;
+use berth_raft::{LogStore, SmStore, TypeConfig};
+use common::Journal;
+
+type C = TypeConfig<Journal>;
+
+struct Builder(Backend);
+
+impl StoreBuilder<C, LogStore<C>, SmStore<Journal>, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore<C>, SmStore<Journal>), StorageError<C>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv: Arc<dyn kv::KvStore> = kv::open(self.0, dir.path()).expect("open store");
+        let sm = SmStore::open(kv.clone()).expect("open state machine");
+        Ok((dir, LogStore::new(kv), sm))
+    }
+}
+
+async fn suite(backend: Backend) {
+    Suite::test_all(Builder(backend)).await.unwrap_or_else(|e| panic!("{backend}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_store_passes_openraft_suite() {
+    suite(Backend::Redb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_passes_openraft_suite() {
+    suite(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_passes_openraft_suite() {
+    suite(Backend::Memory).await;
+}
