@@ -1,1 +1,413 @@
+//! # berth-cluster-config: the node configuration schema
+//!
+//! Every flag of `berth agent` has a key in the TOML file given by `--config`; a flag
+//! on the command line wins over the file. This crate owns the schema ([`NodeConfig`]),
+//! the `--peers` syntax ([`parse_peers`]) and the validation that turns a merged
+//! configuration into a [`ValidConfig`] — or into one clear error naming the key.
+//!
+//! Ready-made files live beside this crate: `examples/node.toml` (every key, commented)
+//! and `local-3/` (a 3-node cluster on loopback).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration error: what is wrong, naming the flag or key.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("bad config file {path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("missing {key} (give --{flag} or `{key}` in the config file)")]
+    Missing {
+        key: &'static str,
+        flag: &'static str,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Which runtime the host's agent runs instances with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Containers on the local Docker engine, on macvlan networks.
+    Docker,
+    /// Local processes (apps without `image`).
+    #[default]
+    Process,
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "docker" => Ok(Runtime::Docker),
+            "process" => Ok(Runtime::Process),
+            other => Err(format!(
+                "unknown runtime {other:?} (expected docker or process)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Runtime::Docker => "docker",
+            Runtime::Process => "process",
+        })
+    }
+}
+
+/// How the node writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// Raft timing and snapshot tuning (`[raft]` in the file). Defaults are openraft's
+/// timing (heartbeat 50 ms, election timeout 150–300 ms) and a snapshot every 5000
+/// entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RaftTuning {
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_logs: Option<u64>,
+}
+
+/// The configuration file's schema; also what the command-line flags fill in. Every
+/// field is optional here; [`NodeConfig::validate`] says what is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (`--id`); must appear in `peers`.
+    pub id: Option<u64>,
+    /// Where the node keeps its Raft log and snapshots (`--data-dir`).
+    pub data_dir: Option<PathBuf>,
+    /// gRPC address: Raft and the gRPC API (`--listen`).
+    pub listen: Option<String>,
+    /// HTTP API address (`--http`).
+    pub http: Option<String>,
+    /// The initial cluster, `id=host:port,...` (`--peers`), or a table `{1 = "host:port"}`.
+    pub peers: Option<Peers>,
+    /// `docker` or `process` (`--runtime`).
+    pub runtime: Option<Runtime>,
+    /// The parent interface of macvlan networks (`--macvlan-parent`).
+    pub macvlan_parent: Option<String>,
+    /// `redb` (default) or `sled` (`--storage`).
+    pub storage: Option<String>,
+    /// Host labels for constraints (`--label key=value`, repeated).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// CPUs this host offers (`--cpus`; detected when absent).
+    pub cpus: Option<f64>,
+    /// Memory this host offers in MiB (`--mem-mb`; detected when absent).
+    pub mem_mb: Option<u64>,
+    /// `text` or `json` (`--log-format`).
+    pub log_format: Option<LogFormat>,
+    /// Raft tuning.
+    pub raft: Option<RaftTuning>,
+}
+
+/// `peers` in the file: the flag's string form, or a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Peers {
+    List(String),
+    Table(BTreeMap<String, String>),
+}
+
+/// A configuration with every required key present and every value checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    /// Node id to gRPC address, as given (host:port).
+    pub peers: BTreeMap<u64, String>,
+    pub runtime: Runtime,
+    pub macvlan_parent: Option<String>,
+    pub storage: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpus: Option<f64>,
+    pub mem_mb: Option<u64>,
+    pub log_format: LogFormat,
+    pub raft: RaftTuning,
+}
+
+/// Parses `1=127.0.0.1:7401,2=127.0.0.1:7402`. Ids are positive and unique; every
+/// address is `host:port`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| invalid("peers", format!("{part:?} is not id=host:port")))?;
+        insert_peer(&mut out, id, addr)?;
+    }
+    if out.is_empty() {
+        return Err(invalid("peers", "the list is empty"));
+    }
+    Ok(out)
+}
+
+fn insert_peer(out: &mut BTreeMap<u64, String>, id: &str, addr: &str) -> Result<(), ConfigError> {
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| invalid("peers", format!("node id {id:?} is not a positive integer")))?;
+    if id == 0 {
+        return Err(invalid("peers", "node id 0 is reserved; ids start at 1"));
+    }
+    let addr = addr.trim();
+    check_host_port("peers", addr)?;
+    if out.insert(id, addr.to_string()).is_some() {
+        return Err(invalid("peers", format!("node id {id} appears twice")));
+    }
+    Ok(())
+}
+
+fn check_host_port(key: &'static str, addr: &str) -> Result<(), ConfigError> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, format!("{addr:?} is not host:port")))?;
+    if host.is_empty() {
+        return Err(invalid(key, format!("{addr:?} has no host")));
+    }
+    port.parse::<u16>()
+        .map_err(|_| invalid(key, format!("{addr:?} has no valid port")))?;
+    Ok(())
+}
+
+fn socket(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| invalid(key, format!("{s:?} is not an ip:port address")))
+}
+
+impl NodeConfig {
+    /// Reads a TOML file. Unknown keys are an error naming the key.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml(&text).map_err(|reason| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string() + &span_hint(text, e.span()))
+    }
+
+    /// `self` with every key `flags` sets replaced by the flag's value.
+    pub fn merged_with(mut self, flags: NodeConfig) -> NodeConfig {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if flags.$f.is_some() { self.$f = flags.$f; } )* };
+        }
+        take!(
+            id,
+            data_dir,
+            listen,
+            http,
+            peers,
+            runtime,
+            macvlan_parent,
+            storage,
+            cpus,
+            mem_mb,
+            log_format
+        );
+        if let Some(labels) = flags.labels {
+            let mut merged = self.labels.take().unwrap_or_default();
+            merged.extend(labels);
+            self.labels = Some(merged);
+        }
+        if let Some(r) = flags.raft {
+            let mut base = self.raft.take().unwrap_or_default();
+            macro_rules! take_raft {
+                ($($f:ident),*) => { $( if r.$f.is_some() { base.$f = r.$f; } )* };
+            }
+            take_raft!(
+                heartbeat_ms,
+                election_timeout_min_ms,
+                election_timeout_max_ms,
+                snapshot_logs
+            );
+            self.raft = Some(base);
+        }
+        self
+    }
+
+    /// Checks every value and fills defaults.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        let id = self.id.ok_or(ConfigError::Missing {
+            key: "id",
+            flag: "id",
+        })?;
+        if id == 0 {
+            return Err(invalid("id", "0 is reserved; node ids start at 1"));
+        }
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing {
+            key: "data_dir",
+            flag: "data-dir",
+        })?;
+        let listen = socket(
+            "listen",
+            self.listen.as_deref().ok_or(ConfigError::Missing {
+                key: "listen",
+                flag: "listen",
+            })?,
+        )?;
+        let http = socket(
+            "http",
+            self.http.as_deref().ok_or(ConfigError::Missing {
+                key: "http",
+                flag: "http",
+            })?,
+        )?;
+        if http == listen {
+            return Err(invalid(
+                "http",
+                format!("{http} is also the gRPC --listen address"),
+            ));
+        }
+        let peers = match self.peers.ok_or(ConfigError::Missing {
+            key: "peers",
+            flag: "peers",
+        })? {
+            Peers::List(s) => parse_peers(&s)?,
+            Peers::Table(t) => {
+                let mut out = BTreeMap::new();
+                for (k, v) in &t {
+                    insert_peer(&mut out, k, v)?;
+                }
+                if out.is_empty() {
+                    return Err(invalid("peers", "the list is empty"));
+                }
+                out
+            }
+        };
+        if !peers.contains_key(&id) {
+            return Err(invalid(
+                "peers",
+                format!(
+                    "this node's id {id} is not in the peers list (ids: {:?})",
+                    peers.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        let storage = self.storage.unwrap_or_else(|| "redb".into());
+        if !matches!(storage.as_str(), "redb" | "sled" | "memory") {
+            return Err(invalid(
+                "storage",
+                format!("{storage:?} is not redb or sled"),
+            ));
+        }
+        if let Some(c) = self.cpus {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(invalid("cpus", format!("{c} is not a positive number")));
+            }
+        }
+        if self.mem_mb == Some(0) {
+            return Err(invalid("mem_mb", "must be positive"));
+        }
+        let labels = self.labels.unwrap_or_default();
+        for k in labels.keys() {
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
+                return Err(invalid(
+                    "labels",
+                    format!("label key {k:?} must be [A-Za-z0-9-_./]+"),
+                ));
+            }
+        }
+        let raft = self.raft.unwrap_or_default();
+        let min = raft.election_timeout_min_ms.unwrap_or(150);
+        let max = raft.election_timeout_max_ms.unwrap_or(300);
+        let hb = raft.heartbeat_ms.unwrap_or(50);
+        if hb == 0 || min <= hb || max <= min {
+            return Err(invalid(
+                "raft",
+                format!("need 0 < heartbeat_ms ({hb}) < election_timeout_min_ms ({min}) < election_timeout_max_ms ({max})"),
+            ));
+        }
+        if raft.snapshot_logs == Some(0) {
+            return Err(invalid("raft.snapshot_logs", "must be positive"));
+        }
+        Ok(ValidConfig {
+            id,
+            data_dir,
+            listen,
+            http,
+            peers,
+            runtime: self.runtime.unwrap_or_default(),
+            macvlan_parent: self.macvlan_parent,
+            storage,
+            labels,
+            cpus: self.cpus,
+            mem_mb: self.mem_mb,
+            log_format: self.log_format.unwrap_or_default(),
+            raft,
+        })
+    }
+}
+
+/// Parses one `--label key=value`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("label {s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -39,7 +39,10 @@ impl<C> Clone for LogStore<C> {
 
 impl<C> LogStore<C> {
     pub fn new(kv: Arc<dyn KvStore>) -> Self {
-        Self { kv, _c: PhantomData }
+        Self {
+            kv,
+            _c: PhantomData,
+        }
     }
 }
 
@@ -92,7 +95,10 @@ where
             None => keys::log_end(),
         };
         let pairs = self.kv.scan(&keys::log(start), &end_key)?;
-        pairs.iter().map(|(_, v)| codec::decode::<EntryOf<C>>(v)).collect()
+        pairs
+            .iter()
+            .map(|(_, v)| codec::decode::<EntryOf<C>>(v))
+            .collect()
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
@@ -135,7 +141,9 @@ where
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self.get_meta::<Option<LogIdOf<C>>>(keys::COMMITTED)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogIdOf<C>>>(keys::COMMITTED)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>

@@ -11,22 +11,24 @@ use std::time::Duration;
 
 use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
-use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use crate::codec;
 use crate::connections::{Connections, MAX_MESSAGE_BYTES};
 use crate::state_machine::StateMachine;
 use crate::type_config::typ::{Snapshot, Vote};
 use crate::type_config::{Node, NodeId, TypeConfig};
-use crate::codec;
 
 /// Bytes of snapshot data per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -88,10 +90,9 @@ impl<SM: StateMachine> Connection<SM> {
             Ok(ch) => Ok(RaftClient::new(ch.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)),
-            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(format!(
-                "bad address {:?} of node {}: {e}",
-                self.addr, self.target
-            ))))),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
+                format!("bad address {:?} of node {}: {e}", self.addr, self.target),
+            )))),
         }
     }
 
@@ -142,9 +143,12 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         rpc: AppendEntriesRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move {
-            c.append_entries(m).await
-        })
+        self.unary(
+            RPCTypes::AppendEntries,
+            &rpc,
+            &option,
+            |mut c, m| async move { c.append_entries(m).await },
+        )
         .await
     }
 
@@ -153,8 +157,10 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         rpc: VoteRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move { c.vote(m).await })
-            .await
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move {
+            c.vote(m).await
+        })
+        .await
     }
 
     async fn pre_vote(
@@ -162,8 +168,10 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         rpc: VoteRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move { c.pre_vote(m).await })
-            .await
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move {
+            c.pre_vote(m).await
+        })
+        .await
     }
 
     async fn transfer_leader(
@@ -171,9 +179,12 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         req: TransferLeaderRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, m| async move {
-            c.transfer_leader(m).await
-        })
+        self.unary(
+            RPCTypes::TransferLeader,
+            &req,
+            &option,
+            |mut c, m| async move { c.transfer_leader(m).await },
+        )
         .await
     }
 
@@ -184,13 +195,19 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig<SM>>, StreamingError<TypeConfig<SM>>> {
-        let meta = codec::encode(&(&vote, &snapshot.meta)).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let meta = codec::encode(&(&vote, &snapshot.meta))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let mut chunks = vec![SnapshotChunk {
             kind: Some(snapshot_chunk::Kind::Meta(meta)),
         }];
-        chunks.extend(snapshot.snapshot.chunks(SNAPSHOT_CHUNK_BYTES).map(|c| SnapshotChunk {
-            kind: Some(snapshot_chunk::Kind::Data(c.to_vec())),
-        }));
+        chunks.extend(
+            snapshot
+                .snapshot
+                .chunks(SNAPSHOT_CHUNK_BYTES)
+                .map(|c| SnapshotChunk {
+                    kind: Some(snapshot_chunk::Kind::Data(c.to_vec())),
+                }),
+        );
         let mut client = self.client().map_err(|e| match e {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             other => StreamingError::Network(NetworkError::new(&other)),
@@ -202,15 +219,22 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
             r = tokio::time::timeout(ttl, send) => r,
         };
         let reply = match reply {
-            Err(_) => return Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))),
+            Err(_) => {
+                return Err(StreamingError::Timeout(
+                    self.timeout(RPCTypes::InstallSnapshot, ttl),
+                ))
+            }
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(StreamingError::Unreachable(Unreachable::new(&status)))
             }
             Ok(Err(status)) => return Err(StreamingError::Network(NetworkError::new(&status))),
             Ok(Ok(r)) => r.into_inner(),
         };
-        let result: Result<SnapshotResponse<TypeConfig<SM>>, openraft::errors::Fatal<TypeConfig<SM>>> =
-            codec::decode(&reply.payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let result: Result<
+            SnapshotResponse<TypeConfig<SM>>,
+            openraft::errors::Fatal<TypeConfig<SM>>,
+        > = codec::decode(&reply.payload)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
     }
 }

@@ -80,7 +80,10 @@ impl<SM: StateMachine> Clone for StateHandle<SM> {
 impl<SM: StateMachine> StateHandle<SM> {
     /// Locks the replica for reading. Keep the guard short: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, Replica<SM>> {
-        self.shared.replica.read().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .replica
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The index of the last applied entry.
@@ -114,10 +117,13 @@ impl<SM: StateMachine> SmStore<SM> {
         if let Some(meta) = kv.get(keys::SNAPSHOT_META)? {
             let meta: SnapshotMeta<SM> = codec::decode(&meta)?;
             let data = kv.get(keys::SNAPSHOT_DATA)?.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "snapshot meta without snapshot data")
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "snapshot meta without snapshot data",
+                )
             })?;
             replica.state.restore(&data)?;
-            replica.last_applied = meta.last_log_id.clone();
+            replica.last_applied = meta.last_log_id;
             replica.membership = meta.last_membership.clone();
         }
         let applied = replica.applied_index();
@@ -139,7 +145,10 @@ impl<SM: StateMachine> SmStore<SM> {
     }
 
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Replica<SM>> {
-        self.shared.replica.write().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .replica
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn persist_snapshot(&self, meta: &SnapshotMeta<SM>, data: &[u8]) -> io::Result<()> {
@@ -158,10 +167,14 @@ impl<SM: StateMachine> RaftSnapshotBuilder<TypeConfig<SM>> for SmStore<SM> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<SM>, io::Error> {
         let started = std::time::Instant::now();
         let (meta, data) = {
-            let replica = self.shared.replica.read().unwrap_or_else(|p| p.into_inner());
+            let replica = self
+                .shared
+                .replica
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
             let data = replica.state.snapshot()?;
             let meta = SnapshotMeta::<SM> {
-                last_log_id: replica.last_applied.clone(),
+                last_log_id: replica.last_applied,
                 last_membership: replica.membership.clone(),
             };
             (meta, data)
@@ -173,7 +186,10 @@ impl<SM: StateMachine> RaftSnapshotBuilder<TypeConfig<SM>> for SmStore<SM> {
             ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
-        Ok(Snapshot::<SM> { meta, snapshot: data })
+        Ok(Snapshot::<SM> {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -181,14 +197,21 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<SM>>, StoredMembership<SM>), io::Error> {
-        let replica = self.shared.replica.read().unwrap_or_else(|p| p.into_inner());
-        Ok((replica.last_applied.clone(), replica.membership.clone()))
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<SM>>, StoredMembership<SM>), io::Error> {
+        let replica = self
+            .shared
+            .replica
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok((replica.last_applied, replica.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: Stream<Item = Result<EntryResponder<TypeConfig<SM>>, io::Error>> + Unpin + OptionalSend,
+        Strm:
+            Stream<Item = Result<EntryResponder<TypeConfig<SM>>, io::Error>> + Unpin + OptionalSend,
     {
         // Collect first: the replica lock is a std lock and is never held across an await.
         let mut batch = Vec::new();
@@ -208,7 +231,7 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
                     EntryPayload::Blank => SM::Response::default(),
                     EntryPayload::Normal(cmd) => replica.state.apply(index, cmd),
                     EntryPayload::Membership(m) => {
-                        replica.membership = StoredMembership::<SM>::new(Some(entry.log_id.clone()), m);
+                        replica.membership = StoredMembership::<SM>::new(Some(entry.log_id), m);
                         SM::Response::default()
                     }
                 };
@@ -230,14 +253,18 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta<SM>, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<SM>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let mut state = SM::default();
         state.restore(&snapshot)?;
         self.persist_snapshot(meta, &snapshot)?;
         let index = {
             let mut replica = self.write_lock();
             replica.state = state;
-            replica.last_applied = meta.last_log_id.clone();
+            replica.last_applied = meta.last_log_id;
             replica.membership = meta.last_membership.clone();
             replica.applied_index()
         };

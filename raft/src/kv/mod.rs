@@ -70,7 +70,11 @@ impl WriteBatch {
         self.ops.push(Op::Delete(key.into()));
         self
     }
-    pub fn delete_range(&mut self, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> &mut Self {
+    pub fn delete_range(
+        &mut self,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+    ) -> &mut Self {
         self.ops.push(Op::DeleteRange(start.into(), end.into()));
         self
     }
@@ -132,7 +136,9 @@ impl FromStr for Backend {
             "redb" => Ok(Backend::Redb),
             "sled" => Ok(Backend::Sled),
             "memory" => Ok(Backend::Memory),
-            other => Err(format!("unknown storage backend {other:?} (expected redb, sled or memory)")),
+            other => Err(format!(
+                "unknown storage backend {other:?} (expected redb, sled or memory)"
+            )),
         }
     }
 }

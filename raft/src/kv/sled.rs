@@ -23,10 +23,13 @@ fn io(e: impl std::fmt::Display) -> KvError {
 impl SledStore {
     /// Opens (or creates) the sled database in directory `path`.
     pub fn open(path: &Path) -> Result<Self, KvError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| KvError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| KvError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Self { db })
     }
 }
@@ -52,7 +55,9 @@ impl KvStore for SledStore {
         }
         match self.db.range(start..end).next_back() {
             None => Ok(None),
-            Some(item) => item.map(|(k, v)| Some((k.to_vec(), v.to_vec()))).map_err(io),
+            Some(item) => item
+                .map(|(k, v)| Some((k.to_vec(), v.to_vec())))
+                .map_err(io),
         }
     }
 

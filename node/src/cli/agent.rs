@@ -1,0 +1,174 @@
+//! `berth agent`: run a node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_cluster_config::{LogFormat, NodeConfig, Peers, RaftTuning, Runtime};
+use clap::Args;
+
+use crate::server::Node;
+
+/// Every flag also has a key in the `--config` file; flags win.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's id: a positive integer, unique, never reused.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Directory for the Raft log and snapshots; reuse it to rejoin with all state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC address (Raft and the gRPC API), e.g. 127.0.0.1:7401.
+    #[arg(long)]
+    listen: Option<String>,
+    /// HTTP API address, e.g. 127.0.0.1:7481.
+    #[arg(long)]
+    http: Option<String>,
+    /// The initial cluster, the same on every node: 1=host:port,2=host:port,...
+    #[arg(long)]
+    peers: Option<String>,
+    /// How this host runs instances: docker or process.
+    #[arg(long)]
+    runtime: Option<Runtime>,
+    /// Parent interface of macvlan networks (docker runtime).
+    #[arg(long)]
+    macvlan_parent: Option<String>,
+    /// Storage backend: redb (default) or sled.
+    #[arg(long)]
+    storage: Option<String>,
+    /// A host label for placement constraints, key=value (repeatable).
+    #[arg(long = "label", value_parser = berth_cluster_config::parse_label)]
+    labels: Vec<(String, String)>,
+    /// CPUs this host offers (default: detected).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory this host offers, MiB (default: detected).
+    #[arg(long)]
+    mem_mb: Option<u64>,
+    /// TOML file with any of the keys above (see cluster-config/examples/node.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+    /// Snapshot (and purge the log) every this many Raft entries.
+    #[arg(long)]
+    snapshot_logs: Option<u64>,
+    /// Raft heartbeat interval in ms.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Raft election timeout range in ms, MIN-MAX (e.g. 150-300).
+    #[arg(long, value_parser = parse_range)]
+    election_timeout_ms: Option<(u64, u64)>,
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
+    let a = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a number"))?;
+    let b = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a number"))?;
+    Ok((a, b))
+}
+
+impl AgentArgs {
+    fn to_config(&self) -> NodeConfig {
+        let raft = if self.snapshot_logs.is_some()
+            || self.heartbeat_ms.is_some()
+            || self.election_timeout_ms.is_some()
+        {
+            Some(RaftTuning {
+                heartbeat_ms: self.heartbeat_ms,
+                election_timeout_min_ms: self.election_timeout_ms.map(|r| r.0),
+                election_timeout_max_ms: self.election_timeout_ms.map(|r| r.1),
+                snapshot_logs: self.snapshot_logs,
+            })
+        } else {
+            None
+        };
+        NodeConfig {
+            id: self.id,
+            data_dir: self.data_dir.clone(),
+            listen: self.listen.clone(),
+            http: self.http.clone(),
+            peers: self.peers.clone().map(Peers::List),
+            runtime: self.runtime,
+            macvlan_parent: self.macvlan_parent.clone(),
+            storage: self.storage.clone(),
+            labels: if self.labels.is_empty() {
+                None
+            } else {
+                Some(self.labels.iter().cloned().collect())
+            },
+            cpus: self.cpus,
+            mem_mb: self.mem_mb,
+            log_format: self.log_format,
+            raft,
+        }
+    }
+}
+
+/// Sets up `tracing` on stderr. `RUST_LOG` overrides the default filter.
+pub fn init_logging(format: LogFormat, id: u64) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
+    });
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    tracing::debug!(node = id, "logging initialized");
+}
+
+pub async fn run(args: AgentArgs) -> ExitCode {
+    let file = match &args.config {
+        Some(path) => match NodeConfig::from_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("berth: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => NodeConfig::default(),
+    };
+    let config = match file.merged_with(args.to_config()).validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format, config.id);
+    let node = match Node::start(config).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

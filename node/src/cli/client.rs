@@ -1,0 +1,197 @@
+//! The HTTP client of the CLI: tries each `--addr` in turn.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// What went wrong talking to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The API answered with an error.
+    #[error("{message} ({code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// No node answered.
+    #[error("no node answered: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A client of the HTTP API of any of several nodes.
+pub struct Client {
+    addrs: Vec<String>,
+    http: reqwest::Client,
+    /// One idempotency key per CLI invocation: a write retried on the next node is
+    /// applied once.
+    key: String,
+}
+
+fn normalize(addr: &str) -> String {
+    let a = addr.trim().trim_end_matches('/');
+    if a.starts_with("http://") || a.starts_with("https://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}
+
+impl Client {
+    pub fn new(addrs: &[String]) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Client {
+            addrs: addrs
+                .iter()
+                .filter(|a| !a.trim().is_empty())
+                .map(|a| normalize(a))
+                .collect(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(90))
+                .build()
+                .expect("HTTP client"),
+            key: format!("cli-{}-{nanos:x}", std::process::id()),
+        }
+    }
+
+    /// Sends a request to the first node that answers. A 503 (no leader or quorum
+    /// where that node is) also moves on to the next node.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, bytes::Bytes), CliError> {
+        let mut failures = Vec::new();
+        let mut last_503 = None;
+        for addr in &self.addrs {
+            let mut req = self.http.request(method.clone(), format!("{addr}{path}"));
+            if method != Method::GET {
+                req = req.header("Idempotency-Key", &self.key);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let bytes = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| CliError::Other(format!("{addr}: {e}")))?;
+                    if status == StatusCode::SERVICE_UNAVAILABLE {
+                        last_503 = Some((status, bytes));
+                        failures.push(format!("{addr} (503)"));
+                        continue;
+                    }
+                    return Ok((status, bytes));
+                }
+                Err(e) => failures.push(format!("{addr} ({})", short_error(&e))),
+            }
+        }
+        if let Some(r) = last_503 {
+            return Ok(r);
+        }
+        Err(CliError::Unreachable(if failures.is_empty() {
+            "no --addr given".into()
+        } else {
+            failures.join(", ")
+        }))
+    }
+
+    /// Sends and decodes a JSON answer; an error answer becomes [`CliError::Api`].
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, CliError> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        let bytes = if bytes.is_empty() {
+            bytes::Bytes::from_static(b"null")
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CliError::Other(format!("unexpected answer from the API: {e}")))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post<T: DeserializeOwned, B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let v = serde_json::to_value(body).map_err(|e| CliError::Other(e.to_string()))?;
+        self.call(Method::POST, path, Some(&v)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), CliError> {
+        let (status, bytes) = self.send(Method::DELETE, path, None).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(())
+    }
+}
+
+fn short_error(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "connection refused".into()
+    } else if e.is_timeout() {
+        "timed out".into()
+    } else {
+        e.to_string()
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> CliError {
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        code: String,
+        message: String,
+    }
+    match serde_json::from_slice::<Wrapper>(body) {
+        Ok(w) => CliError::Api {
+            status: status.as_u16(),
+            code: w.error.code,
+            message: w.error.message,
+        },
+        Err(_) => CliError::Api {
+            status: status.as_u16(),
+            code: status.as_str().to_string(),
+            message: String::from_utf8_lossy(body).trim().to_string(),
+        },
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn seg(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

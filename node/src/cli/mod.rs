@@ -1,0 +1,109 @@
+//! The command line. Its `///` docs are the help text.
+//!
+//! `berth agent` runs a node; `berth dev` runs a local cluster; every other command is
+//! a client of the HTTP API on `--addr` (comma-separated node URLs, tried in order
+//! until one answers).
+
+mod agent;
+mod client;
+mod cluster;
+mod dev;
+mod ipam;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use self::client::{CliError, Client};
+pub use self::output::Output;
+
+/// berth: a container cluster in one binary — Raft-replicated IP pools, apps and
+/// placements, sticky LAN IPs.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, propagate_version = true)]
+pub struct Cli {
+    /// Node URLs to talk to, comma separated; the next one is tried when a node is down.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ADDR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7481"
+    )]
+    pub addr: Vec<String>,
+
+    /// Output of listing commands: a table, or JSON.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run a berth node on this host.
+    Agent(Box<agent::AgentArgs>),
+    /// Run a local cluster (3 nodes on loopback by default) until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Show the cluster (leader, term, members), or change its membership.
+    Cluster(cluster::ClusterArgs),
+    /// IP pools and allocations.
+    Ipam(ipam::IpamArgs),
+}
+
+/// Parses the command line and runs the command. Errors are one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One clear line, not clap's usage block.
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("berth: {first} (see berth --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Cmd::Agent(args) => return agent::run(*args).await,
+        Cmd::Dev(args) => return dev::run(args).await,
+        Cmd::Cluster(args) => cluster::run(&Client::new(&cli.addr), cli.output, args).await,
+        Cmd::Ipam(args) => ipam::run(&Client::new(&cli.addr), cli.output, args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! # berth-node: the `berth` binary
+//!
+//! One binary on every host. Bottom-up:
+//!
+//! - [`state`]: the replicated domain state — one `Command` enum, deterministic apply
+//!   (node registry, IP ledger; apps and placements next).
+//! - [`server`]: a running node — Raft (from `berth-raft`), bootstrap, the proposer that
+//!   reaches the leader from any node, and the HTTP and gRPC front ends.
+//! - [`error`]: API errors, one status and one stable code each.
+//! - [`cli`]: the command line: `berth agent`, `berth dev`, and the client commands
+//!   that talk to the HTTP API.
+//!
+//! See `docs/architecture.md` for the whole picture.
+
+pub mod cli;
+pub mod error;
+pub mod server;
+pub mod state;

@@ -1,0 +1,102 @@
+//! Forming the cluster with no manual step and no special node.
+//!
+//! A node with no Raft state probes its `--peers`. Once a majority (itself included) is
+//! reachable and **none** of them holds Raft state, it initializes Raft with exactly
+//! the `--peers` membership. Several nodes may do this at once: openraft documents
+//! that initializing several nodes with an *identical* membership is safe (the vote
+//! elects one leader), which is why the membership is built from `--peers` alone and
+//! why nodes whose lists differ refuse to bootstrap together.
+//!
+//! If any reachable peer already holds state, the cluster exists: this node waits to
+//! be contacted by the leader (a restarted node, a late starter, or a node being added
+//! with `POST /v1/cluster/members`). A node restarted with its data dir never probes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::berth::internal_client::InternalClient;
+use berth_proto::berth::ProbeRequest;
+use berth_raft::Node as RaftNode;
+
+use super::Node;
+
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+pub async fn run(node: Arc<Node>) {
+    let mut warned_exists = false;
+    loop {
+        match node.raft.is_initialized().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(_) => return, // Raft stopped
+        }
+        let others: Vec<(u64, String)> = node
+            .config
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != node.id)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        let probes = others.iter().map(|(id, addr)| probe(&node, *id, addr));
+        let replies = futures::future::join_all(probes).await;
+        let mine = node.peers_canonical();
+        let mut reachable = 1; // this node
+        let mut exists = false;
+        for r in replies.into_iter().flatten() {
+            if r.peers_digest != mine {
+                tracing::error!(peer = r.id, theirs = %r.peers_digest, ours = %mine,
+                    "peer has a different --peers list; not bootstrapping with it");
+                continue;
+            }
+            reachable += 1;
+            exists |= r.initialized;
+        }
+        if exists {
+            if !warned_exists {
+                tracing::info!(
+                    "the cluster already exists; waiting for the leader to contact this node"
+                );
+                warned_exists = true;
+            }
+        } else if reachable * 2 > node.config.peers.len() {
+            let members: BTreeMap<u64, RaftNode> = node
+                .config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, RaftNode { addr: addr.clone() }))
+                .collect();
+            tracing::info!(
+                reachable,
+                peers = node.config.peers.len(),
+                "a majority is reachable; initializing the cluster"
+            );
+            match node.raft.initialize(members).await {
+                Ok(()) => return,
+                // Another node got there first and replicated to us: fine.
+                Err(e) => tracing::info!(error = %e, "initialize not needed"),
+            }
+        }
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
+}
+
+async fn probe(node: &Node, id: u64, addr: &str) -> Option<berth_proto::berth::ProbeReply> {
+    let channel = node.connections.get(addr).ok()?;
+    let mut req = tonic::Request::new(ProbeRequest { from: node.id });
+    req.set_timeout(PROBE_TIMEOUT);
+    let reply = tokio::time::timeout(PROBE_TIMEOUT, InternalClient::new(channel).probe(req))
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
+    if reply.id != id {
+        tracing::error!(expected = id, got = reply.id, %addr, "a different node answers at this peer's address");
+        return None;
+    }
+    Some(reply)
+}

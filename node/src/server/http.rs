@@ -1,0 +1,290 @@
+//! The HTTP API (`docs/api.md`): JSON under `/v1`, errors always
+//! `{"error": {"code", "message"}}` with the status of [`ApiError`].
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::ops::{AllocationInput, MemberInput, PoolInput};
+use super::Node;
+use crate::error::ApiError;
+
+/// The largest request body accepted (413 beyond).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+type Ctx = State<Arc<Node>>;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body: 413 when too large, 400 naming the problem (unknown field, bad value,
+/// bad syntax) otherwise. The Content-Type is not insisted on.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    413,
+                    "too_large",
+                    format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::invalid(
+                    "invalid_request",
+                    format!("cannot read the request body: {e}"),
+                )
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a JSON request body into `T`, with an error naming what is wrong.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "invalid_json",
+            "the request body is empty; a JSON object is expected",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid("invalid_request", e.to_string()),
+        _ => ApiError::invalid("invalid_json", format!("the body is not valid JSON: {e}")),
+    })
+}
+
+/// Reads `?stale=true`.
+fn stale(query: &Option<String>) -> Result<bool, ApiError> {
+    let Some(q) = query else { return Ok(false) };
+    let mut stale = false;
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        if k == "stale" {
+            stale = match v {
+                "true" | "1" | "" => true,
+                "false" | "0" => false,
+                other => {
+                    return Err(ApiError::invalid(
+                        "invalid_request",
+                        format!("stale: {other:?} is not true or false"),
+                    ))
+                }
+            };
+        }
+    }
+    Ok(stale)
+}
+
+/// The request id of a write: the client's `Idempotency-Key`, if it sent one.
+fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| {
+                ApiError::invalid("invalid_request", "Idempotency-Key is not visible ASCII")
+            })?;
+            if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY {
+                return Err(ApiError::invalid(
+                    "invalid_request",
+                    format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+                ));
+            }
+            Ok(Some(format!("key:{s}")))
+        }
+    }
+}
+
+fn parse_id(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::invalid("invalid_request", format!("{s:?} is not a node id")))
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/cluster", get(get_cluster))
+        .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/ipam/pools", post(create_pool).get(list_pools))
+        .route("/v1/ipam/pools/{pool}", delete(delete_pool))
+        .route(
+            "/v1/ipam/pools/{pool}/allocations",
+            post(allocate).get(list_allocations),
+        )
+        .route("/v1/ipam/pools/{pool}/allocations/{ip}", delete(release))
+        .fallback(|| async { ApiError::not_found("no_route", "no such endpoint; see docs/api.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                405,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(node)
+}
+
+pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
+    let app = router(node);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "up"}))
+}
+
+async fn readyz(State(node): Ctx) -> Result<impl IntoResponse, ApiError> {
+    node.ready().await?;
+    Ok(Json(
+        serde_json::json!({"status": "ready", "applied": node.state.applied_index()}),
+    ))
+}
+
+async fn get_cluster(
+    State(node): Ctx,
+    RawQuery(q): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.cluster_view(stale(&q)?).await?))
+}
+
+async fn add_member(
+    State(node): Ctx,
+    JsonBody(input): JsonBody<MemberInput>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.add_member(input).await?))
+}
+
+async fn remove_member(
+    State(node): Ctx,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.remove_member(parse_id(&id)?).await?))
+}
+
+async fn create_pool(
+    State(node): Ctx,
+    headers: HeaderMap,
+    JsonBody(input): JsonBody<PoolInput>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (pool, created) = node.create_pool(input, request_id(&headers)?).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(pool)))
+}
+
+async fn list_pools(
+    State(node): Ctx,
+    RawQuery(q): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.list_pools(stale(&q)?).await?))
+}
+
+async fn delete_pool(
+    State(node): Ctx,
+    headers: HeaderMap,
+    Path(pool): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    node.delete_pool(&pool, request_id(&headers)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn allocate(
+    State(node): Ctx,
+    headers: HeaderMap,
+    Path(pool): Path<String>,
+    JsonBody(input): JsonBody<AllocationInput>,
+) -> Result<impl IntoResponse, ApiError> {
+    let a = node.allocate(&pool, input, request_id(&headers)?).await?;
+    Ok((StatusCode::CREATED, Json(a)))
+}
+
+async fn list_allocations(
+    State(node): Ctx,
+    Path(pool): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.list_allocations(&pool, stale(&q)?).await?))
+}
+
+async fn release(
+    State(node): Ctx,
+    headers: HeaderMap,
+    Path((pool, ip)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    node.release(&pool, &ip, request_id(&headers)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_query_parses() {
+        assert!(!stale(&None).unwrap());
+        assert!(stale(&Some("stale=true".into())).unwrap());
+        assert!(stale(&Some("a=b&stale".into())).unwrap());
+        assert!(!stale(&Some("stale=false".into())).unwrap());
+        assert_eq!(stale(&Some("stale=maybe".into())).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn json_errors_name_the_problem() {
+        let e = parse_json::<PoolInput>(br#"{"name":"a","subnet":"10.0.0.0/24","colour":1}"#)
+            .unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (400, "invalid_request"));
+        assert!(
+            e.message.contains("unknown field `colour`"),
+            "{}",
+            e.message
+        );
+        let e = parse_json::<PoolInput>(br#"{"name":"a""#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse_json::<PoolInput>(b"  ").unwrap_err();
+        assert!(e.message.contains("empty"));
+        let e = parse_json::<PoolInput>(br#"{"name":"a"}"#).unwrap_err();
+        assert!(
+            e.message.contains("missing field `subnet`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_namespaced_and_bounded() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&h).unwrap(), None);
+        h.insert("idempotency-key", "abc".parse().unwrap());
+        assert_eq!(request_id(&h).unwrap().as_deref(), Some("key:abc"));
+        h.insert("idempotency-key", "x".repeat(200).parse().unwrap());
+        assert_eq!(request_id(&h).unwrap_err().status, 400);
+    }
+}

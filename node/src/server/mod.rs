@@ -1,0 +1,362 @@
+//! # The node: one `berth agent` process
+//!
+//! [`Node::start`] brings a node up in an order that fails early and clearly: lock the
+//! data dir, open the store, bind both listeners (a port in use is reported before
+//! anything else runs), build Raft, serve gRPC and HTTP, then run the background tasks
+//! — bootstrap (form the cluster once a majority of `--peers` is reachable) and
+//! registration (announce this node's HTTP address and resources in the replicated
+//! state). [`Node::shutdown`] hands leadership over first when this node leads, then
+//! stops Raft and the servers.
+
+pub mod bootstrap;
+pub mod grpc;
+pub mod http;
+pub mod ops;
+pub mod proposer;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_cluster_config::ValidConfig;
+use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+use berth_raft::openraft::{Config as RaftConfig, SnapshotPolicy};
+use berth_raft::{kv, typ, Connections, LogStore, Network, RaftService, SmStore, StateHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use self::proposer::Proposer;
+use crate::state::nodes::NodeInfo;
+use crate::state::{Command, State};
+
+/// A failure to start, with one line that says what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {path} is unusable: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("data dir {path} is in use by another berth process")]
+    Locked { path: String },
+    #[error("cannot listen on {addr} ({what}): {reason}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+}
+
+/// A running node.
+pub struct Node {
+    pub id: u64,
+    pub config: ValidConfig,
+    pub raft: typ::Raft<State>,
+    pub state: StateHandle<State>,
+    pub proposer: Proposer,
+    pub connections: Arc<Connections>,
+    /// The addresses actually bound (a port 0 in the config becomes the real one).
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    _lock: File,
+}
+
+fn raft_config(cfg: &ValidConfig) -> Result<RaftConfig, StartError> {
+    let snapshot_logs = cfg.raft.snapshot_logs.unwrap_or(5000);
+    RaftConfig {
+        cluster_name: "berth".into(),
+        heartbeat_interval: cfg.raft.heartbeat_ms.unwrap_or(50),
+        election_timeout_min: cfg.raft.election_timeout_min_ms.unwrap_or(150),
+        election_timeout_max: cfg.raft.election_timeout_max_ms.unwrap_or(300),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        // Keep some log behind a snapshot so a briefly lagging follower catches up from
+        // the log, not a whole snapshot; but less than the snapshot interval so that a
+        // long-lost one does need the snapshot path (exercised by tests).
+        max_in_snapshot_log_to_keep: (snapshot_logs / 2).min(1000),
+        // A node that was partitioned or restarted asks before it disrupts a leader.
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+fn lock_data_dir(dir: &std::path::Path) -> Result<File, StartError> {
+    let unusable = |reason: String| StartError::DataDir {
+        path: dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| unusable(format!("not writable: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(|e| unusable(e.to_string()))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked {
+            path: dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(unusable(e.to_string())),
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+        addr,
+        what,
+        reason: if e.kind() == std::io::ErrorKind::AddrInUse {
+            "the port is in use".into()
+        } else {
+            e.to_string()
+        },
+    })
+}
+
+/// CPUs and memory of this machine, for hosts that do not say.
+fn detect_resources() -> (f64, u64) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0);
+    let mem_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(1024);
+    (cpus, mem_mb)
+}
+
+impl Node {
+    /// Starts a node. Returns once it serves; the cluster may still be forming.
+    pub async fn start(config: ValidConfig) -> Result<Arc<Node>, StartError> {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let backend: kv::Backend =
+            config
+                .storage
+                .parse()
+                .map_err(|e: String| StartError::DataDir {
+                    path: config.data_dir.display().to_string(),
+                    reason: e,
+                })?;
+        let store =
+            kv::open(backend, &config.data_dir.join("raft")).map_err(|e| StartError::DataDir {
+                path: config.data_dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let grpc_listener = bind(config.listen, "--listen, gRPC").await?;
+        let http_listener = bind(config.http, "--http").await?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let sm = SmStore::<State>::open(store.clone()).map_err(|e| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: format!("cannot restore the last snapshot: {e}"),
+        })?;
+        let state = sm.handle();
+        let connections = Arc::new(Connections::new());
+        let raft = typ::Raft::<State>::new(
+            config.id,
+            Arc::new(raft_config(&config)?),
+            Network::new(config.id, connections.clone()),
+            LogStore::new(store),
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let proposer = Proposer::new(config.id, raft.clone(), state.clone(), connections.clone());
+        let node = Arc::new(Node {
+            id: config.id,
+            config,
+            raft: raft.clone(),
+            state,
+            proposer,
+            connections,
+            grpc_addr,
+            http_addr,
+            shutdown: CancellationToken::new(),
+            tasks: Default::default(),
+            _lock: lock,
+        });
+
+        let tasks = vec![
+            tokio::spawn(grpc::serve(
+                node.clone(),
+                grpc_listener,
+                node.shutdown.clone(),
+            )),
+            tokio::spawn(http::serve(
+                node.clone(),
+                http_listener,
+                node.shutdown.clone(),
+            )),
+            tokio::spawn(bootstrap::run(node.clone())),
+            tokio::spawn(register(node.clone())),
+        ];
+        *node.tasks.lock().await = tasks;
+        tracing::info!(id = node.id, grpc = %grpc_addr, http = %http_addr, "node started");
+        Ok(node)
+    }
+
+    /// The Raft service for this node's gRPC server.
+    pub fn raft_service(&self) -> berth_proto::raft::raft_server::RaftServer<RaftService<State>> {
+        RaftService::server(self.raft.clone())
+    }
+
+    /// The canonical form of the peers list (what bootstrap compares between nodes).
+    pub fn peers_canonical(&self) -> String {
+        canonical_peers(&self.config.peers)
+    }
+
+    /// What this node announces about itself in the replicated state.
+    pub fn info(&self) -> NodeInfo {
+        let (cpus, mem_mb) = detect_resources();
+        NodeInfo {
+            id: self.id,
+            grpc: self
+                .config
+                .peers
+                .get(&self.id)
+                .cloned()
+                .unwrap_or_else(|| self.grpc_addr.to_string()),
+            http: self.http_addr.to_string(),
+            runtime: self.config.runtime.to_string(),
+            cpus: self.config.cpus.unwrap_or(cpus),
+            mem_mb: self.config.mem_mb.unwrap_or(mem_mb),
+            labels: self.config.labels.clone(),
+        }
+    }
+
+    /// Resolves when shutdown has begun.
+    pub async fn stopping(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// Stops the node: leadership is handed to the most up-to-date voter first (when
+    /// this node leads), so the cluster does not wait out an election timeout.
+    pub async fn shutdown(&self) {
+        if self.raft.is_leader() {
+            self.transfer_leadership().await;
+        }
+        self.shutdown.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let tasks = std::mem::take(&mut *self.tasks.lock().await);
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        tracing::info!(id = self.id, "node stopped");
+    }
+
+    async fn transfer_leadership(&self) {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let voters: Vec<u64> = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != self.id)
+            .collect();
+        let best = metrics.replication.as_ref().and_then(|r| {
+            voters
+                .iter()
+                .max_by_key(|v| {
+                    r.get(v)
+                        .and_then(|l| l.as_ref())
+                        .map(|l| l.index)
+                        .unwrap_or(0)
+                })
+                .copied()
+        });
+        let Some(to) = best else { return };
+        tracing::info!(to, "transferring leadership before shutdown");
+        if self.raft.trigger().transfer_leader(to).await.is_err() {
+            return;
+        }
+        let mut rx = self.raft.metrics();
+        let moved = async {
+            while rx.borrow_watched().current_leader == Some(self.id) {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), moved).await;
+    }
+}
+
+/// `1=a:1,2=b:2` in id order.
+pub fn canonical_peers(peers: &BTreeMap<u64, String>) -> String {
+    peers
+        .iter()
+        .map(|(id, a)| format!("{id}={a}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Keeps this node's registration in the replicated state current: announces its
+/// addresses and resources once a leader exists, and again if the state ever differs.
+async fn register(node: Arc<Node>) {
+    let info = node.info();
+    let mut applied = node.state.subscribe();
+    let request_id = format!("register-{}-{}", node.id, node.proposer.new_request_id());
+    loop {
+        let current = node
+            .state
+            .read()
+            .state
+            .nodes
+            .registered
+            .get(&node.id)
+            .cloned();
+        if current.as_ref() == Some(&info) {
+            tokio::select! {
+                _ = node.stopping() => return,
+                _ = applied.changed() => continue,
+            }
+        }
+        if node.state.read().state.nodes.retired.contains(&node.id) {
+            tracing::error!(
+                id = node.id,
+                "this node id was removed from the cluster; it will not rejoin"
+            );
+            return;
+        }
+        let result = tokio::select! {
+            _ = node.stopping() => return,
+            r = node.proposer.write(Command::RegisterNode(info.clone()), Some(request_id.clone())) => r,
+        };
+        match result {
+            Ok(r) => match r.0 {
+                Ok(_) => tracing::info!(id = node.id, http = %info.http, "registered"),
+                Err(e) => {
+                    tracing::error!(error = %e, "registration refused");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "registration not possible yet");
+                tokio::select! {
+                    _ = node.stopping() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+            }
+        }
+    }
+}

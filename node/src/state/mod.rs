@@ -1,0 +1,96 @@
+//! # The replicated domain state
+//!
+//! Everything the cluster must agree on lives in [`State`], replicated by Raft through
+//! `berth-raft`: the node registry, the IP ledger, and (with the next issues) apps,
+//! versions, instances and placements. There is one way in — a [`Request`] carrying a
+//! [`Command`] — and apply is a `match` calling one small function per variant
+//! (Nomad's FSM shape).
+//!
+//! ## Invariants
+//!
+//! - Apply is deterministic: no clock (time comes from the leader-stamped
+//!   [`Request::at_ms`]), no randomness, no I/O.
+//! - A request id is applied at most once within the dedup window (see [`dedup`]).
+//! - An address is allocated to at most one owner at a time: allocation chooses the
+//!   address inside apply ([`ipam`]).
+//! - The replicated clock never goes backwards, even across leaders with skewed clocks.
+
+pub mod command;
+pub mod dedup;
+pub mod ipam;
+pub mod nodes;
+
+use std::io;
+
+use berth_raft::StateMachine;
+use serde::{Deserialize, Serialize};
+
+pub use self::command::{Command, DomainError, ErrorKind, Reply, Request, Response};
+use self::dedup::Dedup;
+use self::ipam::Ipam;
+use self::nodes::Nodes;
+
+/// The whole replicated state.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// The replicated clock: the largest leader timestamp applied so far (ms).
+    pub clock_ms: u64,
+    /// The index of the last applied command.
+    pub applied_index: u64,
+    pub nodes: Nodes,
+    pub ipam: Ipam,
+    dedup: Dedup,
+}
+
+impl State {
+    fn dispatch(&mut self, cmd: Command) -> Response {
+        let now = self.clock_ms;
+        match cmd {
+            Command::RegisterNode(info) => self.nodes.register(info),
+            Command::RetireNode { id } => self.nodes.retire(id),
+            Command::CreatePool {
+                name,
+                subnet,
+                gateway,
+                range,
+            } => self.ipam.create_pool(&name, subnet, gateway, range),
+            Command::DeletePool { name } => self.ipam.delete_pool(&name),
+            Command::Allocate { pool, owner, ip } => self.ipam.allocate(&pool, &owner, ip, now),
+            Command::Release { pool, ip } => self.ipam.release(&pool, ip),
+        }
+    }
+
+    /// How many request ids the dedup window holds.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+}
+
+impl StateMachine for State {
+    type Command = Request;
+    type Response = Response;
+
+    fn apply(&mut self, index: u64, req: Request) -> Response {
+        self.clock_ms = self.clock_ms.max(req.at_ms);
+        self.applied_index = index;
+        if let Some(previous) = self.dedup.get(&req.id) {
+            tracing::debug!(%index, id = %req.id, "duplicate request answered from the dedup record");
+            return previous.clone();
+        }
+        let response = self.dispatch(req.cmd);
+        self.dedup.record(&req.id, self.clock_ms, &response);
+        response
+    }
+
+    fn snapshot(&self) -> io::Result<Vec<u8>> {
+        berth_raft::codec::encode(self)
+    }
+
+    fn restore(&mut self, data: &[u8]) -> io::Result<()> {
+        *self = berth_raft::codec::decode(data)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,50 @@
+//! The registry of nodes: addresses and host resources, and retired ids.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{DomainError, Labels, Reply, Response};
+
+/// What a node announces about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    /// `docker` or `process`.
+    pub runtime: String,
+    pub cpus: f64,
+    pub mem_mb: u64,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Nodes {
+    pub registered: BTreeMap<u64, NodeInfo>,
+    /// Ids of nodes removed from the cluster. Never reused: a wiped node rejoining
+    /// under its old id could form a second quorum (openraft's membership docs).
+    pub retired: BTreeSet<u64>,
+}
+
+impl Nodes {
+    pub fn register(&mut self, info: NodeInfo) -> Response {
+        if self.retired.contains(&info.id) {
+            return Response(Err(DomainError::conflict(
+                "id_retired",
+                format!(
+                    "node id {} was removed from the cluster and cannot be used again",
+                    info.id
+                ),
+            )));
+        }
+        self.registered.insert(info.id, info);
+        Response(Ok(Reply::Done))
+    }
+
+    pub fn retire(&mut self, id: u64) -> Response {
+        self.registered.remove(&id);
+        self.retired.insert(id);
+        Response(Ok(Reply::Done))
+    }
+}

@@ -1,0 +1,137 @@
+//! Scenario tests of apply: a transcript of requests and what each returned.
+
+use std::net::Ipv4Addr;
+
+use berth_raft::StateMachine;
+
+use super::*;
+
+fn req(id: &str, at_ms: u64, cmd: Command) -> Request {
+    Request {
+        id: id.into(),
+        at_ms,
+        cmd,
+    }
+}
+
+fn create_lan() -> Command {
+    Command::CreatePool {
+        name: "lan".into(),
+        subnet: "10.99.0.0/24".parse().unwrap(),
+        gateway: Some("10.99.0.1".parse().unwrap()),
+        range: Some("10.99.0.16/30".parse().unwrap()),
+    }
+}
+
+fn allocate() -> Command {
+    Command::Allocate {
+        pool: "lan".into(),
+        owner: "web".into(),
+        ip: None,
+    }
+}
+
+fn ip_of(r: &Response) -> String {
+    match &r.0 {
+        Ok(Reply::Allocation(a)) => a.ip.clone(),
+        other => panic!("not an allocation: {other:?}"),
+    }
+}
+
+#[test]
+fn a_retried_request_is_applied_once_and_answered_the_same() {
+    let mut s = State::default();
+    s.apply(1, req("p", 10, create_lan()));
+    let first = s.apply(2, req("r1", 11, allocate()));
+    // The client timed out and retried through another node: Raft carries it again.
+    let again = s.apply(3, req("r1", 12, allocate()));
+    assert_eq!(first, again);
+    assert_eq!(s.ipam.pool("lan").unwrap().used(), 1, "applied once");
+    let other = s.apply(4, req("r2", 13, allocate()));
+    assert_ne!(ip_of(&first), ip_of(&other));
+}
+
+#[test]
+fn a_retried_failure_is_answered_with_the_same_failure() {
+    let mut s = State::default();
+    s.apply(1, req("p", 10, create_lan()));
+    for i in 0..4 {
+        s.apply(2 + i, req(&format!("a{i}"), 10, allocate()));
+    }
+    let full = s.apply(10, req("x", 10, allocate()));
+    assert_eq!(full.0.as_ref().unwrap_err().code, "pool_exhausted");
+    s.apply(
+        11,
+        req(
+            "rel",
+            10,
+            Command::Release {
+                pool: "lan".into(),
+                ip: "10.99.0.16".parse().unwrap(),
+            },
+        ),
+    );
+    // The retry of "x" must not now succeed behind the client's back.
+    assert_eq!(s.apply(12, req("x", 10, allocate())), full);
+    assert_eq!(ip_of(&s.apply(13, req("y", 10, allocate()))), "10.99.0.16");
+}
+
+#[test]
+fn the_replicated_clock_never_goes_backwards() {
+    let mut s = State::default();
+    s.apply(1, req("a", 1_000, create_lan()));
+    s.apply(2, req("b", 500, allocate())); // a new leader with a slow clock
+    assert_eq!(s.clock_ms, 1_000);
+    let a = s
+        .ipam
+        .pool("lan")
+        .unwrap()
+        .allocation(Ipv4Addr::new(10, 99, 0, 16))
+        .unwrap();
+    assert_eq!(a.at_ms, 1_000);
+}
+
+#[test]
+fn snapshot_and_restore_give_the_same_state_and_dedup_record() {
+    let mut s = State::default();
+    s.apply(1, req("p", 10, create_lan()));
+    let first = s.apply(2, req("r1", 11, allocate()));
+    let bytes = s.snapshot().unwrap();
+    let mut t = State::default();
+    t.restore(&bytes).unwrap();
+    assert_eq!(
+        t.apply(3, req("r1", 12, allocate())),
+        first,
+        "dedup survives the snapshot"
+    );
+    assert_eq!(ip_of(&t.apply(4, req("r2", 12, allocate()))), "10.99.0.17");
+    assert_eq!(t.applied_index, 4);
+}
+
+#[test]
+fn restore_rejects_garbage() {
+    let mut s = State::default();
+    assert!(s.restore(b"not a snapshot").is_err());
+}
+
+#[test]
+fn retired_node_ids_cannot_register_again() {
+    let mut s = State::default();
+    let info = nodes::NodeInfo {
+        id: 4,
+        grpc: "127.0.0.1:7404".into(),
+        http: "127.0.0.1:7484".into(),
+        runtime: "process".into(),
+        cpus: 2.0,
+        mem_mb: 1024,
+        labels: Default::default(),
+    };
+    assert!(s
+        .apply(1, req("a", 1, Command::RegisterNode(info.clone())))
+        .0
+        .is_ok());
+    s.apply(2, req("b", 1, Command::RetireNode { id: 4 }));
+    let again = s.apply(3, req("c", 1, Command::RegisterNode(info)));
+    assert_eq!(again.0.unwrap_err().code, "id_retired");
+    assert!(!s.nodes.registered.contains_key(&4));
+}
