@@ -1,0 +1,339 @@
+//! A cluster of real `berth agent` processes on loopback, for tests.
+//!
+//! Each node gets free ports, its own data dir and a log file; the cluster can kill
+//! (SIGKILL), stop (SIGTERM), pause (SIGSTOP), resume and restart nodes. Dropping the
+//! cluster kills every node. Waits are bounded polls of the public API, never fixed
+//! sleeps.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub grpc: u16,
+    pub http: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+}
+
+impl NodeProc {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+    pub fn grpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.grpc)
+    }
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    pub peers: String,
+    pub http: reqwest::Client,
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a child process we spawned.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Cluster {
+    /// Starts `n` nodes (ids 1..=n) with the same `--peers`, plus `extra` flags.
+    pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(id, Self::new_proc(&dir, id, extra));
+        }
+        let peers = Self::peers_of(&nodes);
+        let mut c = Cluster {
+            dir,
+            nodes,
+            peers,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    fn new_proc(dir: &tempfile::TempDir, id: u64, extra: &[&str]) -> NodeProc {
+        NodeProc {
+            id,
+            grpc: free_port(),
+            http: free_port(),
+            data_dir: dir.path().join(format!("node{id}")),
+            log: dir.path().join(format!("node{id}.log")),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn peers_of(nodes: &BTreeMap<u64, NodeProc>) -> String {
+        nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.grpc_addr()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Adds a node that is not part of the initial cluster (its `--peers` lists the
+    /// cluster plus itself, so it does not bootstrap) and starts it.
+    pub fn add_node(&mut self, id: u64, extra: &[&str]) {
+        let p = Self::new_proc(&self.dir, id, extra);
+        let peers = format!("{},{}={}", self.peers, id, p.grpc_addr());
+        self.nodes.insert(id, p);
+        self.spawn_with_peers(id, &peers);
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        self.spawn_with_peers(id, &peers);
+    }
+
+    fn spawn_with_peers(&mut self, id: u64, peers: &str) {
+        let n = self.nodes.get_mut(&id).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let child = Command::new(BERTH)
+            .arg("agent")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .args(["--listen", &n.grpc_addr()])
+            .args(["--http", &format!("127.0.0.1:{}", n.http)])
+            .args(["--peers", peers])
+            .args(&n.extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        n.child = Some(child);
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).unwrap();
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, id: u64) -> std::process::ExitStatus {
+        let n = self.nodes.get_mut(&id).unwrap();
+        let mut c = n.child.take().expect("node running");
+        signal(c.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("node {id} did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pause(&self, id: u64) {
+        signal(self.nodes[&id].pid().unwrap(), libc::SIGSTOP);
+    }
+
+    pub fn resume(&self, id: u64) {
+        signal(self.nodes[&id].pid().unwrap(), libc::SIGCONT);
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        self.nodes[&id].url()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default()
+    }
+
+    /// `method path` on node `id`: (status, JSON body or Null).
+    pub async fn req(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{}", self.url(id), path));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        if let Some(k) = key {
+            r = r.header("Idempotency-Key", k);
+        }
+        match r.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                (status, v)
+            }
+            Err(e) => (0, Value::String(e.to_string())),
+        }
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> (u16, Value) {
+        self.req(id, reqwest::Method::GET, path, None, None).await
+    }
+
+    pub async fn post(&self, id: u64, path: &str, body: Value) -> (u16, Value) {
+        self.req(id, reqwest::Method::POST, path, Some(body), None)
+            .await
+    }
+
+    /// Waits until every running node (or those in `among`) reports the same leader,
+    /// and returns it.
+    pub async fn wait_leader(&self, within: Duration) -> u64 {
+        self.wait_leader_among(&self.running(), within).await
+    }
+
+    pub async fn wait_leader_among(&self, among: &[u64], within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for id in among {
+                let (s, v) = self.get(*id, "/v1/cluster?stale=true").await;
+                if s == 200 {
+                    leaders.push(v["leader"].as_u64());
+                } else {
+                    leaders.push(None);
+                }
+            }
+            if let Some(Some(l)) = leaders.first() {
+                if leaders.iter().all(|x| *x == Some(*l)) && among.contains(l) {
+                    return *l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?} within {within:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `f` until it returns Some, or panics with `what` after `within`.
+    pub async fn eventually<T, F, Fut>(&self, within: Duration, what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates pool `name` with `size` addresses (a /24 with a range) through node `via`.
+    pub async fn create_pool(&self, via: u64, name: &str, third_octet: u8) {
+        let body = serde_json::json!({
+            "name": name,
+            "subnet": format!("198.18.{third_octet}.0/24"),
+            "gateway": format!("198.18.{third_octet}.1"),
+        });
+        let (s, v) = self.post(via, "/v1/ipam/pools", body).await;
+        assert_eq!(s, 201, "create pool: {v}");
+    }
+
+    /// Allocations of `pool` as (ip, owner), read linearizably through `via`.
+    pub async fn allocations(&self, via: u64, pool: &str) -> Vec<(String, String)> {
+        let (s, v) = self
+            .get(via, &format!("/v1/ipam/pools/{pool}/allocations"))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["ip"].as_str().unwrap().to_string(),
+                    a["owner"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some(mut c) = n.child.take() {
+                signal(c.id() as i32, libc::SIGCONT);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for n in self.nodes.values() {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("---- node {} log (last 30 lines) ----", n.id);
+                for l in &lines[lines.len().saturating_sub(30)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
