@@ -273,7 +273,7 @@ impl Proposer {
     }
 
     /// Runs `call` here, if this node leads. Never forwards (the other side of
-    /// [`forward`](Self::forward)).
+    /// `forward`).
     pub async fn execute(&self, call: LeaderCall, left: Duration) -> Result<LeaderReply, ApiError> {
         if !self.raft.is_leader() {
             return Err(not_leader());
