@@ -14,5 +14,6 @@
 
 pub mod cli;
 pub mod error;
+pub mod scheduler;
 pub mod server;
 pub mod state;

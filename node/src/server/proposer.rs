@@ -44,7 +44,7 @@ pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderCall {
     /// Propose a request to the Raft log and return what applying it answered.
-    Write(Request),
+    Write(Box<Request>),
     /// Add a learner (waiting until it caught up), then promote it when `voter`.
     AddMember { id: u64, grpc: String, voter: bool },
     /// Remove a member; its id is retired for good.
@@ -281,7 +281,7 @@ impl Proposer {
         match call {
             LeaderCall::Write(mut req) => {
                 req.at_ms = now_ms();
-                match tokio::time::timeout(left, self.raft.client_write(req)).await {
+                match tokio::time::timeout(left, self.raft.client_write(*req)).await {
                     Err(_) => Err(no_quorum("the write", left)),
                     Ok(Ok(resp)) => Ok(LeaderReply::Write(resp.data)),
                     Ok(Err(e)) => Err(client_write_error(e)),

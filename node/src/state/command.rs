@@ -10,8 +10,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::apps::{AppSpec, Health, InstanceState};
 use super::ipam::{AllocationInfo, PoolInfo};
-use super::nodes::NodeInfo;
+use super::nodes::{HostState, NodeInfo};
 
 /// A command as it sits in the Raft log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +52,76 @@ pub enum Command {
     },
     /// Releases an allocated address.
     Release { pool: String, ip: Ipv4Addr },
+    /// Creates an app, or a new version of it (a rollout), or scales it when only
+    /// `instances` changed. The spec was validated by the proposer.
+    PutApp { spec: AppSpec },
+    /// Sets the desired number of instances.
+    ScaleApp { id: String, instances: u32 },
+    /// Deletes an app: its instances stop, then release their IPs.
+    DeleteApp { id: String },
+    /// A new version with the spec of `version` (default: the one before the current).
+    RollbackApp { id: String, version: Option<u64> },
+    /// The scheduler's decisions, batched.
+    ApplyPlan(Plan),
+    /// What an agent observed of an instance it runs, for placement `epoch`.
+    ReportInstance(Report),
+    /// The leader's verdict on a host's liveness.
+    SetHostState { id: u64, state: HostState },
+    /// Stops a rollout by rolling back to the version it started from.
+    CancelDeployment { app: String },
+}
+
+/// A scheduling plan: what the leader's scheduler decided from one view of the state.
+/// Apply re-checks every item against the current state (hosts up, resources free,
+/// instance unchanged) and skips what no longer holds, so a plan computed on a slightly
+/// older view can never over-commit a host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    /// New instances, placed on `host` when given (else pending).
+    pub creates: Vec<NewInstance>,
+    /// Pending or lost instances placed on a host.
+    pub places: Vec<(String, u64)>,
+    /// Instances upgraded in place to a version (they keep id and IP).
+    pub upgrades: Vec<(String, u64)>,
+    /// Instances asked to stop (then removed when their agent reports them stopped).
+    pub stops: Vec<String>,
+    /// Instances removed at once (never placed, or their host is down).
+    pub removes: Vec<String>,
+    /// Per app: why instances stay pending (None: all placed).
+    pub reasons: Vec<(String, Option<String>)>,
+    /// Rollouts that are complete: (app, deployment id).
+    pub finished: Vec<(String, u64)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.creates.is_empty()
+            && self.places.is_empty()
+            && self.upgrades.is_empty()
+            && self.stops.is_empty()
+            && self.removes.is_empty()
+            && self.reasons.is_empty()
+            && self.finished.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewInstance {
+    pub app: String,
+    pub version: u64,
+    pub host: Option<u64>,
+    pub surge: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub id: String,
+    pub host: u64,
+    pub epoch: u64,
+    pub state: InstanceState,
+    pub health: Health,
+    pub message: Option<String>,
+    pub restarts: u32,
 }
 
 impl fmt::Display for Request {
@@ -63,6 +134,22 @@ impl fmt::Display for Request {
             Command::DeletePool { name } => write!(f, "delete-pool {name}"),
             Command::Allocate { pool, owner, ip } => write!(f, "allocate {pool} {owner:?} {ip:?}"),
             Command::Release { pool, ip } => write!(f, "release {pool} {ip}"),
+            Command::PutApp { spec } => write!(f, "put-app {}", spec.id),
+            Command::ScaleApp { id, instances } => write!(f, "scale {id} {instances}"),
+            Command::DeleteApp { id } => write!(f, "delete-app {id}"),
+            Command::RollbackApp { id, version } => write!(f, "rollback {id} {version:?}"),
+            Command::ApplyPlan(p) => write!(
+                f,
+                "plan +{} place {} upgrade {} stop {} remove {}",
+                p.creates.len(),
+                p.places.len(),
+                p.upgrades.len(),
+                p.stops.len(),
+                p.removes.len()
+            ),
+            Command::ReportInstance(r) => write!(f, "report {} {:?}/{:?}", r.id, r.state, r.health),
+            Command::SetHostState { id, state } => write!(f, "host {id} {state:?}"),
+            Command::CancelDeployment { app } => write!(f, "cancel-deployment {app}"),
         }
     }
 }
@@ -88,6 +175,12 @@ pub enum Reply {
         created: bool,
     },
     Allocation(AllocationInfo),
+    /// An app after a change: its current version; `created` for a new app.
+    App {
+        id: String,
+        version: u64,
+        created: bool,
+    },
 }
 
 /// The class of a [`DomainError`]; the API maps each to one status code.

@@ -15,6 +15,7 @@
 //!   address inside apply ([`ipam`]).
 //! - The replicated clock never goes backwards, even across leaders with skewed clocks.
 
+pub mod apps;
 pub mod command;
 pub mod dedup;
 pub mod ipam;
@@ -25,7 +26,10 @@ use std::io;
 use berth_raft::StateMachine;
 use serde::{Deserialize, Serialize};
 
-pub use self::command::{Command, DomainError, ErrorKind, Reply, Request, Response};
+use self::apps::Apps;
+pub use self::command::{
+    Command, DomainError, ErrorKind, NewInstance, Plan, Reply, Report, Request, Response,
+};
 use self::dedup::Dedup;
 use self::ipam::Ipam;
 use self::nodes::Nodes;
@@ -39,6 +43,7 @@ pub struct State {
     pub applied_index: u64,
     pub nodes: Nodes,
     pub ipam: Ipam,
+    pub apps: Apps,
     dedup: Dedup,
 }
 
@@ -57,6 +62,14 @@ impl State {
             Command::DeletePool { name } => self.ipam.delete_pool(&name),
             Command::Allocate { pool, owner, ip } => self.ipam.allocate(&pool, &owner, ip, now),
             Command::Release { pool, ip } => self.ipam.release(&pool, ip),
+            Command::PutApp { spec } => self.put_app(spec),
+            Command::ScaleApp { id, instances } => self.scale_app(&id, instances),
+            Command::DeleteApp { id } => self.delete_app(&id),
+            Command::RollbackApp { id, version } => self.rollback_app(&id, version),
+            Command::ApplyPlan(plan) => self.apply_plan(plan),
+            Command::ReportInstance(report) => self.report_instance(report),
+            Command::SetHostState { id, state } => self.set_host_state(id, state),
+            Command::CancelDeployment { app } => self.cancel_deployment(&app),
         }
     }
 

@@ -19,9 +19,22 @@ pub struct NodeInfo {
     pub labels: Labels,
 }
 
+/// A host's liveness, decided by the leader from heartbeats.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    #[default]
+    Up,
+    Down,
+    /// Takes no new instances.
+    Draining,
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Nodes {
     pub registered: BTreeMap<u64, NodeInfo>,
+    /// Liveness of registered hosts (absent: up).
+    pub states: BTreeMap<u64, HostState>,
     /// Ids of nodes removed from the cluster. Never reused: a wiped node rejoining
     /// under its old id could form a second quorum (openraft's membership docs).
     pub retired: BTreeSet<u64>,
@@ -42,8 +55,14 @@ impl Nodes {
         Response(Ok(Reply::Done))
     }
 
+    /// The liveness of host `id`.
+    pub fn state(&self, id: u64) -> HostState {
+        self.states.get(&id).copied().unwrap_or_default()
+    }
+
     pub fn retire(&mut self, id: u64) -> Response {
         self.registered.remove(&id);
+        self.states.remove(&id);
         self.retired.insert(id);
         Response(Ok(Reply::Done))
     }

@@ -262,6 +262,11 @@ impl Ipam {
         self.pools.get(name).ok_or_else(|| pool_not_found(name))
     }
 
+    /// A pool to change from another part of apply (sticky IPs of instances).
+    pub(crate) fn pool_mut_for_apply(&mut self, name: &str) -> Result<&mut Pool, DomainError> {
+        self.pool_mut(name)
+    }
+
     fn pool_mut(&mut self, name: &str) -> Result<&mut Pool, DomainError> {
         self.pools.get_mut(name).ok_or_else(|| pool_not_found(name))
     }

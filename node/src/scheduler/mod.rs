@@ -1,0 +1,316 @@
+//! # The scheduler: business logic over an immutable view, returning a plan
+//!
+//! [`plan`] reads the committed state and decides, for every app: how many instances to
+//! create or stop, which instances to upgrade in place during a rollout, and on which
+//! host each unplaced instance goes. It performs no I/O and proposes nothing — the
+//! leader's loop (`server::leader`) proposes the returned [`Plan`] as one command, and
+//! apply re-checks each item (Nomad's scheduler/plan-applier split). That makes it
+//! testable without Raft: the tests build a `State` and look at the plan.
+//!
+//! ## Placement
+//!
+//! A host is a candidate for an instance when it is up, runs the app's runtime
+//! (`docker` for apps with an image, `process` otherwise), has the cpus and memory free
+//! (reserved, never over-committed) and satisfies every constraint (Marathon's
+//! operators: [`constraints`]). Among candidates, instances spread: the host with the
+//! fewest instances of this app first, then the least loaded (cpu share), then the
+//! lowest id. An instance no host can take stays pending, and the app says why.
+//!
+//! ## Rollouts
+//!
+//! A new version rolls over the instances **in place** — each keeps its id and sticky
+//! IP — while at least `ceil(instances × min_healthy)` stay healthy. When no instance
+//! can go down, up to `max_surge` extra instances of the new version are started first;
+//! they are stopped (releasing their IPs) once every instance runs the new version and
+//! is healthy. Scaling down stops the youngest instances first.
+
+pub mod constraints;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::state::apps::spec::parse_constraints;
+use crate::state::apps::{App, Desired, Instance, InstanceState};
+use crate::state::nodes::{HostState, NodeInfo};
+use crate::state::{NewInstance, Plan, State};
+
+/// Free resources and per-app counts while a plan is being built.
+struct Hosts<'a> {
+    /// Up hosts, by id.
+    info: BTreeMap<u64, &'a NodeInfo>,
+    /// (cpus, mem_mb) reserved, including what this plan already placed.
+    used: BTreeMap<u64, (f64, u64)>,
+}
+
+impl<'a> Hosts<'a> {
+    fn new(state: &'a State) -> Self {
+        let info: BTreeMap<u64, &NodeInfo> = state
+            .nodes
+            .registered
+            .iter()
+            .filter(|(id, _)| state.nodes.state(**id) == HostState::Up)
+            .map(|(id, i)| (*id, i))
+            .collect();
+        let mut used: BTreeMap<u64, (f64, u64)> = info.keys().map(|h| (*h, (0.0, 0))).collect();
+        for i in state.apps.instances.values() {
+            if let (Some(h), true) = (i.host, i.reserves()) {
+                if let Some(u) = used.get_mut(&h) {
+                    u.0 += i.cpus;
+                    u.1 += i.mem_mb;
+                }
+            }
+        }
+        Hosts { info, used }
+    }
+}
+
+/// Why hosts were turned down for one instance, for the app's pending reason.
+#[derive(Default)]
+struct Refusals {
+    runtime: usize,
+    cpus: usize,
+    mem: usize,
+    constraint: BTreeMap<String, usize>,
+}
+
+impl Refusals {
+    fn explain(&self, app: &str, runtime: &str, cpus: f64, mem_mb: u64, hosts: usize) -> String {
+        if hosts == 0 {
+            return format!("no host is up to run {app}");
+        }
+        let mut parts = Vec::new();
+        if self.runtime > 0 {
+            parts.push(format!(
+                "{} host(s) do not run the {runtime} runtime",
+                self.runtime
+            ));
+        }
+        if self.cpus > 0 {
+            parts.push(format!("{} host(s) lack cpus (need {cpus})", self.cpus));
+        }
+        if self.mem > 0 {
+            parts.push(format!(
+                "{} host(s) lack memory (need {mem_mb} MiB)",
+                self.mem
+            ));
+        }
+        for (c, n) in &self.constraint {
+            parts.push(format!("{n} host(s) fail constraint {c}"));
+        }
+        format!(
+            "no host can take an instance of {app}: {}",
+            parts.join("; ")
+        )
+    }
+}
+
+/// Chooses a host for one instance of `app`, or says why none fits. `counts` holds the
+/// app's instances per host (updated on success).
+fn choose_host(
+    hosts: &mut Hosts<'_>,
+    app: &App,
+    constraints: &[constraints::Compiled],
+    counts: &mut BTreeMap<u64, u32>,
+) -> Result<u64, String> {
+    let spec = app.spec();
+    let runtime = spec.runtime();
+    let mut refusals = Refusals::default();
+    let mut best: Option<(u32, f64, u64)> = None;
+    for (id, info) in &hosts.info {
+        if info.runtime != runtime {
+            refusals.runtime += 1;
+            continue;
+        }
+        let (c, m) = hosts.used[id];
+        if c + spec.cpus > info.cpus + 1e-9 {
+            refusals.cpus += 1;
+            continue;
+        }
+        if m + spec.mem_mb > info.mem_mb {
+            refusals.mem += 1;
+            continue;
+        }
+        if let Some(failed) = constraints
+            .iter()
+            .find(|k| !k.allows(*id, info, &hosts.info, counts))
+        {
+            *refusals.constraint.entry(failed.describe()).or_default() += 1;
+            continue;
+        }
+        let key = (
+            counts.get(id).copied().unwrap_or(0),
+            c / info.cpus.max(1e-9),
+            *id,
+        );
+        if best.is_none_or(|b| {
+            key.0 < b.0 || (key.0 == b.0 && (key.1 < b.1 || (key.1 == b.1 && key.2 < b.2)))
+        }) {
+            best = Some(key);
+        }
+    }
+    match best {
+        Some((_, _, h)) => {
+            *counts.entry(h).or_default() += 1;
+            let u = hosts.used.get_mut(&h).expect("candidate is up");
+            u.0 += spec.cpus;
+            u.1 += spec.mem_mb;
+            Ok(h)
+        }
+        None => Err(refusals.explain(&app.id, runtime, spec.cpus, spec.mem_mb, hosts.info.len())),
+    }
+}
+
+/// Computes what should change, from one view of the committed state.
+pub fn plan(state: &State) -> Plan {
+    let mut plan = Plan::default();
+    let mut hosts = Hosts::new(state);
+    for app in state.apps.apps.values() {
+        plan_app(state, app, &mut hosts, &mut plan);
+    }
+    plan
+}
+
+fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
+    let spec = app.spec();
+    let target = app.version;
+    let want = app.instances as usize;
+    let has_check = spec.health_check.is_some();
+    let compiled: Vec<constraints::Compiled> = parse_constraints(&spec.constraints)
+        .unwrap_or_default()
+        .iter()
+        .map(constraints::Compiled::new)
+        .collect();
+
+    let mut live: Vec<&Instance> = state
+        .apps
+        .instances_of(&app.id)
+        .filter(|i| i.desired == Desired::Run)
+        .collect();
+    live.sort_by_key(|i| i.index);
+    let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
+    for i in &live {
+        if let Some(h) = i.host {
+            *counts.entry(h).or_default() += 1;
+        }
+    }
+    let (mut core, surge): (Vec<&Instance>, Vec<&Instance>) = live.iter().partition(|i| !i.surge);
+
+    // Scale down: the youngest go first.
+    let mut stopping: BTreeSet<String> = BTreeSet::new();
+    while core.len() > want {
+        let youngest = core.pop().expect("len > want >= 0");
+        stopping.insert(youngest.id.clone());
+    }
+    let mut creates = want.saturating_sub(core.len());
+
+    // Rollout.
+    let old: Vec<&Instance> = core
+        .iter()
+        .copied()
+        .filter(|i| i.version != target)
+        .collect();
+    let healthy = live
+        .iter()
+        .filter(|i| !stopping.contains(&i.id) && i.is_healthy(has_check))
+        .count();
+    let min_healthy = ((want as f64) * spec.upgrade.min_healthy).ceil() as usize;
+    // Surge instances of a superseded version are of no use.
+    for s in &surge {
+        if s.version != target {
+            stopping.insert(s.id.clone());
+        }
+    }
+    let live_surge = surge.iter().filter(|s| s.version == target).count();
+    let mut new: Vec<NewInstance> = Vec::new();
+    if !old.is_empty() {
+        // Instances that are not healthy anyway are upgraded at no cost.
+        let (sick, well): (Vec<&Instance>, Vec<&Instance>) =
+            old.iter().partition(|i| !i.is_healthy(has_check));
+        for i in sick {
+            plan.upgrades.push((i.id.clone(), target));
+        }
+        let mut budget = healthy.saturating_sub(min_healthy);
+        for i in &well {
+            if budget == 0 {
+                break;
+            }
+            plan.upgrades.push((i.id.clone(), target));
+            budget -= 1;
+        }
+        let blocked = well
+            .len()
+            .saturating_sub(healthy.saturating_sub(min_healthy));
+        if blocked > 0 && live_surge < spec.upgrade.max_surge as usize {
+            let extra = (spec.upgrade.max_surge as usize - live_surge).min(blocked);
+            for _ in 0..extra {
+                new.push(NewInstance {
+                    app: app.id.clone(),
+                    version: target,
+                    host: None,
+                    surge: true,
+                });
+            }
+        }
+    } else {
+        let all_ready = core.iter().all(|i| i.is_healthy(has_check)) && creates == 0;
+        if all_ready {
+            for s in &surge {
+                stopping.insert(s.id.clone());
+            }
+            if let Some(d) = &app.deployment {
+                plan.finished.push((app.id.clone(), d.id));
+            }
+        }
+    }
+    for id in &stopping {
+        if let Some(i) = state.apps.instances.get(id) {
+            if let Some(h) = i.host {
+                if let Some(c) = counts.get_mut(&h) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+        }
+    }
+    plan.stops.extend(stopping.iter().cloned());
+
+    // Placement: instances without a host, then new ones.
+    let mut reason = None;
+    let unplaced: Vec<&Instance> = live
+        .iter()
+        .copied()
+        .filter(|i| i.host.is_none() && !stopping.contains(&i.id))
+        .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Lost))
+        .collect();
+    for i in unplaced {
+        match choose_host(hosts, app, &compiled, &mut counts) {
+            Ok(h) => plan.places.push((i.id.clone(), h)),
+            Err(r) => {
+                reason = Some(r);
+                break;
+            }
+        }
+    }
+    while creates > 0 {
+        new.push(NewInstance {
+            app: app.id.clone(),
+            version: target,
+            host: None,
+            surge: false,
+        });
+        creates -= 1;
+    }
+    for mut n in new {
+        if reason.is_none() {
+            match choose_host(hosts, app, &compiled, &mut counts) {
+                Ok(h) => n.host = Some(h),
+                Err(r) => reason = Some(r),
+            }
+        }
+        plan.creates.push(n);
+    }
+    if reason != app.pending_reason {
+        plan.reasons.push((app.id.clone(), reason));
+    }
+}
+
+#[cfg(test)]
+mod tests;

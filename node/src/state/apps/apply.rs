@@ -1,0 +1,435 @@
+//! Applying the app commands. Each function is deterministic: time comes from
+//! `State::clock_ms`, and every check uses only the replicated state.
+
+use super::{AppSpec, Desired, Health, Instance, InstanceState};
+use crate::state::command::{DomainError, NewInstance, Plan, Reply, Report, Response};
+use crate::state::nodes::HostState;
+use crate::state::State;
+
+fn app_not_found(id: &str) -> DomainError {
+    DomainError::not_found("app_not_found", format!("no app named {id:?}"))
+}
+
+/// Floating point slack when adding up cpus.
+const EPS: f64 = 1e-9;
+
+impl State {
+    /// Resources reserved on `host`: (cpus, mem_mb).
+    pub fn host_usage(&self, host: u64) -> (f64, u64) {
+        self.apps
+            .instances
+            .values()
+            .filter(|i| i.host == Some(host) && i.reserves())
+            .fold((0.0, 0), |(c, m), i| (c + i.cpus, m + i.mem_mb))
+    }
+
+    /// Whether `host` can take `cpus`/`mem_mb` more for an app of `runtime`.
+    pub fn host_fits(&self, host: u64, runtime: &str, cpus: f64, mem_mb: u64) -> bool {
+        let Some(info) = self.nodes.registered.get(&host) else {
+            return false;
+        };
+        if self.nodes.state(host) != HostState::Up || info.runtime != runtime {
+            return false;
+        }
+        let (c, m) = self.host_usage(host);
+        c + cpus <= info.cpus + EPS && m + mem_mb <= info.mem_mb
+    }
+
+    pub(crate) fn put_app(&mut self, spec: AppSpec) -> Response {
+        if let Some(net) = &spec.network {
+            if self.ipam.pool(&net.pool).is_err() {
+                return Response(Err(DomainError::invalid(
+                    "invalid_spec",
+                    format!("network.pool: no pool named {:?}", net.pool),
+                )));
+            }
+        }
+        let id = spec.id.clone();
+        let (version, created) = self.apps.put(spec, self.clock_ms);
+        Response(Ok(Reply::App {
+            id,
+            version,
+            created,
+        }))
+    }
+
+    pub(crate) fn scale_app(&mut self, id: &str, instances: u32) -> Response {
+        let now = self.clock_ms;
+        match self.apps.apps.get_mut(id) {
+            None => Response(Err(app_not_found(id))),
+            Some(app) => {
+                app.instances = instances;
+                app.updated_at = now;
+                Response(Ok(Reply::App {
+                    id: id.to_string(),
+                    version: app.version,
+                    created: false,
+                }))
+            }
+        }
+    }
+
+    pub(crate) fn rollback_app(&mut self, id: &str, version: Option<u64>) -> Response {
+        let Some(app) = self.apps.apps.get(id) else {
+            return Response(Err(app_not_found(id)));
+        };
+        let target = match version {
+            Some(v) => app.version(v).cloned().ok_or_else(|| {
+                DomainError::not_found(
+                    "version_not_found",
+                    format!(
+                        "app {id:?} has no version {v} (kept: the last {})",
+                        super::MAX_VERSIONS
+                    ),
+                )
+            }),
+            None => app
+                .versions
+                .iter()
+                .rev()
+                .find(|v| v.version < app.version)
+                .cloned()
+                .ok_or_else(|| {
+                    DomainError::conflict(
+                        "no_previous_version",
+                        format!("app {id:?} has only one version"),
+                    )
+                }),
+        };
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => return Response(Err(e)),
+        };
+        // Scaling is not versioned: a rollback restores the spec, not the count.
+        let mut spec = target.spec;
+        spec.instances = app.instances;
+        if &spec == app.spec() || spec.same_but_instances(app.spec()) {
+            return Response(Err(DomainError::conflict(
+                "already_current",
+                format!("version {} of {id:?} has the current spec", target.version),
+            )));
+        }
+        self.put_app(spec)
+    }
+
+    pub(crate) fn delete_app(&mut self, id: &str) -> Response {
+        if self.apps.apps.remove(id).is_none() {
+            return Response(Err(app_not_found(id)));
+        }
+        let ids: Vec<String> = self.apps.instances_of(id).map(|i| i.id.clone()).collect();
+        for i in ids {
+            self.stop_instance(&i);
+        }
+        Response(Ok(Reply::Done))
+    }
+
+    pub(crate) fn cancel_deployment(&mut self, app: &str) -> Response {
+        let Some(a) = self.apps.apps.get(app) else {
+            return Response(Err(app_not_found(app)));
+        };
+        let Some(d) = a.deployment.clone() else {
+            return Response(Err(DomainError::not_found(
+                "deployment_not_found",
+                format!("app {app:?} has no rollout in progress"),
+            )));
+        };
+        match d.from {
+            Some(from) => self.rollback_app(app, Some(from)),
+            None => Response(Err(DomainError::conflict(
+                "no_previous_version",
+                "the rollout has no version to go back to",
+            ))),
+        }
+    }
+
+    /// Asks an instance to stop; one that never ran is removed at once.
+    fn stop_instance(&mut self, id: &str) {
+        let Some(inst) = self.apps.instances.get_mut(id) else {
+            return;
+        };
+        inst.desired = Desired::Stop;
+        inst.updated_at = self.clock_ms;
+        if inst.host.is_none() {
+            self.remove_instance(id);
+        } else {
+            inst.state = InstanceState::Stopping;
+        }
+    }
+
+    /// Removes an instance and releases its sticky IP.
+    fn remove_instance(&mut self, id: &str) {
+        if let Some(inst) = self.apps.instances.remove(id) {
+            if let (Some(pool), Some(ip)) = (inst.pool, inst.ip) {
+                let _ = self.ipam.release(&pool, ip);
+            }
+        }
+    }
+
+    /// Gives an instance its sticky IP if its app wants one and it has none yet.
+    fn ensure_ip(&mut self, id: &str) -> Result<(), String> {
+        let now = self.clock_ms;
+        let Some(inst) = self.apps.instances.get(id) else {
+            return Ok(());
+        };
+        if inst.ip.is_some() {
+            return Ok(());
+        }
+        let pool = self
+            .apps
+            .apps
+            .get(&inst.app)
+            .and_then(|a| a.version(inst.version))
+            .and_then(|v| v.spec.network.as_ref().map(|n| n.pool.clone()));
+        let Some(pool) = pool else { return Ok(()) };
+        let owner = format!("instance:{id}");
+        let ip = self
+            .ipam
+            .pool_mut_for_apply(&pool)
+            .and_then(|p| p.allocate(&owner, None, now))
+            .map_err(|e| e.message)?;
+        let inst = self.apps.instances.get_mut(id).expect("checked above");
+        inst.ip = Some(ip);
+        inst.pool = Some(pool);
+        Ok(())
+    }
+
+    /// Places `id` on `host` if the host can take it now.
+    fn place(&mut self, id: &str, host: u64) -> bool {
+        let Some(inst) = self.apps.instances.get(id) else {
+            return false;
+        };
+        if inst.host.is_some() || inst.desired != Desired::Run {
+            return false;
+        }
+        let Some(spec) = self
+            .apps
+            .apps
+            .get(&inst.app)
+            .and_then(|a| a.version(inst.version))
+            .map(|v| v.spec.clone())
+        else {
+            return false;
+        };
+        if !self.host_fits(host, spec.runtime(), spec.cpus, spec.mem_mb) {
+            return false;
+        }
+        if let Err(reason) = self.ensure_ip(id) {
+            if let Some(i) = self.apps.instances.get_mut(id) {
+                i.message = Some(reason);
+            }
+            return false;
+        }
+        let now = self.clock_ms;
+        let inst = self.apps.instances.get_mut(id).expect("checked above");
+        inst.host = Some(host);
+        inst.epoch += 1;
+        inst.state = InstanceState::Starting;
+        inst.health = Health::Unknown;
+        inst.cpus = spec.cpus;
+        inst.mem_mb = spec.mem_mb;
+        inst.message = None;
+        inst.updated_at = now;
+        true
+    }
+
+    fn create(&mut self, n: &NewInstance) {
+        let Some(app) = self.apps.apps.get(&n.app) else {
+            return;
+        };
+        let Some(spec) = app.version(n.version).map(|v| v.spec.clone()) else {
+            return;
+        };
+        let (id, index) = self.apps.next_instance_id(&n.app);
+        let now = self.clock_ms;
+        self.apps.instances.insert(
+            id.clone(),
+            Instance {
+                id: id.clone(),
+                app: n.app.clone(),
+                index,
+                version: n.version,
+                host: None,
+                ip: None,
+                pool: None,
+                state: InstanceState::Pending,
+                health: Health::Unknown,
+                desired: Desired::Run,
+                epoch: 0,
+                surge: n.surge,
+                created_at: now,
+                updated_at: now,
+                message: None,
+                restarts: 0,
+                cpus: spec.cpus,
+                mem_mb: spec.mem_mb,
+            },
+        );
+        match n.host {
+            Some(h) => {
+                self.place(&id, h);
+            }
+            None => {
+                // Pending; the IP is taken now so the instance shows it from the start.
+                if let Err(reason) = self.ensure_ip(&id) {
+                    if let Some(i) = self.apps.instances.get_mut(&id) {
+                        i.message = Some(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    fn upgrade(&mut self, id: &str, version: u64) {
+        let Some(inst) = self.apps.instances.get(id) else {
+            return;
+        };
+        if inst.desired != Desired::Run || inst.version == version {
+            return;
+        }
+        let Some(spec) = self
+            .apps
+            .apps
+            .get(&inst.app)
+            .and_then(|a| a.version(version))
+            .map(|v| v.spec.clone())
+        else {
+            return;
+        };
+        let host = inst.host;
+        let now = self.clock_ms;
+        let inst = self.apps.instances.get_mut(id).expect("checked above");
+        inst.version = version;
+        inst.epoch += 1;
+        inst.health = Health::Unknown;
+        inst.updated_at = now;
+        inst.restarts = 0;
+        // Detached, the instance reserves nothing; it goes back on its host if the new
+        // spec fits there, else it moves (keeping its id and IP).
+        inst.host = None;
+        inst.state = InstanceState::Pending;
+        inst.cpus = spec.cpus;
+        inst.mem_mb = spec.mem_mb;
+        if let Some(h) = host {
+            if self.host_fits(h, spec.runtime(), spec.cpus, spec.mem_mb) {
+                let inst = self.apps.instances.get_mut(id).expect("checked above");
+                inst.host = Some(h);
+                inst.state = InstanceState::Starting;
+            }
+        }
+        // A new pool in the new version: the instance gets an address from it.
+        let wants_pool = spec.network.as_ref().map(|n| n.pool.clone());
+        let inst = self.apps.instances.get(id).expect("checked above");
+        if inst.pool != wants_pool {
+            if let (Some(pool), Some(ip)) = (inst.pool.clone(), inst.ip) {
+                let _ = self.ipam.release(&pool, ip);
+            }
+            let inst = self.apps.instances.get_mut(id).expect("checked above");
+            inst.pool = None;
+            inst.ip = None;
+            let _ = self.ensure_ip(id);
+        }
+    }
+
+    pub(crate) fn apply_plan(&mut self, plan: Plan) -> Response {
+        for id in &plan.removes {
+            if let Some(i) = self.apps.instances.get(id) {
+                // Only instances that hold nothing on a live host may go at once.
+                let host_down = i
+                    .host
+                    .is_none_or(|h| self.nodes.state(h) == HostState::Down);
+                if host_down {
+                    self.remove_instance(id);
+                }
+            }
+        }
+        for id in &plan.stops {
+            self.stop_instance(id);
+        }
+        for (id, v) in &plan.upgrades {
+            self.upgrade(id, *v);
+        }
+        for (id, h) in &plan.places {
+            self.place(id, *h);
+        }
+        for n in &plan.creates {
+            self.create(n);
+        }
+        for (app, reason) in plan.reasons {
+            if let Some(a) = self.apps.apps.get_mut(&app) {
+                a.pending_reason = reason;
+            }
+        }
+        for (app, deployment) in plan.finished {
+            if let Some(a) = self.apps.apps.get_mut(&app) {
+                if a.deployment.as_ref().map(|d| d.id) == Some(deployment) {
+                    a.deployment = None;
+                }
+            }
+        }
+        Response(Ok(Reply::Done))
+    }
+
+    pub(crate) fn report_instance(&mut self, r: Report) -> Response {
+        let now = self.clock_ms;
+        let Some(inst) = self.apps.instances.get_mut(&r.id) else {
+            return Response(Ok(Reply::Done));
+        };
+        if inst.epoch != r.epoch || inst.host != Some(r.host) {
+            // A report about an older placement: the instance has moved on.
+            return Response(Ok(Reply::Done));
+        }
+        if inst.desired == Desired::Stop
+            && matches!(r.state, InstanceState::Stopped | InstanceState::Failed)
+        {
+            self.remove_instance(&r.id);
+            return Response(Ok(Reply::Done));
+        }
+        if inst.desired == Desired::Stop && r.state != InstanceState::Stopped {
+            // Keep showing `stopping` until the agent says it stopped.
+            inst.health = r.health;
+            inst.updated_at = now;
+            return Response(Ok(Reply::Done));
+        }
+        inst.state = r.state;
+        inst.health = r.health;
+        inst.message = r.message;
+        inst.restarts = r.restarts;
+        inst.updated_at = now;
+        Response(Ok(Reply::Done))
+    }
+
+    pub(crate) fn set_host_state(&mut self, id: u64, state: HostState) -> Response {
+        if !self.nodes.registered.contains_key(&id) {
+            return Response(Err(DomainError::not_found(
+                "host_not_found",
+                format!("no host {id}"),
+            )));
+        }
+        self.nodes.states.insert(id, state);
+        if state == HostState::Down {
+            let now = self.clock_ms;
+            let on_host: Vec<String> = self
+                .apps
+                .instances
+                .values()
+                .filter(|i| i.host == Some(id))
+                .map(|i| i.id.clone())
+                .collect();
+            for iid in on_host {
+                let inst = self.apps.instances.get_mut(&iid).expect("listed above");
+                if inst.desired == Desired::Stop {
+                    self.remove_instance(&iid);
+                } else {
+                    // Lost: the scheduler places it again, with the same id and IP.
+                    inst.host = None;
+                    inst.state = InstanceState::Lost;
+                    inst.health = Health::Unknown;
+                    inst.epoch += 1;
+                    inst.message = Some(format!("host {id} went down"));
+                    inst.updated_at = now;
+                }
+            }
+        }
+        Response(Ok(Reply::Done))
+    }
+}
