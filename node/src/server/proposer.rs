@@ -132,7 +132,7 @@ impl Proposer {
             cmd,
         };
         match self
-            .call_leader(LeaderCall::Write(req), WRITE_DEADLINE)
+            .call_leader(LeaderCall::Write(Box::new(req)), WRITE_DEADLINE)
             .await?
         {
             LeaderReply::Write(r) => Ok(r),
