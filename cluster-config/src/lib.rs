@@ -24,17 +24,11 @@ pub enum ConfigError {
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
     #[error("missing {key} (give --{flag} or `{key}` in the config file)")]
-    Missing {
-        key: &'static str,
-        flag: &'static str,
-    },
+    Missing { key: &'static str, flag: &'static str },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key, reason: reason.into() }
 }
 
 /// Which runtime the host's agent runs instances with.
@@ -54,9 +48,7 @@ impl std::str::FromStr for Runtime {
         match s {
             "docker" => Ok(Runtime::Docker),
             "process" => Ok(Runtime::Process),
-            other => Err(format!(
-                "unknown runtime {other:?} (expected docker or process)"
-            )),
+            other => Err(format!("unknown runtime {other:?} (expected docker or process)")),
         }
     }
 }
@@ -85,9 +77,7 @@ impl std::str::FromStr for LogFormat {
         match s {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format {other:?} (expected text or json)"
-            )),
+            other => Err(format!("unknown log format {other:?} (expected text or json)")),
         }
     }
 }
@@ -136,6 +126,9 @@ pub struct NodeConfig {
     pub log_format: Option<LogFormat>,
     /// Raft tuning.
     pub raft: Option<RaftTuning>,
+    /// Stop every instance when the agent exits (`--stop-instances-on-exit`; `berth dev`
+    /// sets it). By default instances keep running and the next agent adopts them.
+    pub stop_instances_on_exit: Option<bool>,
 }
 
 /// `peers` in the file: the flag's string form, or a table.
@@ -163,6 +156,7 @@ pub struct ValidConfig {
     pub mem_mb: Option<u64>,
     pub log_format: LogFormat,
     pub raft: RaftTuning,
+    pub stop_instances_on_exit: bool,
 }
 
 /// Parses `1=127.0.0.1:7401,2=127.0.0.1:7402`. Ids are positive and unique; every
@@ -170,9 +164,8 @@ pub struct ValidConfig {
 pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| invalid("peers", format!("{part:?} is not id=host:port")))?;
+        let (id, addr) =
+            part.split_once('=').ok_or_else(|| invalid("peers", format!("{part:?} is not id=host:port")))?;
         insert_peer(&mut out, id, addr)?;
     }
     if out.is_empty() {
@@ -182,10 +175,8 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
 }
 
 fn insert_peer(out: &mut BTreeMap<u64, String>, id: &str, addr: &str) -> Result<(), ConfigError> {
-    let id: u64 = id
-        .trim()
-        .parse()
-        .map_err(|_| invalid("peers", format!("node id {id:?} is not a positive integer")))?;
+    let id: u64 =
+        id.trim().parse().map_err(|_| invalid("peers", format!("node id {id:?} is not a positive integer")))?;
     if id == 0 {
         return Err(invalid("peers", "node id 0 is reserved; ids start at 1"));
     }
@@ -198,33 +189,24 @@ fn insert_peer(out: &mut BTreeMap<u64, String>, id: &str, addr: &str) -> Result<
 }
 
 fn check_host_port(key: &'static str, addr: &str) -> Result<(), ConfigError> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(key, format!("{addr:?} is not host:port")))?;
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| invalid(key, format!("{addr:?} is not host:port")))?;
     if host.is_empty() {
         return Err(invalid(key, format!("{addr:?} has no host")));
     }
-    port.parse::<u16>()
-        .map_err(|_| invalid(key, format!("{addr:?} has no valid port")))?;
+    port.parse::<u16>().map_err(|_| invalid(key, format!("{addr:?} has no valid port")))?;
     Ok(())
 }
 
 fn socket(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse()
-        .map_err(|_| invalid(key, format!("{s:?} is not an ip:port address")))
+    s.parse().map_err(|_| invalid(key, format!("{s:?} is not an ip:port address")))
 }
 
 impl NodeConfig {
     /// Reads a TOML file. Unknown keys are an error naming the key.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::from_toml(&text).map_err(|reason| ConfigError::Parse {
-            path: path.display().to_string(),
-            reason,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        Self::from_toml(&text).map_err(|reason| ConfigError::Parse { path: path.display().to_string(), reason })
     }
 
     /// Parses TOML text.
@@ -248,7 +230,8 @@ impl NodeConfig {
             storage,
             cpus,
             mem_mb,
-            log_format
+            log_format,
+            stop_instances_on_exit
         );
         if let Some(labels) = flags.labels {
             let mut merged = self.labels.take().unwrap_or_default();
@@ -260,12 +243,7 @@ impl NodeConfig {
             macro_rules! take_raft {
                 ($($f:ident),*) => { $( if r.$f.is_some() { base.$f = r.$f; } )* };
             }
-            take_raft!(
-                heartbeat_ms,
-                election_timeout_min_ms,
-                election_timeout_max_ms,
-                snapshot_logs
-            );
+            take_raft!(heartbeat_ms, election_timeout_min_ms, election_timeout_max_ms, snapshot_logs);
             self.raft = Some(base);
         }
         self
@@ -273,41 +251,18 @@ impl NodeConfig {
 
     /// Checks every value and fills defaults.
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {
-        let id = self.id.ok_or(ConfigError::Missing {
-            key: "id",
-            flag: "id",
-        })?;
+        let id = self.id.ok_or(ConfigError::Missing { key: "id", flag: "id" })?;
         if id == 0 {
             return Err(invalid("id", "0 is reserved; node ids start at 1"));
         }
-        let data_dir = self.data_dir.ok_or(ConfigError::Missing {
-            key: "data_dir",
-            flag: "data-dir",
-        })?;
-        let listen = socket(
-            "listen",
-            self.listen.as_deref().ok_or(ConfigError::Missing {
-                key: "listen",
-                flag: "listen",
-            })?,
-        )?;
-        let http = socket(
-            "http",
-            self.http.as_deref().ok_or(ConfigError::Missing {
-                key: "http",
-                flag: "http",
-            })?,
-        )?;
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing { key: "data_dir", flag: "data-dir" })?;
+        let listen =
+            socket("listen", self.listen.as_deref().ok_or(ConfigError::Missing { key: "listen", flag: "listen" })?)?;
+        let http = socket("http", self.http.as_deref().ok_or(ConfigError::Missing { key: "http", flag: "http" })?)?;
         if http == listen {
-            return Err(invalid(
-                "http",
-                format!("{http} is also the gRPC --listen address"),
-            ));
+            return Err(invalid("http", format!("{http} is also the gRPC --listen address")));
         }
-        let peers = match self.peers.ok_or(ConfigError::Missing {
-            key: "peers",
-            flag: "peers",
-        })? {
+        let peers = match self.peers.ok_or(ConfigError::Missing { key: "peers", flag: "peers" })? {
             Peers::List(s) => parse_peers(&s)?,
             Peers::Table(t) => {
                 let mut out = BTreeMap::new();
@@ -323,18 +278,12 @@ impl NodeConfig {
         if !peers.contains_key(&id) {
             return Err(invalid(
                 "peers",
-                format!(
-                    "this node's id {id} is not in the peers list (ids: {:?})",
-                    peers.keys().collect::<Vec<_>>()
-                ),
+                format!("this node's id {id} is not in the peers list (ids: {:?})", peers.keys().collect::<Vec<_>>()),
             ));
         }
         let storage = self.storage.unwrap_or_else(|| "redb".into());
         if !matches!(storage.as_str(), "redb" | "sled" | "memory") {
-            return Err(invalid(
-                "storage",
-                format!("{storage:?} is not redb or sled"),
-            ));
+            return Err(invalid("storage", format!("{storage:?} is not redb or sled")));
         }
         if let Some(c) = self.cpus {
             if !(c.is_finite() && c > 0.0) {
@@ -346,15 +295,8 @@ impl NodeConfig {
         }
         let labels = self.labels.unwrap_or_default();
         for k in labels.keys() {
-            if k.is_empty()
-                || !k
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-            {
-                return Err(invalid(
-                    "labels",
-                    format!("label key {k:?} must be [A-Za-z0-9-_./]+"),
-                ));
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+                return Err(invalid("labels", format!("label key {k:?} must be [A-Za-z0-9-_./]+")));
             }
         }
         let raft = self.raft.unwrap_or_default();
@@ -364,7 +306,9 @@ impl NodeConfig {
         if hb == 0 || min <= hb || max <= min {
             return Err(invalid(
                 "raft",
-                format!("need 0 < heartbeat_ms ({hb}) < election_timeout_min_ms ({min}) < election_timeout_max_ms ({max})"),
+                format!(
+                    "need 0 < heartbeat_ms ({hb}) < election_timeout_min_ms ({min}) < election_timeout_max_ms ({max})"
+                ),
             ));
         }
         if raft.snapshot_logs == Some(0) {
@@ -384,15 +328,14 @@ impl NodeConfig {
             mem_mb: self.mem_mb,
             log_format: self.log_format.unwrap_or_default(),
             raft,
+            stop_instances_on_exit: self.stop_instances_on_exit.unwrap_or(false),
         })
     }
 }
 
 /// Parses one `--label key=value`.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("label {s:?} is not key=value"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?} is not key=value"))?;
     if k.is_empty() {
         return Err(format!("label {s:?} has an empty key"));
     }

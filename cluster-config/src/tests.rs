@@ -6,9 +6,7 @@ fn base() -> NodeConfig {
         data_dir: Some("/tmp/x".into()),
         listen: Some("127.0.0.1:7401".into()),
         http: Some("127.0.0.1:7481".into()),
-        peers: Some(Peers::List(
-            "1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403".into(),
-        )),
+        peers: Some(Peers::List("1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403".into())),
         ..Default::default()
     }
 }
@@ -18,10 +16,7 @@ fn peers_list_parses_in_id_order() {
     let p = parse_peers("2=10.0.0.2:7401, 1=node1:7401").unwrap();
     assert_eq!(
         p.into_iter().collect::<Vec<_>>(),
-        vec![
-            (1, "node1:7401".to_string()),
-            (2, "10.0.0.2:7401".to_string())
-        ]
+        vec![(1, "node1:7401".to_string()), (2, "10.0.0.2:7401".to_string())]
     );
 }
 
@@ -63,10 +58,7 @@ fn id_must_be_in_peers() {
 fn missing_required_keys_name_the_flag() {
     let mut c = base();
     c.listen = None;
-    assert_eq!(
-        c.validate().unwrap_err().to_string(),
-        "missing listen (give --listen or `listen` in the config file)"
-    );
+    assert_eq!(c.validate().unwrap_err().to_string(), "missing listen (give --listen or `listen` in the config file)");
 }
 
 #[test]
@@ -119,13 +111,6 @@ fn shipped_example_and_local_cluster_files_are_valid() {
 #[test]
 fn bad_raft_timing_is_rejected() {
     let mut c = base();
-    c.raft = Some(RaftTuning {
-        heartbeat_ms: Some(200),
-        ..Default::default()
-    });
-    assert!(c
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("heartbeat_ms"));
+    c.raft = Some(RaftTuning { heartbeat_ms: Some(200), ..Default::default() });
+    assert!(c.validate().unwrap_err().to_string().contains("heartbeat_ms"));
 }

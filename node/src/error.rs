@@ -19,11 +19,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.to_string(),
-            message: message.into(),
-        }
+        Self { status, code: code.to_string(), message: message.into() }
     }
     /// 400: the request itself is wrong.
     pub fn invalid(code: &str, message: impl Into<String>) -> Self {
@@ -68,11 +64,7 @@ impl From<DomainError> for ApiError {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
         };
-        ApiError {
-            status,
-            code: e.code,
-            message: e.message,
-        }
+        ApiError { status, code: e.code, message: e.message }
     }
 }
 

@@ -12,6 +12,7 @@
 //!
 //! See `docs/architecture.md` for the whole picture.
 
+pub mod agent;
 pub mod cli;
 pub mod error;
 pub mod scheduler;

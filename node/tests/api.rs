@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use berth_proto::berth::cluster_client::ClusterClient;
 use berth_proto::berth::ipam_client::IpamClient;
-use berth_proto::berth::{
-    AllocateRequest, CreatePoolRequest, GetClusterRequest, ListAllocationsRequest,
-};
+use berth_proto::berth::{AllocateRequest, CreatePoolRequest, GetClusterRequest, ListAllocationsRequest};
 use reqwest::Method;
 use serde_json::json;
 use support::Cluster;
@@ -19,12 +17,7 @@ const FORM: Duration = Duration::from_secs(20);
 fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"].as_str(), Some(want_code), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,106 +38,38 @@ async fn http_errors_follow_the_contract() {
     let (s, _) = c.post(f, "/v1/ipam/pools", pool).await;
     assert_eq!(s, 200, "identical pool again: 200, not a second pool");
 
-    let (s, v) = c
-        .post(
-            f,
-            "/v1/ipam/pools",
-            json!({"name": "lan", "subnet": "198.18.8.0/24"}),
-        )
-        .await;
+    let (s, v) = c.post(f, "/v1/ipam/pools", json!({"name": "lan", "subnet": "198.18.8.0/24"})).await;
     assert_error(s, &v, 409, "pool_exists");
-    let (s, v) = c
-        .post(
-            f,
-            "/v1/ipam/pools",
-            json!({"name": "b", "subnet": "198.18.7.0/25"}),
-        )
-        .await;
+    let (s, v) = c.post(f, "/v1/ipam/pools", json!({"name": "b", "subnet": "198.18.7.0/25"})).await;
     assert_error(s, &v, 409, "subnet_overlap");
-    let (s, v) = c
-        .post(
-            f,
-            "/v1/ipam/pools",
-            json!({"name": "c", "subnet": "198.18.9.0/24", "mask": 1}),
-        )
-        .await;
+    let (s, v) = c.post(f, "/v1/ipam/pools", json!({"name": "c", "subnet": "198.18.9.0/24", "mask": 1})).await;
     assert_error(s, &v, 400, "invalid_request");
     assert!(v["error"]["message"].as_str().unwrap().contains("mask"));
-    let (s, v) = c
-        .post(
-            f,
-            "/v1/ipam/pools",
-            json!({"name": "c", "subnet": "300.1.1.0/24"}),
-        )
-        .await;
+    let (s, v) = c.post(f, "/v1/ipam/pools", json!({"name": "c", "subnet": "300.1.1.0/24"})).await;
     assert_error(s, &v, 400, "invalid_pool");
     let (s, v) = c.req(f, Method::POST, "/v1/ipam/pools", None, None).await;
     assert_error(s, &v, 400, "invalid_json");
 
     // Allocation until exhaustion.
     for i in 0..4 {
-        let (s, v) = c
-            .post(
-                f,
-                "/v1/ipam/pools/lan/allocations",
-                json!({"owner": format!("o{i}")}),
-            )
-            .await;
+        let (s, v) = c.post(f, "/v1/ipam/pools/lan/allocations", json!({"owner": format!("o{i}")})).await;
         assert_eq!(s, 201, "{v}");
         assert_eq!(v["ip"], json!(format!("198.18.7.{}", 16 + i)));
     }
-    let (s, v) = c
-        .post(f, "/v1/ipam/pools/lan/allocations", json!({"owner": "x"}))
-        .await;
+    let (s, v) = c.post(f, "/v1/ipam/pools/lan/allocations", json!({"owner": "x"})).await;
     assert_error(s, &v, 409, "pool_exhausted");
     assert_eq!(v["error"]["message"], json!("pool lan has no free address"));
 
-    let (s, v) = c
-        .post(f, "/v1/ipam/pools/wan/allocations", json!({"owner": "x"}))
-        .await;
+    let (s, v) = c.post(f, "/v1/ipam/pools/wan/allocations", json!({"owner": "x"})).await;
     assert_error(s, &v, 404, "pool_not_found");
-    let (s, v) = c
-        .req(
-            f,
-            Method::DELETE,
-            "/v1/ipam/pools/lan/allocations/198.18.7.99",
-            None,
-            None,
-        )
-        .await;
+    let (s, v) = c.req(f, Method::DELETE, "/v1/ipam/pools/lan/allocations/198.18.7.99", None, None).await;
     assert_error(s, &v, 404, "allocation_not_found");
-    let (s, v) = c
-        .req(
-            f,
-            Method::DELETE,
-            "/v1/ipam/pools/lan/allocations/not-an-ip",
-            None,
-            None,
-        )
-        .await;
+    let (s, v) = c.req(f, Method::DELETE, "/v1/ipam/pools/lan/allocations/not-an-ip", None, None).await;
     assert_error(s, &v, 400, "invalid_allocation");
-    let (s, _) = c
-        .req(
-            f,
-            Method::DELETE,
-            "/v1/ipam/pools/lan/allocations/198.18.7.17",
-            None,
-            None,
-        )
-        .await;
+    let (s, _) = c.req(f, Method::DELETE, "/v1/ipam/pools/lan/allocations/198.18.7.17", None, None).await;
     assert_eq!(s, 204);
-    let (s, v) = c
-        .post(
-            f,
-            "/v1/ipam/pools/lan/allocations",
-            json!({"owner": "again"}),
-        )
-        .await;
-    assert_eq!(
-        (s, v["ip"].as_str()),
-        (201, Some("198.18.7.17")),
-        "released address reused"
-    );
+    let (s, v) = c.post(f, "/v1/ipam/pools/lan/allocations", json!({"owner": "again"})).await;
+    assert_eq!((s, v["ip"].as_str()), (201, Some("198.18.7.17")), "released address reused");
 
     // Pools listing shows use.
     let (s, v) = c.get(f, "/v1/ipam/pools").await;
@@ -153,9 +78,7 @@ async fn http_errors_follow_the_contract() {
 
     // Too large, unknown route, wrong method.
     let big = "x".repeat(2 * 1024 * 1024);
-    let (s, v) = c
-        .post(f, "/v1/ipam/pools/lan/allocations", json!({"owner": big}))
-        .await;
+    let (s, v) = c.post(f, "/v1/ipam/pools/lan/allocations", json!({"owner": big})).await;
     assert_error(s, &v, 413, "too_large");
     let (s, v) = c.get(f, "/v1/nothing").await;
     assert_error(s, &v, 404, "no_route");
@@ -173,13 +96,7 @@ async fn the_same_idempotency_key_applies_once_through_any_node() {
     let mut ips = Vec::new();
     for via in [1, 2, 3, 1] {
         let (s, v) = c
-            .req(
-                via,
-                Method::POST,
-                "/v1/ipam/pools/lan/allocations",
-                Some(json!({"owner": "once"})),
-                Some("key-1"),
-            )
+            .req(via, Method::POST, "/v1/ipam/pools/lan/allocations", Some(json!({"owner": "once"})), Some("key-1"))
             .await;
         assert_eq!(s, 201, "{v}");
         ips.push(v["ip"].as_str().unwrap().to_string());
@@ -228,27 +145,13 @@ async fn grpc_api_serves_the_same_operations_on_any_node() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert!(
-        err.message().starts_with("pool_not_found:"),
-        "{}",
-        err.message()
-    );
-    let list = ipam
-        .list_allocations(ListAllocationsRequest {
-            pool: "g".into(),
-            stale: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    assert!(err.message().starts_with("pool_not_found:"), "{}", err.message());
+    let list =
+        ipam.list_allocations(ListAllocationsRequest { pool: "g".into(), stale: false }).await.unwrap().into_inner();
     assert_eq!(list.allocations.len(), 1);
 
     let mut cluster = ClusterClient::connect(url).await.unwrap();
-    let info = cluster
-        .get_cluster(GetClusterRequest { stale: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let info = cluster.get_cluster(GetClusterRequest { stale: false }).await.unwrap().into_inner();
     assert_eq!(info.leader, leader);
     assert_eq!(info.members.len(), 3);
 

@@ -12,21 +12,8 @@ use support::Cluster;
 
 const FORM: Duration = Duration::from_secs(20);
 
-async fn allocate(
-    c: &Cluster,
-    via: u64,
-    pool: &str,
-    owner: &str,
-    key: Option<&str>,
-) -> (u16, serde_json::Value) {
-    c.req(
-        via,
-        Method::POST,
-        &format!("/v1/ipam/pools/{pool}/allocations"),
-        Some(json!({ "owner": owner })),
-        key,
-    )
-    .await
+async fn allocate(c: &Cluster, via: u64, pool: &str, owner: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+    c.req(via, Method::POST, &format!("/v1/ipam/pools/{pool}/allocations"), Some(json!({ "owner": owner })), key).await
 }
 
 async fn forms_and_serves(n: u64) {
@@ -41,10 +28,7 @@ async fn forms_and_serves(n: u64) {
     // Every node registers its HTTP address.
     c.eventually(FORM, "every member shows its http address", || async {
         let (_, v) = c.get(n, "/v1/cluster").await;
-        let all = v["members"]
-            .as_array()?
-            .iter()
-            .all(|m| m["http"].is_string());
+        let all = v["members"].as_array()?.iter().all(|m| m["http"].is_string());
         all.then_some(())
     })
     .await;
@@ -83,24 +67,14 @@ async fn concurrent_allocations_through_all_nodes_are_unique() {
             got
         });
     }
-    let all: Vec<String> = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let all: Vec<String> = futures::future::join_all(tasks).await.into_iter().flatten().collect();
     let unique: BTreeSet<_> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "an address was handed out twice");
     // Lowest-free order: exactly .2 ... .136 (the gateway .1 is never allocated).
     let listed = c.allocations(3, "lan").await;
     assert_eq!(listed.len(), 135);
     let expect: BTreeSet<String> = (2..=136).map(|i| format!("198.18.0.{i}")).collect();
-    assert_eq!(
-        listed
-            .iter()
-            .map(|(ip, _)| ip.clone())
-            .collect::<BTreeSet<_>>(),
-        expect
-    );
+    assert_eq!(listed.iter().map(|(ip, _)| ip.clone()).collect::<BTreeSet<_>>(), expect);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,18 +98,10 @@ async fn killing_the_leader_elects_a_new_one_and_writes_continue() {
         allocate(&c, survivor, "lan", "after", Some("after-kill")).await
     };
     assert_eq!(s, 201, "{v}");
-    eprintln!(
-        "failover: first write acknowledged {} ms after kill -9 of the leader",
-        unavailable.as_millis()
-    );
+    eprintln!("failover: first write acknowledged {} ms after kill -9 of the leader", unavailable.as_millis());
     let new = c.wait_leader(FORM).await;
     assert_ne!(new, old);
-    let owners: Vec<String> = c
-        .allocations(survivor, "lan")
-        .await
-        .into_iter()
-        .map(|(_, o)| o)
-        .collect();
+    let owners: Vec<String> = c.allocations(survivor, "lan").await.into_iter().map(|(_, o)| o).collect();
     assert_eq!(owners, ["before", "after"]);
 }
 
@@ -153,15 +119,8 @@ async fn a_minority_cannot_commit_and_nothing_is_lost_or_duplicated_after_healin
     let started = Instant::now();
     let (s, v) = allocate(&c, 1, "lan", "minority", Some("k-minority")).await;
     assert_eq!(s, 503, "a minority must not acknowledge: {v}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "503 must come quickly, took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        ["no_quorum", "no_leader"].contains(&v["error"]["code"].as_str().unwrap()),
-        "{v}"
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "503 must come quickly, took {:?}", started.elapsed());
+    assert!(["no_quorum", "no_leader"].contains(&v["error"]["code"].as_str().unwrap()), "{v}");
     let (s, _) = c.get(1, "/v1/ipam/pools/lan/allocations").await;
     assert_eq!(s, 503, "no linearizable read in a minority");
     let (s, v) = c.get(1, "/v1/ipam/pools/lan/allocations?stale=true").await;
@@ -179,23 +138,12 @@ async fn a_minority_cannot_commit_and_nothing_is_lost_or_duplicated_after_healin
         .await;
     assert_eq!(s, 201, "{v}");
     let owners: BTreeMap<String, usize> =
-        c.allocations(3, "lan")
-            .await
-            .into_iter()
-            .fold(BTreeMap::new(), |mut m, (_, o)| {
-                *m.entry(o).or_default() += 1;
-                m
-            });
-    assert_eq!(
-        owners.get("acked"),
-        Some(&1),
-        "acknowledged write lost: {owners:?}"
-    );
-    assert_eq!(
-        owners.get("minority"),
-        Some(&1),
-        "retried write applied twice or lost: {owners:?}"
-    );
+        c.allocations(3, "lan").await.into_iter().fold(BTreeMap::new(), |mut m, (_, o)| {
+            *m.entry(o).or_default() += 1;
+            m
+        });
+    assert_eq!(owners.get("acked"), Some(&1), "acknowledged write lost: {owners:?}");
+    assert_eq!(owners.get("minority"), Some(&1), "retried write applied twice or lost: {owners:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,9 +161,7 @@ async fn a_restarted_node_catches_up_through_a_snapshot() {
     c.spawn(lagger);
     let want = c.allocations(via, "lan").await;
     c.eventually(FORM, "the restarted node's replica matches", || async {
-        let (s, v) = c
-            .get(lagger, "/v1/ipam/pools/lan/allocations?stale=true")
-            .await;
+        let (s, v) = c.get(lagger, "/v1/ipam/pools/lan/allocations?stale=true").await;
         (s == 200 && v.as_array().map(|a| a.len()) == Some(want.len())).then_some(())
     })
     .await;
@@ -293,63 +239,20 @@ async fn members_are_added_promoted_and_removed_under_load() {
 
     c.add_node(4, &[]);
     let grpc4 = c.nodes[&4].grpc_addr();
-    let (s, v) = c
-        .post(
-            2,
-            "/v1/cluster/members",
-            json!({"id": 4, "grpc": grpc4, "voter": false}),
-        )
-        .await;
+    let (s, v) = c.post(2, "/v1/cluster/members", json!({"id": 4, "grpc": grpc4, "voter": false})).await;
     assert_eq!(s, 200, "add learner: {v}");
-    let m4 = v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == 4)
-        .cloned()
-        .unwrap();
+    let m4 = v["members"].as_array().unwrap().iter().find(|m| m["id"] == 4).cloned().unwrap();
     assert_eq!(m4["voter"], json!(false));
-    let (s, v) = c
-        .post(
-            3,
-            "/v1/cluster/members",
-            json!({"id": 4, "grpc": grpc4, "voter": true}),
-        )
-        .await;
+    let (s, v) = c.post(3, "/v1/cluster/members", json!({"id": 4, "grpc": grpc4, "voter": true})).await;
     assert_eq!(s, 200, "promote: {v}");
-    assert_eq!(
-        v["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["voter"] == json!(true))
-            .count(),
-        4
-    );
+    assert_eq!(v["members"].as_array().unwrap().iter().filter(|m| m["voter"] == json!(true)).count(), 4);
 
-    let (s, v) = c
-        .req(4, Method::DELETE, "/v1/cluster/members/1", None, None)
-        .await;
+    let (s, v) = c.req(4, Method::DELETE, "/v1/cluster/members/1", None, None).await;
     assert_eq!(s, 200, "remove node 1: {v}");
-    let ids: Vec<u64> = v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = v["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, [2, 3, 4]);
-    let (s, v) = c
-        .post(
-            2,
-            "/v1/cluster/members",
-            json!({"id": 1, "grpc": "127.0.0.1:1", "voter": false}),
-        )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("id_retired")),
-        "{v}"
-    );
+    let (s, v) = c.post(2, "/v1/cluster/members", json!({"id": 1, "grpc": "127.0.0.1:1", "voter": false})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("id_retired")), "{v}");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = load.await.unwrap();
@@ -370,10 +273,7 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
     let rest: Vec<u64> = c.running();
     let new = c.wait_leader_among(&rest, FORM).await;
     assert_ne!(new, old);
-    assert!(
-        c.log_of(old).contains("transferring leadership"),
-        "leader should transfer first"
-    );
+    assert!(c.log_of(old).contains("transferring leadership"), "leader should transfer first");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,11 +7,7 @@ use std::process::Command;
 use support::{free_port, BERTH};
 
 fn agent(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BERTH)
-        .arg("agent")
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(BERTH).arg("agent").args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     (out.status.code().unwrap_or(-1), stderr)
 }
@@ -32,11 +28,7 @@ fn base(dir: &str, grpc: u16, http: u16) -> Vec<String> {
 }
 
 fn assert_one_line(stderr: &str, needle: &str) {
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "one line expected, got:\n{stderr}"
-    );
+    assert_eq!(stderr.lines().count(), 1, "one line expected, got:\n{stderr}");
     assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
 }
 
@@ -64,33 +56,11 @@ fn bad_flags_and_config_are_refused_with_one_line() {
             "id 4 is not in the peers list",
         ),
         (
-            vec![
-                "--id",
-                "1",
-                "--data-dir",
-                d,
-                "--listen",
-                "127.0.0.1:1",
-                "--http",
-                "127.0.0.1:2",
-                "--peers",
-                "1=nope",
-            ],
+            vec!["--id", "1", "--data-dir", d, "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--peers", "1=nope"],
             "peers: \"nope\" is not host:port",
         ),
         (
-            vec![
-                "--id",
-                "1",
-                "--data-dir",
-                d,
-                "--listen",
-                "localhost",
-                "--http",
-                "127.0.0.1:2",
-                "--peers",
-                "1=a:1",
-            ],
+            vec!["--id", "1", "--data-dir", d, "--listen", "localhost", "--http", "127.0.0.1:2", "--peers", "1=a:1"],
             "listen: \"localhost\" is not an ip:port address",
         ),
         (vec!["--runtime", "vm"], "unknown runtime"),
@@ -123,10 +93,7 @@ fn a_port_in_use_is_reported() {
     let args = base(dir.path().to_str().unwrap(), port, free_port());
     let (code, stderr) = agent(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_ne!(code, 0);
-    assert_one_line(
-        &stderr,
-        &format!("cannot listen on 127.0.0.1:{port} (--listen, gRPC): the port is in use"),
-    );
+    assert_one_line(&stderr, &format!("cannot listen on 127.0.0.1:{port} (--listen, gRPC): the port is in use"));
 }
 
 #[test]
@@ -145,19 +112,12 @@ fn a_data_dir_in_use_by_another_node_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let first_args = base(d, free_port(), free_port());
-    let mut first = Command::new(BERTH)
-        .arg("agent")
-        .args(&first_args)
-        .spawn()
-        .unwrap();
+    let mut first = Command::new(BERTH).arg("agent").args(&first_args).spawn().unwrap();
     // Wait until the first node holds the lock (it serves /healthz).
     let http = first_args[7].clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(&http).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first node did not start"
-        );
+        assert!(std::time::Instant::now() < deadline, "first node did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let second = base(d, free_port(), free_port());

@@ -10,10 +10,7 @@ use std::time::Instant;
 use berth_raft::kv::{self, Backend, WriteBatch};
 
 fn main() {
-    let entries: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    let entries: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2000);
     let payload = vec![0xabu8; 200]; // about one IPAM command entry
     for backend in [Backend::Redb, Backend::Sled] {
         for batch in [1u64, 16, 128] {
@@ -34,17 +31,12 @@ fn main() {
             }
             let secs = start.elapsed().as_secs_f64();
             latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let p = |q: f64| {
-                latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]
-            };
+            let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
             let disk = store.disk_usage();
             drop(store);
             let t = Instant::now();
             let reopened = kv::open(backend, dir.path()).unwrap();
-            let n = reopened
-                .scan(&berth_raft::keys::log(0), &berth_raft::keys::log_end())
-                .unwrap()
-                .len();
+            let n = reopened.scan(&berth_raft::keys::log(0), &berth_raft::keys::log_end()).unwrap().len();
             let reopen_ms = t.elapsed().as_secs_f64() * 1000.0;
             assert_eq!(n as u64, entries);
             println!(

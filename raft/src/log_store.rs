@@ -30,19 +30,13 @@ pub struct LogStore<C> {
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self {
-            kv: self.kv.clone(),
-            _c: PhantomData,
-        }
+        Self { kv: self.kv.clone(), _c: PhantomData }
     }
 }
 
 impl<C> LogStore<C> {
     pub fn new(kv: Arc<dyn KvStore>) -> Self {
-        Self {
-            kv,
-            _c: PhantomData,
-        }
+        Self { kv, _c: PhantomData }
     }
 }
 
@@ -95,10 +89,7 @@ where
             None => keys::log_end(),
         };
         let pairs = self.kv.scan(&keys::log(start), &end_key)?;
-        pairs
-            .iter()
-            .map(|(_, v)| codec::decode::<EntryOf<C>>(v))
-            .collect()
+        pairs.iter().map(|(_, v)| codec::decode::<EntryOf<C>>(v)).collect()
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
@@ -122,10 +113,7 @@ where
             Some((_, v)) => Some(codec::decode::<EntryOf<C>>(&v)?.log_id()),
             None => last_purged_log_id.clone(),
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -141,9 +129,7 @@ where
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self
-            .get_meta::<Option<LogIdOf<C>>>(keys::COMMITTED)?
-            .flatten())
+        Ok(self.get_meta::<Option<LogIdOf<C>>>(keys::COMMITTED)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>

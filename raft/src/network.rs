@@ -11,13 +11,11 @@ use std::time::Duration;
 
 use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
-use openraft::errors::{
-    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
-};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend};
 use serde::de::DeserializeOwned;
@@ -42,11 +40,7 @@ pub struct Network<SM> {
 
 impl<SM> Network<SM> {
     pub fn new(id: NodeId, connections: Arc<Connections>) -> Self {
-        Self {
-            id,
-            connections,
-            _sm: std::marker::PhantomData,
-        }
+        Self { id, connections, _sm: std::marker::PhantomData }
     }
 }
 
@@ -90,19 +84,15 @@ impl<SM: StateMachine> Connection<SM> {
             Ok(ch) => Ok(RaftClient::new(ch.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)),
-            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
-                format!("bad address {:?} of node {}: {e}", self.addr, self.target),
-            )))),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(format!(
+                "bad address {:?} of node {}: {e}",
+                self.addr, self.target
+            ))))),
         }
     }
 
     fn timeout(&self, action: RPCTypes, timeout: Duration) -> Timeout<TypeConfig<SM>> {
-        Timeout {
-            action,
-            id: self.id,
-            target: self.target,
-            timeout,
-        }
+        Timeout { action, id: self.id, target: self.target, timeout }
     }
 
     /// One unary call: encode `req`, send it with a deadline, decode the
@@ -143,13 +133,7 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         rpc: AppendEntriesRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(
-            RPCTypes::AppendEntries,
-            &rpc,
-            &option,
-            |mut c, m| async move { c.append_entries(m).await },
-        )
-        .await
+        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move { c.append_entries(m).await }).await
     }
 
     async fn vote(
@@ -157,10 +141,7 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         rpc: VoteRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move {
-            c.vote(m).await
-        })
-        .await
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move { c.vote(m).await }).await
     }
 
     async fn pre_vote(
@@ -168,10 +149,7 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         rpc: VoteRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move {
-            c.pre_vote(m).await
-        })
-        .await
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move { c.pre_vote(m).await }).await
     }
 
     async fn transfer_leader(
@@ -179,13 +157,7 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         req: TransferLeaderRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(
-            RPCTypes::TransferLeader,
-            &req,
-            &option,
-            |mut c, m| async move { c.transfer_leader(m).await },
-        )
-        .await
+        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, m| async move { c.transfer_leader(m).await }).await
     }
 
     async fn full_snapshot(
@@ -195,18 +167,14 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig<SM>>, StreamingError<TypeConfig<SM>>> {
-        let meta = codec::encode(&(&vote, &snapshot.meta))
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let mut chunks = vec![SnapshotChunk {
-            kind: Some(snapshot_chunk::Kind::Meta(meta)),
-        }];
+        let meta =
+            codec::encode(&(&vote, &snapshot.meta)).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut chunks = vec![SnapshotChunk { kind: Some(snapshot_chunk::Kind::Meta(meta)) }];
         chunks.extend(
             snapshot
                 .snapshot
                 .chunks(SNAPSHOT_CHUNK_BYTES)
-                .map(|c| SnapshotChunk {
-                    kind: Some(snapshot_chunk::Kind::Data(c.to_vec())),
-                }),
+                .map(|c| SnapshotChunk { kind: Some(snapshot_chunk::Kind::Data(c.to_vec())) }),
         );
         let mut client = self.client().map_err(|e| match e {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
@@ -219,22 +187,15 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
             r = tokio::time::timeout(ttl, send) => r,
         };
         let reply = match reply {
-            Err(_) => {
-                return Err(StreamingError::Timeout(
-                    self.timeout(RPCTypes::InstallSnapshot, ttl),
-                ))
-            }
+            Err(_) => return Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(StreamingError::Unreachable(Unreachable::new(&status)))
             }
             Ok(Err(status)) => return Err(StreamingError::Network(NetworkError::new(&status))),
             Ok(Ok(r)) => r.into_inner(),
         };
-        let result: Result<
-            SnapshotResponse<TypeConfig<SM>>,
-            openraft::errors::Fatal<TypeConfig<SM>>,
-        > = codec::decode(&reply.payload)
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let result: Result<SnapshotResponse<TypeConfig<SM>>, openraft::errors::Fatal<TypeConfig<SM>>> =
+            codec::decode(&reply.payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
     }
 }

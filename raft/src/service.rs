@@ -42,32 +42,19 @@ impl<SM: StateMachine> RaftRpc for RaftService<SM> {
         reply(&self.raft.vote(req).await)
     }
 
-    async fn pre_vote(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req = decode(request.get_ref())?;
         reply(&self.raft.pre_vote(req).await)
     }
 
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req = decode(request.get_ref())?;
         reply(&self.raft.append_entries(req).await)
     }
 
-    async fn transfer_leader(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req = decode(request.get_ref())?;
-        let res = self
-            .raft
-            .handle_transfer_leader(req)
-            .await
-            .map_err(openraft::errors::RaftError::<_>::Fatal);
+        let res = self.raft.handle_transfer_leader(req).await.map_err(openraft::errors::RaftError::<_>::Fatal);
         reply(&res)
     }
 
@@ -81,20 +68,14 @@ impl<SM: StateMachine> RaftRpc for RaftService<SM> {
         while let Some(chunk) = stream.message().await? {
             match chunk.kind {
                 Some(snapshot_chunk::Kind::Meta(m)) => {
-                    head = Some(
-                        codec::decode(&m).map_err(|e| Status::invalid_argument(e.to_string()))?,
-                    )
+                    head = Some(codec::decode(&m).map_err(|e| Status::invalid_argument(e.to_string()))?)
                 }
                 Some(snapshot_chunk::Kind::Data(d)) => data.extend_from_slice(&d),
                 None => return Err(Status::invalid_argument("empty snapshot chunk")),
             }
         }
-        let (vote, meta) =
-            head.ok_or_else(|| Status::invalid_argument("snapshot stream without meta"))?;
-        let snapshot = Snapshot::<SM> {
-            meta,
-            snapshot: data,
-        };
+        let (vote, meta) = head.ok_or_else(|| Status::invalid_argument("snapshot stream without meta"))?;
+        let snapshot = Snapshot::<SM> { meta, snapshot: data };
         reply(&self.raft.install_full_snapshot(vote, snapshot).await)
     }
 }

@@ -57,9 +57,7 @@ pub struct SmStore<SM: StateMachine> {
 
 impl<SM: StateMachine> Clone for SmStore<SM> {
     fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
+        Self { shared: self.shared.clone() }
     }
 }
 
@@ -71,19 +69,14 @@ pub struct StateHandle<SM: StateMachine> {
 
 impl<SM: StateMachine> Clone for StateHandle<SM> {
     fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
+        Self { shared: self.shared.clone() }
     }
 }
 
 impl<SM: StateMachine> StateHandle<SM> {
     /// Locks the replica for reading. Keep the guard short: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, Replica<SM>> {
-        self.shared
-            .replica
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.replica.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The index of the last applied entry.
@@ -109,46 +102,29 @@ impl<SM: StateMachine> StateHandle<SM> {
 impl<SM: StateMachine> SmStore<SM> {
     /// Opens the state machine over `kv`, restoring the last snapshot stored there.
     pub fn open(kv: Arc<dyn KvStore>) -> io::Result<Self> {
-        let mut replica = Replica {
-            state: SM::default(),
-            last_applied: None,
-            membership: StoredMembership::<SM>::default(),
-        };
+        let mut replica =
+            Replica { state: SM::default(), last_applied: None, membership: StoredMembership::<SM>::default() };
         if let Some(meta) = kv.get(keys::SNAPSHOT_META)? {
             let meta: SnapshotMeta<SM> = codec::decode(&meta)?;
-            let data = kv.get(keys::SNAPSHOT_DATA)?.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "snapshot meta without snapshot data",
-                )
-            })?;
+            let data = kv
+                .get(keys::SNAPSHOT_DATA)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot meta without snapshot data"))?;
             replica.state.restore(&data)?;
             replica.last_applied = meta.last_log_id;
             replica.membership = meta.last_membership.clone();
         }
         let applied = replica.applied_index();
         let (tx, _) = watch::channel(applied);
-        Ok(Self {
-            shared: Arc::new(Shared {
-                replica: RwLock::new(replica),
-                kv,
-                applied: tx,
-            }),
-        })
+        Ok(Self { shared: Arc::new(Shared { replica: RwLock::new(replica), kv, applied: tx }) })
     }
 
     /// The read side of this store.
     pub fn handle(&self) -> StateHandle<SM> {
-        StateHandle {
-            shared: self.shared.clone(),
-        }
+        StateHandle { shared: self.shared.clone() }
     }
 
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Replica<SM>> {
-        self.shared
-            .replica
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.replica.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn persist_snapshot(&self, meta: &SnapshotMeta<SM>, data: &[u8]) -> io::Result<()> {
@@ -167,16 +143,10 @@ impl<SM: StateMachine> RaftSnapshotBuilder<TypeConfig<SM>> for SmStore<SM> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<SM>, io::Error> {
         let started = std::time::Instant::now();
         let (meta, data) = {
-            let replica = self
-                .shared
-                .replica
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let replica = self.shared.replica.read().unwrap_or_else(|p| p.into_inner());
             let data = replica.state.snapshot()?;
-            let meta = SnapshotMeta::<SM> {
-                last_log_id: replica.last_applied,
-                last_membership: replica.membership.clone(),
-            };
+            let meta =
+                SnapshotMeta::<SM> { last_log_id: replica.last_applied, last_membership: replica.membership.clone() };
             (meta, data)
         };
         self.persist_snapshot(&meta, &data)?;
@@ -186,10 +156,7 @@ impl<SM: StateMachine> RaftSnapshotBuilder<TypeConfig<SM>> for SmStore<SM> {
             ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
-        Ok(Snapshot::<SM> {
-            meta,
-            snapshot: data,
-        })
+        Ok(Snapshot::<SM> { meta, snapshot: data })
     }
 }
 
@@ -197,21 +164,14 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<SM>>, StoredMembership<SM>), io::Error> {
-        let replica = self
-            .shared
-            .replica
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+    async fn applied_state(&mut self) -> Result<(Option<LogId<SM>>, StoredMembership<SM>), io::Error> {
+        let replica = self.shared.replica.read().unwrap_or_else(|p| p.into_inner());
         Ok((replica.last_applied, replica.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm:
-            Stream<Item = Result<EntryResponder<TypeConfig<SM>>, io::Error>> + Unpin + OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig<SM>>, io::Error>> + Unpin + OptionalSend,
     {
         // Collect first: the replica lock is a std lock and is never held across an await.
         let mut batch = Vec::new();
@@ -253,11 +213,7 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
         self.clone()
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<SM>,
-        snapshot: Vec<u8>,
-    ) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<SM>, snapshot: Vec<u8>) -> Result<(), io::Error> {
         let mut state = SM::default();
         state.restore(&snapshot)?;
         self.persist_snapshot(meta, &snapshot)?;
@@ -279,10 +235,7 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
             Ok((kv.get(keys::SNAPSHOT_META)?, kv.get(keys::SNAPSHOT_DATA)?))
         })?;
         match (meta, data) {
-            (Some(meta), Some(data)) => Ok(Some(Snapshot::<SM> {
-                meta: codec::decode(&meta)?,
-                snapshot: data,
-            })),
+            (Some(meta), Some(data)) => Ok(Some(Snapshot::<SM> { meta: codec::decode(&meta)?, snapshot: data })),
             _ => Ok(None),
         }
     }

@@ -23,14 +23,7 @@ use serde::Serialize;
 ///   deduplication state of retried commands).
 pub trait StateMachine: Default + Send + Sync + 'static {
     /// A command in the Raft log.
-    type Command: Clone
-        + Debug
-        + std::fmt::Display
-        + Send
-        + Sync
-        + Serialize
-        + DeserializeOwned
-        + 'static;
+    type Command: Clone + Debug + std::fmt::Display + Send + Sync + Serialize + DeserializeOwned + 'static;
     /// What applying a command returns to its proposer. `Default` answers the entries
     /// that carry no command (leader blanks, membership changes).
     type Response: Clone + Debug + Default + Send + Sync + Serialize + DeserializeOwned + 'static;

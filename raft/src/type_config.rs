@@ -65,8 +65,7 @@ impl<SM: StateMachine> openraft::RaftTypeConfig for TypeConfig<SM> {
     type LeaderId = LeaderIdOf;
     type Vote = openraft::impls::Vote<LeaderIdOf>;
     type Payload = openraft::EntryPayload<SM::Command, NodeId, Node>;
-    type Entry =
-        openraft::Entry<<LeaderIdOf as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
+    type Entry = openraft::Entry<<LeaderIdOf as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
     type AsyncRuntime = openraft::impls::TokioRuntime;
     type Responder<T>
         = openraft::impls::ProgressResponder<Self, T>
@@ -92,8 +91,7 @@ pub mod typ {
     pub type Snapshot<SM> = openraft::alias::SnapshotOf<TypeConfig<SM>, Vec<u8>>;
     pub type StoredMembership<SM> = openraft::alias::StoredMembershipOf<TypeConfig<SM>>;
     pub type RaftMetrics<SM> = openraft::RaftMetrics<TypeConfig<SM>>;
-    pub type RaftError<SM, E = openraft::errors::Infallible> =
-        openraft::errors::RaftError<TypeConfig<SM>, E>;
+    pub type RaftError<SM, E = openraft::errors::Infallible> = openraft::errors::RaftError<TypeConfig<SM>, E>;
     pub type ClientWriteError<SM> = openraft::errors::ClientWriteError<TypeConfig<SM>>;
     pub type ClientWriteResponse<SM> = openraft::raft::ClientWriteResponse<TypeConfig<SM>>;
     pub type StorageError<SM> = openraft::StorageError<TypeConfig<SM>>;

@@ -24,10 +24,7 @@ type C = TypeConfig<Journal>;
 const CHILD_ENV: &str = "BERTH_CRASH_CHILD";
 
 fn entry(index: u64) -> berth_raft::typ::Entry<Journal> {
-    Entry {
-        log_id: log_id::<C>(1, 1, index),
-        payload: EntryPayload::Normal(Put(format!("value-{index}"))),
-    }
+    Entry { log_id: log_id::<C>(1, 1, index), payload: EntryPayload::Normal(Put(format!("value-{index}"))) }
 }
 
 /// The child: append entries in batches of 1..=8 forever, printing each acked index.
@@ -55,13 +52,7 @@ async fn crash_writer_child() {
 fn crash_once(backend: Backend, dir: &std::path::Path, run_for: Duration) -> u64 {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "crash_writer_child",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["--exact", "crash_writer_child", "--nocapture", "--test-threads", "1"])
         .env(CHILD_ENV, format!("{backend}:{}", dir.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -100,22 +91,14 @@ async fn check_all_acked_present(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut total_acked = 0;
     for round in 0..4 {
-        let acked = crash_once(
-            backend,
-            dir.path(),
-            Duration::from_millis(300 + round * 150),
-        );
+        let acked = crash_once(backend, dir.path(), Duration::from_millis(300 + round * 150));
         assert!(acked >= total_acked, "{backend}: acked went backwards");
         total_acked = acked;
         let kv = kv::open(backend, dir.path()).unwrap();
         let kv: Arc<dyn kv::KvStore> = kv;
         let mut store = LogStore::<C>::new(kv);
         let entries = store.try_get_log_entries(1..=acked).await.unwrap();
-        assert_eq!(
-            entries.len() as u64,
-            acked,
-            "{backend} round {round}: acknowledged entries lost"
-        );
+        assert_eq!(entries.len() as u64, acked, "{backend} round {round}: acknowledged entries lost");
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.index(), i as u64 + 1);
             match &e.payload {

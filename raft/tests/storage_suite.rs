@@ -15,9 +15,7 @@ type C = TypeConfig<Journal>;
 struct Builder(Backend);
 
 impl StoreBuilder<C, LogStore<C>, SmStore<Journal>, tempfile::TempDir> for Builder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore<C>, SmStore<Journal>), StorageError<C>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore<C>, SmStore<Journal>), StorageError<C>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let kv: Arc<dyn kv::KvStore> = kv::open(self.0, dir.path()).expect("open store");
         let sm = SmStore::open(kv.clone()).expect("open state machine");
@@ -26,9 +24,7 @@ impl StoreBuilder<C, LogStore<C>, SmStore<Journal>, tempfile::TempDir> for Build
 }
 
 async fn suite(backend: Backend) {
-    Suite::test_all(Builder(backend))
-        .await
-        .unwrap_or_else(|e| panic!("{backend}: {e}"));
+    Suite::test_all(Builder(backend)).await.unwrap_or_else(|e| panic!("{backend}: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,28 +59,22 @@ pub struct AgentArgs {
     /// Raft election timeout range in ms, MIN-MAX (e.g. 150-300).
     #[arg(long, value_parser = parse_range)]
     election_timeout_ms: Option<(u64, u64)>,
+    /// Stop every instance when this agent exits (default: leave them running; the
+    /// next agent adopts them).
+    #[arg(long)]
+    stop_instances_on_exit: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
-    let a = a
-        .trim()
-        .parse()
-        .map_err(|_| format!("{a:?} is not a number"))?;
-    let b = b
-        .trim()
-        .parse()
-        .map_err(|_| format!("{b:?} is not a number"))?;
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
+    let a = a.trim().parse().map_err(|_| format!("{a:?} is not a number"))?;
+    let b = b.trim().parse().map_err(|_| format!("{b:?} is not a number"))?;
     Ok((a, b))
 }
 
 impl AgentArgs {
     fn to_config(&self) -> NodeConfig {
-        let raft = if self.snapshot_logs.is_some()
-            || self.heartbeat_ms.is_some()
-            || self.election_timeout_ms.is_some()
+        let raft = if self.snapshot_logs.is_some() || self.heartbeat_ms.is_some() || self.election_timeout_ms.is_some()
         {
             Some(RaftTuning {
                 heartbeat_ms: self.heartbeat_ms,
@@ -100,15 +94,12 @@ impl AgentArgs {
             runtime: self.runtime,
             macvlan_parent: self.macvlan_parent.clone(),
             storage: self.storage.clone(),
-            labels: if self.labels.is_empty() {
-                None
-            } else {
-                Some(self.labels.iter().cloned().collect())
-            },
+            labels: if self.labels.is_empty() { None } else { Some(self.labels.iter().cloned().collect()) },
             cpus: self.cpus,
             mem_mb: self.mem_mb,
             log_format: self.log_format,
             raft,
+            stop_instances_on_exit: self.stop_instances_on_exit.then_some(true),
         }
     }
 }
@@ -116,9 +107,8 @@ impl AgentArgs {
 /// Sets up `tracing` on stderr. `RUST_LOG` overrides the default filter.
 pub fn init_logging(format: LogFormat, id: u64) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
-    });
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

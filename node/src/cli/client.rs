@@ -11,11 +11,7 @@ use serde::Serialize;
 pub enum CliError {
     /// The API answered with an error.
     #[error("{message} ({code})")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     /// No node answered.
     #[error("no node answered: {0}")]
     Unreachable(String),
@@ -43,16 +39,10 @@ fn normalize(addr: &str) -> String {
 
 impl Client {
     pub fn new(addrs: &[String]) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         Client {
-            addrs: addrs
-                .iter()
-                .filter(|a| !a.trim().is_empty())
-                .map(|a| normalize(a))
-                .collect(),
+            addrs: addrs.iter().filter(|a| !a.trim().is_empty()).map(|a| normalize(a)).collect(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(90))
@@ -83,10 +73,7 @@ impl Client {
             match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    let bytes = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| CliError::Other(format!("{addr}: {e}")))?;
+                    let bytes = resp.bytes().await.map_err(|e| CliError::Other(format!("{addr}: {e}")))?;
                     if status == StatusCode::SERVICE_UNAVAILABLE {
                         last_503 = Some((status, bytes));
                         failures.push(format!("{addr} (503)"));
@@ -100,11 +87,29 @@ impl Client {
         if let Some(r) = last_503 {
             return Ok(r);
         }
-        Err(CliError::Unreachable(if failures.is_empty() {
-            "no --addr given".into()
-        } else {
-            failures.join(", ")
-        }))
+        Err(CliError::Unreachable(if failures.is_empty() { "no --addr given".into() } else { failures.join(", ") }))
+    }
+
+    /// A GET whose body is streamed (logs); the first node that answers serves it.
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response, CliError> {
+        let mut failures = Vec::new();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        for addr in &self.addrs {
+            match client.get(format!("{addr}{path}")).send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => failures.push(format!("{addr} (503)")),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.bytes().await.unwrap_or_default();
+                    return Err(api_error(status, &body));
+                }
+                Err(e) => failures.push(format!("{addr} ({})", short_error(&e))),
+            }
+        }
+        Err(CliError::Unreachable(failures.join(", ")))
     }
 
     /// Sends and decodes a JSON answer; an error answer becomes [`CliError::Api`].
@@ -118,24 +123,15 @@ impl Client {
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
-        let bytes = if bytes.is_empty() {
-            bytes::Bytes::from_static(b"null")
-        } else {
-            bytes
-        };
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CliError::Other(format!("unexpected answer from the API: {e}")))
+        let bytes = if bytes.is_empty() { bytes::Bytes::from_static(b"null") } else { bytes };
+        serde_json::from_slice(&bytes).map_err(|e| CliError::Other(format!("unexpected answer from the API: {e}")))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.call(Method::GET, path, None).await
     }
 
-    pub async fn post<T: DeserializeOwned, B: Serialize>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, CliError> {
+    pub async fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> Result<T, CliError> {
         let v = serde_json::to_value(body).map_err(|e| CliError::Other(e.to_string()))?;
         self.call(Method::POST, path, Some(&v)).await
     }
@@ -170,11 +166,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> CliError {
         message: String,
     }
     match serde_json::from_slice::<Wrapper>(body) {
-        Ok(w) => CliError::Api {
-            status: status.as_u16(),
-            code: w.error.code,
-            message: w.error.message,
-        },
+        Ok(w) => CliError::Api { status: status.as_u16(), code: w.error.code, message: w.error.message },
         Err(_) => CliError::Api {
             status: status.as_u16(),
             code: status.as_str().to_string(),

@@ -34,31 +34,12 @@ enum ClusterAction {
 
 pub async fn run(client: &Client, output: Output, args: ClusterArgs) -> Result<(), CliError> {
     let view: ClusterView = match args.action {
-        None => {
-            client
-                .get(if args.stale {
-                    "/v1/cluster?stale=true"
-                } else {
-                    "/v1/cluster"
-                })
-                .await?
-        }
+        None => client.get(if args.stale { "/v1/cluster?stale=true" } else { "/v1/cluster" }).await?,
         Some(ClusterAction::Add { id, grpc, voter }) => {
-            client
-                .post(
-                    "/v1/cluster/members",
-                    &json!({"id": id, "grpc": grpc, "voter": voter}),
-                )
-                .await?
+            client.post("/v1/cluster/members", &json!({"id": id, "grpc": grpc, "voter": voter})).await?
         }
         Some(ClusterAction::Remove { id }) => {
-            client
-                .call(
-                    reqwest::Method::DELETE,
-                    &format!("/v1/cluster/members/{id}"),
-                    None,
-                )
-                .await?
+            client.call(reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await?
         }
     };
     if output == Output::Table {
@@ -80,11 +61,6 @@ pub async fn run(client: &Client, output: Output, args: ClusterArgs) -> Result<(
             ]
         })
         .collect();
-    print(
-        output,
-        &view,
-        &["ID", "ROLE", "GRPC", "HTTP", "LEADER"],
-        rows,
-    );
+    print(output, &view, &["ID", "ROLE", "GRPC", "HTTP", "LEADER"], rows);
     Ok(())
 }

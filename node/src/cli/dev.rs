@@ -64,11 +64,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
         }
     };
     let ids: Vec<u64> = (1..=args.nodes).collect();
-    let peers = ids
-        .iter()
-        .map(|i| format!("{i}=127.0.0.1:{}", 7400 + i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = ids.iter().map(|i| format!("{i}=127.0.0.1:{}", 7400 + i)).collect::<Vec<_>>().join(",");
     let mut children = Vec::new();
     println!(
         "berth dev: {} node(s) on loopback, {} runtime, data in {}",
@@ -78,11 +74,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
     );
     for &i in &ids {
         let log = args.data_dir.join(format!("node{i}.log"));
-        let file = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-        {
+        let file = match std::fs::OpenOptions::new().create(true).append(true).open(&log) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("berth: cannot open {}: {e}", log.display());
@@ -98,6 +90,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
             .args(["--http", &format!("127.0.0.1:{}", 7480 + i)])
             .args(["--peers", &peers])
             .args(["--runtime", &args.runtime.to_string()])
+            .arg("--stop-instances-on-exit")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -122,10 +115,8 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut announced = false;
-    let mut sigint =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT");
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let code = loop {
         tokio::select! {
@@ -140,21 +131,12 @@ pub async fn run(args: DevArgs) -> ExitCode {
             }
         }
         if let Some((i, status, log)) = dead {
-            eprintln!(
-                "berth: node {i} exited ({status}); the end of {}:\n{}",
-                log.display(),
-                tail(&log)
-            );
+            eprintln!("berth: node {i} exited ({status}); the end of {}:\n{}", log.display(), tail(&log));
             break ExitCode::FAILURE;
         }
         if !announced {
             let url = "http://127.0.0.1:7481/v1/cluster?stale=true";
-            if let Ok(r) = client
-                .get(url)
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await
-            {
+            if let Ok(r) = client.get(url).timeout(Duration::from_millis(500)).send().await {
                 if let Ok(v) = r.json::<serde_json::Value>().await {
                     if let Some(leader) = v.get("leader").and_then(|l| l.as_u64()) {
                         println!(

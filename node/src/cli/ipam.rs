@@ -73,36 +73,16 @@ pub async fn run(client: &Client, output: Output, args: IpamArgs) -> Result<(), 
             let pools: Vec<PoolInfo> = client.get("/v1/ipam/pools").await?;
             print(output, &pools, &POOL_HEADER, pool_rows(&pools));
         }
-        IpamAction::Create {
-            name,
-            subnet,
-            gateway,
-            range,
-        } => {
+        IpamAction::Create { name, subnet, gateway, range } => {
             let pool: PoolInfo = client
-                .post(
-                    "/v1/ipam/pools",
-                    &json!({"name": name, "subnet": subnet, "gateway": gateway, "range": range}),
-                )
+                .post("/v1/ipam/pools", &json!({"name": name, "subnet": subnet, "gateway": gateway, "range": range}))
                 .await?;
-            print(
-                output,
-                &pool,
-                &POOL_HEADER,
-                pool_rows(std::slice::from_ref(&pool)),
-            );
+            print(output, &pool, &POOL_HEADER, pool_rows(std::slice::from_ref(&pool)));
         }
-        IpamAction::Delete { name } => {
-            client
-                .delete(&format!("/v1/ipam/pools/{}", seg(&name)))
-                .await?
-        }
+        IpamAction::Delete { name } => client.delete(&format!("/v1/ipam/pools/{}", seg(&name))).await?,
         IpamAction::Allocate { pool, owner, ip } => {
             let a: AllocationInfo = client
-                .post(
-                    &format!("/v1/ipam/pools/{}/allocations", seg(&pool)),
-                    &json!({"owner": owner, "ip": ip}),
-                )
+                .post(&format!("/v1/ipam/pools/{}/allocations", seg(&pool)), &json!({"owner": owner, "ip": ip}))
                 .await?;
             match output {
                 Output::Table => println!("{}", a.ip),
@@ -110,22 +90,11 @@ pub async fn run(client: &Client, output: Output, args: IpamArgs) -> Result<(), 
             }
         }
         IpamAction::Release { pool, ip } => {
-            client
-                .delete(&format!(
-                    "/v1/ipam/pools/{}/allocations/{}",
-                    seg(&pool),
-                    seg(&ip)
-                ))
-                .await?
+            client.delete(&format!("/v1/ipam/pools/{}/allocations/{}", seg(&pool), seg(&ip))).await?
         }
         IpamAction::Allocations { pool } => {
-            let list: Vec<AllocationInfo> = client
-                .get(&format!("/v1/ipam/pools/{}/allocations", seg(&pool)))
-                .await?;
-            let rows = list
-                .iter()
-                .map(|a| vec![a.ip.clone(), a.owner.clone()])
-                .collect();
+            let list: Vec<AllocationInfo> = client.get(&format!("/v1/ipam/pools/{}/allocations", seg(&pool))).await?;
+            let rows = list.iter().map(|a| vec![a.ip.clone(), a.owner.clone()]).collect();
             print(output, &list, &["IP", "OWNER"], rows);
         }
     }

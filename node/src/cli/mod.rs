@@ -5,6 +5,7 @@
 //! until one answers).
 
 mod agent;
+mod apps;
 mod client;
 mod cluster;
 mod dev;
@@ -24,13 +25,7 @@ pub use self::output::Output;
 #[command(name = "berth", version, propagate_version = true)]
 pub struct Cli {
     /// Node URLs to talk to, comma separated; the next one is tried when a node is down.
-    #[arg(
-        long,
-        global = true,
-        env = "BERTH_ADDR",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:7481"
-    )]
+    #[arg(long, global = true, env = "BERTH_ADDR", value_delimiter = ',', default_value = "http://127.0.0.1:7481")]
     pub addr: Vec<String>,
 
     /// Output of listing commands: a table, or JSON.
@@ -51,6 +46,20 @@ pub enum Cmd {
     Cluster(cluster::ClusterArgs),
     /// IP pools and allocations.
     Ipam(ipam::IpamArgs),
+    /// Create or update an app from a spec file (YAML or JSON).
+    Deploy(apps::DeployArgs),
+    /// List apps.
+    Apps,
+    /// List instances (of one app).
+    Ps(apps::PsArgs),
+    /// Set an app's number of instances.
+    Scale(apps::ScaleArgs),
+    /// Roll an app back to an earlier version (a new version with the old spec).
+    Rollback(apps::RollbackArgs),
+    /// Show (and follow) the output of an app's instances, from any node.
+    Logs(apps::LogsArgs),
+    /// List hosts with their resources and state.
+    Hosts,
 }
 
 /// Parses the command line and runs the command. Errors are one line on stderr.
@@ -70,19 +79,12 @@ pub fn main() -> ExitCode {
             }
             // One clear line, not clap's usage block.
             let text = e.render().to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
             eprintln!("berth: {first} (see berth --help)");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth: cannot start the async runtime: {e}");
@@ -98,6 +100,13 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Dev(args) => return dev::run(args).await,
         Cmd::Cluster(args) => cluster::run(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Ipam(args) => ipam::run(&Client::new(&cli.addr), cli.output, args).await,
+        Cmd::Deploy(args) => apps::deploy(&Client::new(&cli.addr), cli.output, args).await,
+        Cmd::Apps => apps::apps(&Client::new(&cli.addr), cli.output).await,
+        Cmd::Ps(args) => apps::ps(&Client::new(&cli.addr), cli.output, args).await,
+        Cmd::Scale(args) => apps::scale(&Client::new(&cli.addr), cli.output, args).await,
+        Cmd::Rollback(args) => apps::rollback(&Client::new(&cli.addr), cli.output, args).await,
+        Cmd::Logs(args) => apps::logs(&Client::new(&cli.addr), args).await,
+        Cmd::Hosts => apps::hosts(&Client::new(&cli.addr), cli.output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

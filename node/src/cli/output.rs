@@ -11,10 +11,7 @@ pub enum Output {
 /// Prints `value` as JSON, or `rows` under `header` as an aligned table.
 pub fn print<T: Serialize>(output: Output, value: &T, header: &[&str], rows: Vec<Vec<String>>) {
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
         Output::Table => print!("{}", table(header, &rows)),
     }
 }
@@ -51,13 +48,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     #[test]
     fn table_aligns_columns() {
-        let t = super::table(
-            &["ID", "NAME"],
-            &[
-                vec!["1".into(), "alpha".into()],
-                vec!["22".into(), "b".into()],
-            ],
-        );
+        let t = super::table(&["ID", "NAME"], &[vec!["1".into(), "alpha".into()], vec!["22".into(), "b".into()]]);
         assert_eq!(t, "ID  NAME\n1   alpha\n22  b\n");
     }
 }

@@ -31,10 +31,7 @@ impl Compiled {
             }
             _ => None,
         };
-        Compiled {
-            c: c.clone(),
-            regex,
-        }
+        Compiled { c: c.clone(), regex }
     }
 
     pub fn describe(&self) -> String {
@@ -94,19 +91,12 @@ impl Compiled {
                     return false;
                 };
                 let placed = per_value(field);
-                let mut values: Vec<String> = hosts
-                    .iter()
-                    .filter_map(|(h, i)| attribute(*h, i, field))
-                    .collect();
+                let mut values: Vec<String> = hosts.iter().filter_map(|(h, i)| attribute(*h, i, field)).collect();
                 values.sort();
                 values.dedup();
                 // With `groups` known, values not seen yet count as empty groups too.
                 let known = values.len().max(groups.unwrap_or(0) as usize);
-                let least = if placed.len() < known {
-                    0
-                } else {
-                    placed.values().copied().min().unwrap_or(0)
-                };
+                let least = if placed.len() < known { 0 } else { placed.values().copied().min().unwrap_or(0) };
                 placed.get(&v).copied().unwrap_or(0) <= least
             }
         }

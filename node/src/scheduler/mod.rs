@@ -79,27 +79,18 @@ impl Refusals {
         }
         let mut parts = Vec::new();
         if self.runtime > 0 {
-            parts.push(format!(
-                "{} host(s) do not run the {runtime} runtime",
-                self.runtime
-            ));
+            parts.push(format!("{} host(s) do not run the {runtime} runtime", self.runtime));
         }
         if self.cpus > 0 {
             parts.push(format!("{} host(s) lack cpus (need {cpus})", self.cpus));
         }
         if self.mem > 0 {
-            parts.push(format!(
-                "{} host(s) lack memory (need {mem_mb} MiB)",
-                self.mem
-            ));
+            parts.push(format!("{} host(s) lack memory (need {mem_mb} MiB)", self.mem));
         }
         for (c, n) in &self.constraint {
             parts.push(format!("{n} host(s) fail constraint {c}"));
         }
-        format!(
-            "no host can take an instance of {app}: {}",
-            parts.join("; ")
-        )
+        format!("no host can take an instance of {app}: {}", parts.join("; "))
     }
 }
 
@@ -129,21 +120,12 @@ fn choose_host(
             refusals.mem += 1;
             continue;
         }
-        if let Some(failed) = constraints
-            .iter()
-            .find(|k| !k.allows(*id, info, &hosts.info, counts))
-        {
+        if let Some(failed) = constraints.iter().find(|k| !k.allows(*id, info, &hosts.info, counts)) {
             *refusals.constraint.entry(failed.describe()).or_default() += 1;
             continue;
         }
-        let key = (
-            counts.get(id).copied().unwrap_or(0),
-            c / info.cpus.max(1e-9),
-            *id,
-        );
-        if best.is_none_or(|b| {
-            key.0 < b.0 || (key.0 == b.0 && (key.1 < b.1 || (key.1 == b.1 && key.2 < b.2)))
-        }) {
+        let key = (counts.get(id).copied().unwrap_or(0), c / info.cpus.max(1e-9), *id);
+        if best.is_none_or(|b| key.0 < b.0 || (key.0 == b.0 && (key.1 < b.1 || (key.1 == b.1 && key.2 < b.2)))) {
             best = Some(key);
         }
     }
@@ -174,17 +156,10 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
     let target = app.version;
     let want = app.instances as usize;
     let has_check = spec.health_check.is_some();
-    let compiled: Vec<constraints::Compiled> = parse_constraints(&spec.constraints)
-        .unwrap_or_default()
-        .iter()
-        .map(constraints::Compiled::new)
-        .collect();
+    let compiled: Vec<constraints::Compiled> =
+        parse_constraints(&spec.constraints).unwrap_or_default().iter().map(constraints::Compiled::new).collect();
 
-    let mut live: Vec<&Instance> = state
-        .apps
-        .instances_of(&app.id)
-        .filter(|i| i.desired == Desired::Run)
-        .collect();
+    let mut live: Vec<&Instance> = state.apps.instances_of(&app.id).filter(|i| i.desired == Desired::Run).collect();
     live.sort_by_key(|i| i.index);
     let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
     for i in &live {
@@ -203,15 +178,8 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
     let mut creates = want.saturating_sub(core.len());
 
     // Rollout.
-    let old: Vec<&Instance> = core
-        .iter()
-        .copied()
-        .filter(|i| i.version != target)
-        .collect();
-    let healthy = live
-        .iter()
-        .filter(|i| !stopping.contains(&i.id) && i.is_healthy(has_check))
-        .count();
+    let old: Vec<&Instance> = core.iter().copied().filter(|i| i.version != target).collect();
+    let healthy = live.iter().filter(|i| !stopping.contains(&i.id) && i.is_healthy(has_check)).count();
     let min_healthy = ((want as f64) * spec.upgrade.min_healthy).ceil() as usize;
     // Surge instances of a superseded version are of no use.
     for s in &surge {
@@ -223,8 +191,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
     let mut new: Vec<NewInstance> = Vec::new();
     if !old.is_empty() {
         // Instances that are not healthy anyway are upgraded at no cost.
-        let (sick, well): (Vec<&Instance>, Vec<&Instance>) =
-            old.iter().partition(|i| !i.is_healthy(has_check));
+        let (sick, well): (Vec<&Instance>, Vec<&Instance>) = old.iter().partition(|i| !i.is_healthy(has_check));
         for i in sick {
             plan.upgrades.push((i.id.clone(), target));
         }
@@ -236,18 +203,11 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
             plan.upgrades.push((i.id.clone(), target));
             budget -= 1;
         }
-        let blocked = well
-            .len()
-            .saturating_sub(healthy.saturating_sub(min_healthy));
+        let blocked = well.len().saturating_sub(healthy.saturating_sub(min_healthy));
         if blocked > 0 && live_surge < spec.upgrade.max_surge as usize {
             let extra = (spec.upgrade.max_surge as usize - live_surge).min(blocked);
             for _ in 0..extra {
-                new.push(NewInstance {
-                    app: app.id.clone(),
-                    version: target,
-                    host: None,
-                    surge: true,
-                });
+                new.push(NewInstance { app: app.id.clone(), version: target, host: None, surge: true });
             }
         }
     } else {
@@ -290,12 +250,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
         }
     }
     while creates > 0 {
-        new.push(NewInstance {
-            app: app.id.clone(),
-            version: target,
-            host: None,
-            surge: false,
-        });
+        new.push(NewInstance { app: app.id.clone(), version: target, host: None, surge: false });
         creates -= 1;
     }
     for mut n in new {

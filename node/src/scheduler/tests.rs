@@ -18,22 +18,12 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        World {
-            s: State::default(),
-            index: 0,
-        }
+        World { s: State::default(), index: 0 }
     }
 
     fn apply(&mut self, cmd: Command) -> crate::state::Response {
         self.index += 1;
-        self.s.apply(
-            self.index,
-            Request {
-                id: String::new(),
-                at_ms: self.index,
-                cmd,
-            },
-        )
+        self.s.apply(self.index, Request { id: String::new(), at_ms: self.index, cmd })
     }
 
     fn host(&mut self, id: u64, runtime: &str, cpus: f64, mem_mb: u64, labels: &[(&str, &str)]) {
@@ -44,10 +34,7 @@ impl World {
             runtime: runtime.into(),
             cpus,
             mem_mb,
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         assert!(self.apply(Command::RegisterNode(info)).0.is_ok());
     }
@@ -98,12 +85,7 @@ impl World {
     }
 
     fn hosts_of(&self, app: &str) -> Vec<Option<u64>> {
-        let mut v: Vec<_> = self
-            .s
-            .apps
-            .instances_of(app)
-            .map(|i| (i.index, i.host))
-            .collect();
+        let mut v: Vec<_> = self.s.apps.instances_of(app).map(|i| (i.index, i.host)).collect();
         v.sort();
         v.into_iter().map(|(_, h)| h).collect()
     }
@@ -122,9 +104,7 @@ impl World {
 }
 
 fn process_app(id: &str, n: u32, extra: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","cmd":["sleep","100"],"instances":{n},"cpus":0.5,"mem_mb":100{extra}}}"#
-    )
+    format!(r#"{{"id":"{id}","cmd":["sleep","100"],"instances":{n},"cpus":0.5,"mem_mb":100{extra}}}"#)
 }
 
 #[test]
@@ -148,21 +128,11 @@ fn resources_are_never_over_committed_and_the_reason_is_given() {
     w.settle(3);
     // host 1: two of 0.5 cpu; host 2: memory for one of 100 MiB.
     assert_eq!(w.per_host("web"), BTreeMap::from([(1, 2), (2, 1)]));
-    let pending =
-        w.s.apps
-            .instances_of("web")
-            .filter(|i| i.host.is_none())
-            .count();
+    let pending = w.s.apps.instances_of("web").filter(|i| i.host.is_none()).count();
     assert_eq!(pending, 1);
     let reason = w.reason("web").unwrap();
-    assert!(
-        reason.contains("1 host(s) lack cpus (need 0.5)"),
-        "{reason}"
-    );
-    assert!(
-        reason.contains("1 host(s) lack memory (need 100 MiB)"),
-        "{reason}"
-    );
+    assert!(reason.contains("1 host(s) lack cpus (need 0.5)"), "{reason}");
+    assert!(reason.contains("1 host(s) lack memory (need 100 MiB)"), "{reason}");
     for h in [1, 2] {
         let (c, m) = w.s.host_usage(h);
         let info = &w.s.nodes.registered[&h];
@@ -177,10 +147,7 @@ fn runtime_must_fit() {
     w.deploy(r#"{"id":"box","image":"test/busybox:1","cmd":["sleep","1"]}"#);
     w.settle(3);
     assert_eq!(w.hosts_of("box"), vec![None]);
-    assert!(w
-        .reason("box")
-        .unwrap()
-        .contains("1 host(s) do not run the docker runtime"));
+    assert!(w.reason("box").unwrap().contains("1 host(s) do not run the docker runtime"));
 }
 
 #[test]
@@ -206,48 +173,18 @@ fn every_constraint_operator_places_as_marathon_does() {
             want: BTreeMap::from([(1, 1), (2, 1), (3, 1), (4, 1)]),
             pending: 1,
         },
-        Case {
-            constraint: r#"[["rack","CLUSTER","r1"]]"#,
-            n: 3,
-            want: BTreeMap::from([(1, 2), (2, 1)]),
-            pending: 0,
-        },
-        Case {
-            constraint: r#"[["rack","LIKE","r[2]"]]"#,
-            n: 2,
-            want: BTreeMap::from([(3, 1), (4, 1)]),
-            pending: 0,
-        },
-        Case {
-            constraint: r#"[["rack","UNLIKE","r1"]]"#,
-            n: 2,
-            want: BTreeMap::from([(3, 1), (4, 1)]),
-            pending: 0,
-        },
-        Case {
-            constraint: r#"[["rack","MAX_PER","1"]]"#,
-            n: 3,
-            want: BTreeMap::from([(1, 1), (3, 1)]),
-            pending: 1,
-        },
+        Case { constraint: r#"[["rack","CLUSTER","r1"]]"#, n: 3, want: BTreeMap::from([(1, 2), (2, 1)]), pending: 0 },
+        Case { constraint: r#"[["rack","LIKE","r[2]"]]"#, n: 2, want: BTreeMap::from([(3, 1), (4, 1)]), pending: 0 },
+        Case { constraint: r#"[["rack","UNLIKE","r1"]]"#, n: 2, want: BTreeMap::from([(3, 1), (4, 1)]), pending: 0 },
+        Case { constraint: r#"[["rack","MAX_PER","1"]]"#, n: 3, want: BTreeMap::from([(1, 1), (3, 1)]), pending: 1 },
         Case {
             constraint: r#"[["rack","GROUP_BY"]]"#,
             n: 4,
             want: BTreeMap::from([(1, 1), (2, 1), (3, 1), (4, 1)]),
             pending: 0,
         },
-        Case {
-            constraint: r#"[["rack","CLUSTER"]]"#,
-            n: 3,
-            want: BTreeMap::from([(1, 2), (2, 1)]),
-            pending: 0,
-        },
-        Case {
-            constraint: r#"[["zone","UNIQUE"]]"#,
-            n: 1,
-            want: BTreeMap::new(),
-            pending: 1,
-        },
+        Case { constraint: r#"[["rack","CLUSTER"]]"#, n: 3, want: BTreeMap::from([(1, 2), (2, 1)]), pending: 0 },
+        Case { constraint: r#"[["zone","UNIQUE"]]"#, n: 1, want: BTreeMap::new(), pending: 1 },
     ];
     for c in cases {
         let mut w = World::new();
@@ -255,11 +192,7 @@ fn every_constraint_operator_places_as_marathon_does() {
         w.host(2, "process", 8.0, 8192, &[("rack", "r1")]);
         w.host(3, "process", 8.0, 8192, &[("rack", "r2")]);
         w.host(4, "process", 8.0, 8192, &[("rack", "r2")]);
-        w.deploy(&process_app(
-            "web",
-            c.n,
-            &format!(r#","constraints":{}"#, c.constraint),
-        ));
+        w.deploy(&process_app("web", c.n, &format!(r#","constraints":{}"#, c.constraint)));
         w.settle(4);
         assert_eq!(w.per_host("web"), c.want, "{}", c.constraint);
         let pending = w.hosts_of("web").iter().filter(|h| h.is_none()).count();
@@ -277,11 +210,7 @@ fn group_by_spreads_evenly_over_values() {
     w.host(1, "process", 8.0, 8192, &[("rack", "r1")]);
     w.host(2, "process", 8.0, 8192, &[("rack", "r1")]);
     w.host(3, "process", 8.0, 8192, &[("rack", "r2")]);
-    w.deploy(&process_app(
-        "web",
-        6,
-        r#","constraints":[["rack","GROUP_BY"]]"#,
-    ));
+    w.deploy(&process_app("web", 6, r#","constraints":[["rack","GROUP_BY"]]"#));
     w.settle(4);
     let per = w.per_host("web");
     assert_eq!(per[&1] + per[&2], 3, "{per:?}");
@@ -302,17 +231,10 @@ fn scale_down_stops_the_youngest_first_and_releases_their_ips() {
     w.settle(3);
     w.run_all();
     assert_eq!(w.s.ipam.pool("lan").unwrap().used(), 4);
-    w.apply(Command::ScaleApp {
-        id: "web".into(),
-        instances: 2,
-    });
+    w.apply(Command::ScaleApp { id: "web".into(), instances: 2 });
     w.settle(3);
     let stopping: Vec<u64> =
-        w.s.apps
-            .instances_of("web")
-            .filter(|i| i.state == InstanceState::Stopping)
-            .map(|i| i.index)
-            .collect();
+        w.s.apps.instances_of("web").filter(|i| i.state == InstanceState::Stopping).map(|i| i.index).collect();
     assert_eq!(stopping, vec![3, 4]);
     w.run_all(); // agents report the stopped ones
     let left: Vec<u64> = w.s.apps.instances_of("web").map(|i| i.index).collect();
@@ -336,16 +258,9 @@ fn a_rollout_keeps_ids_and_ips_and_never_drops_below_min_healthy() {
     w.settle(3);
     w.run_all();
     let before: BTreeMap<String, Option<std::net::Ipv4Addr>> =
-        w.s.apps
-            .instances_of("web")
-            .map(|i| (i.id.clone(), i.ip))
-            .collect();
+        w.s.apps.instances_of("web").map(|i| (i.id.clone(), i.ip)).collect();
 
-    w.deploy(&process_app(
-        "web",
-        3,
-        r#","network":{"pool":"lan"},"env":{"V":"2"}"#,
-    ));
+    w.deploy(&process_app("web", 3, r#","network":{"pool":"lan"},"env":{"V":"2"}"#));
     let mut rounds = 0;
     while w.s.apps.apps["web"].deployment.is_some() {
         rounds += 1;
@@ -353,29 +268,15 @@ fn a_rollout_keeps_ids_and_ips_and_never_drops_below_min_healthy() {
         let p = plan(&w.s);
         w.apply(Command::ApplyPlan(p));
         // Invariant at every step: at least 3 healthy instances (min_healthy 1.0).
-        let healthy =
-            w.s.apps
-                .instances_of("web")
-                .filter(|i| i.is_healthy(false))
-                .count();
+        let healthy = w.s.apps.instances_of("web").filter(|i| i.is_healthy(false)).count();
         assert!(healthy >= 3, "only {healthy} healthy during the rollout");
         w.run_all();
     }
     let after: BTreeMap<String, Option<std::net::Ipv4Addr>> =
-        w.s.apps
-            .instances_of("web")
-            .map(|i| (i.id.clone(), i.ip))
-            .collect();
-    assert_eq!(
-        after, before,
-        "ids and IPs survive the upgrade; surge instances are gone"
-    );
+        w.s.apps.instances_of("web").map(|i| (i.id.clone(), i.ip)).collect();
+    assert_eq!(after, before, "ids and IPs survive the upgrade; surge instances are gone");
     assert!(w.s.apps.instances_of("web").all(|i| i.version == 2));
-    assert_eq!(
-        w.s.ipam.pool("lan").unwrap().used(),
-        3,
-        "surge IPs released"
-    );
+    assert_eq!(w.s.ipam.pool("lan").unwrap().used(), 3, "surge IPs released");
 }
 
 #[test]
@@ -392,16 +293,8 @@ fn a_lost_host_moves_instances_with_their_ips() {
     w.deploy(&process_app("web", 2, r#","network":{"pool":"lan"}"#));
     w.settle(3);
     w.run_all();
-    let on_1 =
-        w.s.apps
-            .instances_of("web")
-            .find(|i| i.host == Some(1))
-            .unwrap()
-            .clone();
-    w.apply(Command::SetHostState {
-        id: 1,
-        state: HostState::Down,
-    });
+    let on_1 = w.s.apps.instances_of("web").find(|i| i.host == Some(1)).unwrap().clone();
+    w.apply(Command::SetHostState { id: 1, state: HostState::Down });
     let lost = &w.s.apps.instances[&on_1.id];
     assert_eq!((lost.state, lost.host), (InstanceState::Lost, None));
     w.settle(3);
@@ -419,10 +312,7 @@ fn reports_for_an_older_placement_are_ignored() {
     w.deploy(&process_app("web", 1, ""));
     w.settle(3);
     let i = w.s.apps.instances["web-1"].clone();
-    w.apply(Command::SetHostState {
-        id: i.host.unwrap(),
-        state: HostState::Down,
-    });
+    w.apply(Command::SetHostState { id: i.host.unwrap(), state: HostState::Down });
     w.settle(3);
     // The old host's agent, late, reports the instance running under the old epoch.
     w.apply(Command::ReportInstance(Report {
@@ -453,11 +343,7 @@ fn delete_stops_everything_then_releases_every_ip() {
     w.settle(3);
     w.run_all();
     w.apply(Command::DeleteApp { id: "web".into() });
-    assert!(w
-        .s
-        .apps
-        .instances_of("web")
-        .all(|i| i.state == InstanceState::Stopping));
+    assert!(w.s.apps.instances_of("web").all(|i| i.state == InstanceState::Stopping));
     w.run_all();
     assert_eq!(w.s.apps.instances_of("web").count(), 0);
     assert_eq!(w.s.ipam.pool("lan").unwrap().used(), 0);
@@ -470,16 +356,10 @@ fn rollback_restores_the_previous_spec_as_a_new_version() {
     w.deploy(&process_app("web", 1, r#","env":{"V":"1"}"#));
     w.deploy(&process_app("web", 1, r#","env":{"V":"2"}"#));
     assert_eq!(w.s.apps.apps["web"].version, 2);
-    w.apply(Command::RollbackApp {
-        id: "web".into(),
-        version: None,
-    });
+    w.apply(Command::RollbackApp { id: "web".into(), version: None });
     let app = &w.s.apps.apps["web"];
     assert_eq!(app.version, 3);
     assert_eq!(app.spec().env["V"], "1");
-    let r = w.apply(Command::RollbackApp {
-        id: "web".into(),
-        version: Some(9),
-    });
+    let r = w.apply(Command::RollbackApp { id: "web".into(), version: Some(9) });
     assert_eq!(r.0.unwrap_err().code, "version_not_found");
 }

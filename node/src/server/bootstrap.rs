@@ -32,13 +32,8 @@ pub async fn run(node: Arc<Node>) {
             Ok(false) => {}
             Err(_) => return, // Raft stopped
         }
-        let others: Vec<(u64, String)> = node
-            .config
-            .peers
-            .iter()
-            .filter(|(id, _)| **id != node.id)
-            .map(|(id, a)| (*id, a.clone()))
-            .collect();
+        let others: Vec<(u64, String)> =
+            node.config.peers.iter().filter(|(id, _)| **id != node.id).map(|(id, a)| (*id, a.clone())).collect();
         let probes = others.iter().map(|(id, addr)| probe(&node, *id, addr));
         let replies = futures::future::join_all(probes).await;
         let mine = node.peers_canonical();
@@ -55,18 +50,12 @@ pub async fn run(node: Arc<Node>) {
         }
         if exists {
             if !warned_exists {
-                tracing::info!(
-                    "the cluster already exists; waiting for the leader to contact this node"
-                );
+                tracing::info!("the cluster already exists; waiting for the leader to contact this node");
                 warned_exists = true;
             }
         } else if reachable * 2 > node.config.peers.len() {
-            let members: BTreeMap<u64, RaftNode> = node
-                .config
-                .peers
-                .iter()
-                .map(|(id, addr)| (*id, RaftNode { addr: addr.clone() }))
-                .collect();
+            let members: BTreeMap<u64, RaftNode> =
+                node.config.peers.iter().map(|(id, addr)| (*id, RaftNode { addr: addr.clone() })).collect();
             tracing::info!(
                 reachable,
                 peers = node.config.peers.len(),
@@ -89,11 +78,8 @@ async fn probe(node: &Node, id: u64, addr: &str) -> Option<berth_proto::berth::P
     let channel = node.connections.get(addr).ok()?;
     let mut req = tonic::Request::new(ProbeRequest { from: node.id });
     req.set_timeout(PROBE_TIMEOUT);
-    let reply = tokio::time::timeout(PROBE_TIMEOUT, InternalClient::new(channel).probe(req))
-        .await
-        .ok()?
-        .ok()?
-        .into_inner();
+    let reply =
+        tokio::time::timeout(PROBE_TIMEOUT, InternalClient::new(channel).probe(req)).await.ok()?.ok()?.into_inner();
     if reply.id != id {
         tracing::error!(expected = id, got = reply.id, %addr, "a different node answers at this peer's address");
         return None;

@@ -60,12 +60,7 @@ fn cluster_pb(v: ClusterView) -> pb::ClusterInfo {
         members: v
             .members
             .into_iter()
-            .map(|m| pb::Member {
-                id: m.id,
-                grpc: m.grpc,
-                http: m.http.unwrap_or_default(),
-                voter: m.voter,
-            })
+            .map(|m| pb::Member { id: m.id, grpc: m.grpc, http: m.http.unwrap_or_default(), voter: m.voter })
             .collect(),
     }
 }
@@ -83,27 +78,12 @@ fn pool_pb(p: PoolInfo) -> pb::Pool {
 
 #[tonic::async_trait]
 impl Internal for Svc {
-    async fn probe(
-        &self,
-        _: Request<pb::ProbeRequest>,
-    ) -> Result<Response<pb::ProbeReply>, Status> {
-        let initialized = self
-            .0
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(pb::ProbeReply {
-            id: self.0.id,
-            initialized,
-            peers_digest: self.0.peers_canonical(),
-        }))
+    async fn probe(&self, _: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeReply>, Status> {
+        let initialized = self.0.raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::ProbeReply { id: self.0.id, initialized, peers_digest: self.0.peers_canonical() }))
     }
 
-    async fn propose(
-        &self,
-        request: Request<pb::ProposeRequest>,
-    ) -> Result<Response<pb::ProposeReply>, Status> {
+    async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeReply>, Status> {
         let left = super::proposer::MEMBERSHIP_DEADLINE;
         let call: LeaderCall = berth_raft::codec::decode(&request.get_ref().command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -112,111 +92,63 @@ impl Internal for Svc {
             _ => left,
         };
         let result: Result<LeaderReply, ApiError> = self.0.proposer.execute(call, budget).await;
-        let bytes =
-            berth_raft::codec::encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+        let bytes = berth_raft::codec::encode(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ProposeReply { result: bytes }))
     }
 
-    async fn read_index(
-        &self,
-        _: Request<pb::ReadIndexRequest>,
-    ) -> Result<Response<pb::ReadIndexReply>, Status> {
-        let index = self
-            .0
-            .proposer
-            .read_index_here(super::proposer::READ_DEADLINE)
-            .await?;
+    async fn heartbeat(&self, r: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+        self.0.liveness.record(r.get_ref().host);
+        Ok(Response::new(pb::HeartbeatReply {}))
+    }
+
+    async fn read_index(&self, _: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {
+        let index = self.0.proposer.read_index_here(super::proposer::READ_DEADLINE).await?;
         Ok(Response::new(pb::ReadIndexReply { index }))
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for Svc {
-    async fn get_cluster(
-        &self,
-        r: Request<pb::GetClusterRequest>,
-    ) -> Result<Response<pb::ClusterInfo>, Status> {
-        Ok(Response::new(cluster_pb(
-            self.0.cluster_view(r.get_ref().stale).await?,
-        )))
+    async fn get_cluster(&self, r: Request<pb::GetClusterRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
+        Ok(Response::new(cluster_pb(self.0.cluster_view(r.get_ref().stale).await?)))
     }
 
-    async fn add_member(
-        &self,
-        r: Request<pb::AddMemberRequest>,
-    ) -> Result<Response<pb::ClusterInfo>, Status> {
+    async fn add_member(&self, r: Request<pb::AddMemberRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
         let r = r.into_inner();
-        let view = self
-            .0
-            .add_member(MemberInput {
-                id: r.id,
-                grpc: r.grpc,
-                voter: r.voter,
-            })
-            .await?;
+        let view = self.0.add_member(MemberInput { id: r.id, grpc: r.grpc, voter: r.voter }).await?;
         Ok(Response::new(cluster_pb(view)))
     }
 
-    async fn remove_member(
-        &self,
-        r: Request<pb::RemoveMemberRequest>,
-    ) -> Result<Response<pb::ClusterInfo>, Status> {
-        Ok(Response::new(cluster_pb(
-            self.0.remove_member(r.get_ref().id).await?,
-        )))
+    async fn remove_member(&self, r: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
+        Ok(Response::new(cluster_pb(self.0.remove_member(r.get_ref().id).await?)))
     }
 }
 
 #[tonic::async_trait]
 impl Ipam for Svc {
-    async fn create_pool(
-        &self,
-        r: Request<pb::CreatePoolRequest>,
-    ) -> Result<Response<pb::Pool>, Status> {
+    async fn create_pool(&self, r: Request<pb::CreatePoolRequest>) -> Result<Response<pb::Pool>, Status> {
         let r = r.into_inner();
-        let input = PoolInput {
-            name: r.name,
-            subnet: r.subnet,
-            gateway: opt(r.gateway),
-            range: opt(r.range),
-        };
+        let input = PoolInput { name: r.name, subnet: r.subnet, gateway: opt(r.gateway), range: opt(r.range) };
         let (pool, _) = self.0.create_pool(input, rid(r.request_id)).await?;
         Ok(Response::new(pool_pb(pool)))
     }
 
-    async fn list_pools(
-        &self,
-        r: Request<pb::ListPoolsRequest>,
-    ) -> Result<Response<pb::ListPoolsReply>, Status> {
+    async fn list_pools(&self, r: Request<pb::ListPoolsRequest>) -> Result<Response<pb::ListPoolsReply>, Status> {
         let pools = self.0.list_pools(r.get_ref().stale).await?;
-        Ok(Response::new(pb::ListPoolsReply {
-            pools: pools.into_iter().map(pool_pb).collect(),
-        }))
+        Ok(Response::new(pb::ListPoolsReply { pools: pools.into_iter().map(pool_pb).collect() }))
     }
 
-    async fn delete_pool(
-        &self,
-        r: Request<pb::DeletePoolRequest>,
-    ) -> Result<Response<pb::DeletePoolReply>, Status> {
+    async fn delete_pool(&self, r: Request<pb::DeletePoolRequest>) -> Result<Response<pb::DeletePoolReply>, Status> {
         let r = r.into_inner();
         self.0.delete_pool(&r.name, rid(r.request_id)).await?;
         Ok(Response::new(pb::DeletePoolReply {}))
     }
 
-    async fn allocate(
-        &self,
-        r: Request<pb::AllocateRequest>,
-    ) -> Result<Response<pb::Allocation>, Status> {
+    async fn allocate(&self, r: Request<pb::AllocateRequest>) -> Result<Response<pb::Allocation>, Status> {
         let r = r.into_inner();
-        let input = AllocationInput {
-            owner: r.owner,
-            ip: opt(r.ip),
-        };
+        let input = AllocationInput { owner: r.owner, ip: opt(r.ip) };
         let a = self.0.allocate(&r.pool, input, rid(r.request_id)).await?;
-        Ok(Response::new(pb::Allocation {
-            ip: a.ip,
-            owner: a.owner,
-        }))
+        Ok(Response::new(pb::Allocation { ip: a.ip, owner: a.owner }))
     }
 
     async fn list_allocations(
@@ -226,20 +158,11 @@ impl Ipam for Svc {
         let r = r.into_inner();
         let list = self.0.list_allocations(&r.pool, r.stale).await?;
         Ok(Response::new(pb::ListAllocationsReply {
-            allocations: list
-                .into_iter()
-                .map(|a| pb::Allocation {
-                    ip: a.ip,
-                    owner: a.owner,
-                })
-                .collect(),
+            allocations: list.into_iter().map(|a| pb::Allocation { ip: a.ip, owner: a.owner }).collect(),
         }))
     }
 
-    async fn release(
-        &self,
-        r: Request<pb::ReleaseRequest>,
-    ) -> Result<Response<pb::ReleaseReply>, Status> {
+    async fn release(&self, r: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseReply>, Status> {
         let r = r.into_inner();
         self.0.release(&r.pool, &r.ip, rid(r.request_id)).await?;
         Ok(Response::new(pb::ReleaseReply {}))

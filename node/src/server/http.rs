@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
@@ -40,31 +40,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    413,
-                    "too_large",
-                    format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-                )
-            } else {
-                ApiError::invalid(
-                    "invalid_request",
-                    format!("cannot read the request body: {e}"),
-                )
-            }
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A request body as bytes: 413 when too large.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(413, "too_large", format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+            } else {
+                ApiError::invalid("invalid_request", format!("cannot read the request body: {e}"))
+            }
+        })
     }
 }
 
 /// Parses a JSON request body into `T`, with an error naming what is wrong.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(
-            "invalid_json",
-            "the request body is empty; a JSON object is expected",
-        ));
+        return Err(ApiError::invalid("invalid_json", "the request body is empty; a JSON object is expected"));
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid("invalid_request", e.to_string()),
@@ -72,26 +73,30 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The value of query parameter `key`, if present (`?key` alone gives "").
+fn query_param<'a>(query: &'a Option<String>, key: &str) -> Option<&'a str> {
+    query
+        .as_deref()?
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// Reads a boolean query parameter (absent: false).
+fn flag(query: &Option<String>, key: &str) -> Result<bool, ApiError> {
+    match query_param(query, key) {
+        None => Ok(false),
+        Some("true" | "1" | "") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(other) => Err(ApiError::invalid("invalid_request", format!("{key}: {other:?} is not true or false"))),
+    }
+}
+
 /// Reads `?stale=true`.
 fn stale(query: &Option<String>) -> Result<bool, ApiError> {
-    let Some(q) = query else { return Ok(false) };
-    let mut stale = false;
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-        if k == "stale" {
-            stale = match v {
-                "true" | "1" | "" => true,
-                "false" | "0" => false,
-                other => {
-                    return Err(ApiError::invalid(
-                        "invalid_request",
-                        format!("stale: {other:?} is not true or false"),
-                    ))
-                }
-            };
-        }
-    }
-    Ok(stale)
+    flag(query, "stale")
 }
 
 /// The request id of a write: the client's `Idempotency-Key`, if it sent one.
@@ -99,9 +104,8 @@ fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
-            let s = v.to_str().map_err(|_| {
-                ApiError::invalid("invalid_request", "Idempotency-Key is not visible ASCII")
-            })?;
+            let s =
+                v.to_str().map_err(|_| ApiError::invalid("invalid_request", "Idempotency-Key is not visible ASCII"))?;
             if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY {
                 return Err(ApiError::invalid(
                     "invalid_request",
@@ -114,8 +118,7 @@ fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 fn parse_id(s: &str) -> Result<u64, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::invalid("invalid_request", format!("{s:?} is not a node id")))
+    s.parse().map_err(|_| ApiError::invalid("invalid_request", format!("{s:?} is not a node id")))
 }
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -127,18 +130,21 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/ipam/pools", post(create_pool).get(list_pools))
         .route("/v1/ipam/pools/{pool}", delete(delete_pool))
-        .route(
-            "/v1/ipam/pools/{pool}/allocations",
-            post(allocate).get(list_allocations),
-        )
+        .route("/v1/ipam/pools/{pool}/allocations", post(allocate).get(list_allocations))
         .route("/v1/ipam/pools/{pool}/allocations/{ip}", delete(release))
+        .route("/v1/apps", get(apps::list))
+        .route("/v1/apps/{id}", put(apps::put).get(apps::get).delete(apps::delete))
+        .route("/v1/apps/{id}/scale", post(apps::scale))
+        .route("/v1/apps/{id}/rollback", post(apps::rollback))
+        .route("/v1/apps/{id}/versions", get(apps::versions))
+        .route("/v1/instances", get(apps::instances))
+        .route("/v1/instances/{id}/logs", get(apps::logs))
+        .route("/v1/hosts", get(apps::hosts))
+        .route("/v1/deployments", get(apps::deployments))
+        .route("/v1/deployments/{id}", delete(apps::cancel_deployment))
         .fallback(|| async { ApiError::not_found("no_route", "no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                405,
-                "method_not_allowed",
-                "this endpoint does not take that method",
-            )
+            ApiError::new(405, "method_not_allowed", "this endpoint does not take that method")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -146,9 +152,7 @@ pub fn router(node: Arc<Node>) -> Router {
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
     let app = router(node);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
     }
@@ -160,29 +164,18 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(node): Ctx) -> Result<impl IntoResponse, ApiError> {
     node.ready().await?;
-    Ok(Json(
-        serde_json::json!({"status": "ready", "applied": node.state.applied_index()}),
-    ))
+    Ok(Json(serde_json::json!({"status": "ready", "applied": node.state.applied_index()})))
 }
 
-async fn get_cluster(
-    State(node): Ctx,
-    RawQuery(q): RawQuery,
-) -> Result<impl IntoResponse, ApiError> {
+async fn get_cluster(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.cluster_view(stale(&q)?).await?))
 }
 
-async fn add_member(
-    State(node): Ctx,
-    JsonBody(input): JsonBody<MemberInput>,
-) -> Result<impl IntoResponse, ApiError> {
+async fn add_member(State(node): Ctx, JsonBody(input): JsonBody<MemberInput>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.add_member(input).await?))
 }
 
-async fn remove_member(
-    State(node): Ctx,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+async fn remove_member(State(node): Ctx, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.remove_member(parse_id(&id)?).await?))
 }
 
@@ -192,18 +185,11 @@ async fn create_pool(
     JsonBody(input): JsonBody<PoolInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (pool, created) = node.create_pool(input, request_id(&headers)?).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(pool)))
 }
 
-async fn list_pools(
-    State(node): Ctx,
-    RawQuery(q): RawQuery,
-) -> Result<impl IntoResponse, ApiError> {
+async fn list_pools(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.list_pools(stale(&q)?).await?))
 }
 
@@ -243,6 +229,139 @@ async fn release(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Handlers of the app, instance, host and deployment endpoints.
+mod apps {
+    use super::*;
+    use crate::server::workloads::{parse_spec, RollbackInput, ScaleInput};
+
+    pub async fn put(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+        RawBody(body): RawBody,
+    ) -> Result<impl IntoResponse, ApiError> {
+        let spec = parse_spec(&id, &body)?;
+        let (view, created) = node.put_app(spec, request_id(&headers)?).await?;
+        Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
+    }
+
+    pub async fn get(
+        State(node): Ctx,
+        Path(id): Path<String>,
+        RawQuery(q): RawQuery,
+    ) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.get_app(&id, stale(&q)?).await?))
+    }
+
+    pub async fn list(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.list_apps(stale(&q)?).await?))
+    }
+
+    pub async fn delete(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.delete_app(&id, request_id(&headers)?).await?))
+    }
+
+    pub async fn scale(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+        JsonBody(input): JsonBody<ScaleInput>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.scale_app(&id, input.instances, request_id(&headers)?).await?))
+    }
+
+    pub async fn rollback(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+        RawBody(body): RawBody,
+    ) -> Result<impl IntoResponse, ApiError> {
+        let input: RollbackInput =
+            if body.iter().all(u8::is_ascii_whitespace) { RollbackInput::default() } else { parse_json(&body)? };
+        Ok(Json(node.rollback_app(&id, input.version, request_id(&headers)?).await?))
+    }
+
+    pub async fn versions(
+        State(node): Ctx,
+        Path(id): Path<String>,
+        RawQuery(q): RawQuery,
+    ) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.app_versions(&id, stale(&q)?).await?))
+    }
+
+    pub async fn instances(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
+        let app = query_param(&q, "app").filter(|a| !a.is_empty());
+        Ok(Json(node.list_instances(app, stale(&q)?).await?))
+    }
+
+    pub async fn hosts(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.list_hosts(stale(&q)?).await?))
+    }
+
+    pub async fn deployments(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.list_deployments(stale(&q)?).await?))
+    }
+
+    pub async fn cancel_deployment(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        let id: u64 =
+            id.parse().map_err(|_| ApiError::invalid("invalid_request", format!("{id:?} is not a deployment id")))?;
+        Ok(Json(node.cancel_deployment(id, request_id(&headers)?).await?))
+    }
+
+    /// The instance's output, streamed; proxied to the host that runs it.
+    pub async fn logs(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+        RawQuery(q): RawQuery,
+    ) -> Result<Response, ApiError> {
+        let follow = flag(&q, "follow")?;
+        let tail = match query_param(&q, "tail") {
+            None | Some("all") => usize::MAX,
+            Some(t) => {
+                t.parse().map_err(|_| ApiError::invalid("invalid_request", format!("tail: {t:?} is not a number")))?
+            }
+        };
+        let (inst, http) = node.instance_location(&id)?;
+        let Some(host) = inst.host else {
+            return Err(ApiError::conflict(
+                "instance_not_placed",
+                format!("instance {id} runs on no host (it is {:?})", inst.state),
+            ));
+        };
+        let text = [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+        if host == node.id {
+            let stream = node.runtime.logs(&id, tail, follow).await.map_err(|e| ApiError::internal(e.to_string()))?;
+            return Ok((text, axum::body::Body::from_stream(stream)).into_response());
+        }
+        if headers.contains_key("x-berth-proxied") {
+            return Err(ApiError::conflict(
+                "instance_moved",
+                format!("instance {id} is not on node {} any more", node.id),
+            ));
+        }
+        let http = http.ok_or_else(|| {
+            ApiError::unavailable("host_unknown", format!("host {host} has not registered its address"))
+        })?;
+        let url = format!("http://{http}/v1/instances/{id}/logs?{}", q.unwrap_or_default());
+        let resp =
+            node.http_client.get(&url).header("x-berth-proxied", node.id.to_string()).send().await.map_err(|e| {
+                ApiError::unavailable("host_unreachable", format!("host {host} ({http}) does not answer: {e}"))
+            })?;
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let body = axum::body::Body::from_stream(resp.bytes_stream());
+        Ok((status, text, body).into_response())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,24 +377,15 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_problem() {
-        let e = parse_json::<PoolInput>(br#"{"name":"a","subnet":"10.0.0.0/24","colour":1}"#)
-            .unwrap_err();
+        let e = parse_json::<PoolInput>(br#"{"name":"a","subnet":"10.0.0.0/24","colour":1}"#).unwrap_err();
         assert_eq!((e.status, e.code.as_str()), (400, "invalid_request"));
-        assert!(
-            e.message.contains("unknown field `colour`"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("unknown field `colour`"), "{}", e.message);
         let e = parse_json::<PoolInput>(br#"{"name":"a""#).unwrap_err();
         assert_eq!(e.code, "invalid_json");
         let e = parse_json::<PoolInput>(b"  ").unwrap_err();
         assert!(e.message.contains("empty"));
         let e = parse_json::<PoolInput>(br#"{"name":"a"}"#).unwrap_err();
-        assert!(
-            e.message.contains("missing field `subnet`"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("missing field `subnet`"), "{}", e.message);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 pub mod bootstrap;
 pub mod grpc;
 pub mod http;
+pub mod leader;
 pub mod ops;
 pub mod proposer;
+pub mod workloads;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -28,6 +30,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::proposer::Proposer;
+use crate::agent::process::ProcessRuntime;
+use crate::agent::runtime::Runtime;
+use crate::agent::Agent;
 use crate::state::nodes::NodeInfo;
 use crate::state::{Command, State};
 
@@ -39,13 +44,11 @@ pub enum StartError {
     #[error("data dir {path} is in use by another berth process")]
     Locked { path: String },
     #[error("cannot listen on {addr} ({what}): {reason}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        reason: String,
-    },
+    Bind { addr: SocketAddr, what: &'static str, reason: String },
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error("{0}")]
+    Runtime(String),
 }
 
 /// A running node.
@@ -59,7 +62,16 @@ pub struct Node {
     /// The addresses actually bound (a port 0 in the config becomes the real one).
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// When each host last heartbeat (used while this node leads).
+    pub liveness: leader::Liveness,
+    /// The runtime of this host's agent.
+    pub runtime: Arc<dyn Runtime>,
+    /// For proxying (logs) to other nodes' HTTP APIs.
+    pub http_client: reqwest::Client,
     shutdown: CancellationToken,
+    /// Stops the agent; cancelled before the servers so that instances stopping on
+    /// exit can still report.
+    agent_stop: CancellationToken,
     tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     _lock: File,
 }
@@ -85,10 +97,7 @@ fn raft_config(cfg: &ValidConfig) -> Result<RaftConfig, StartError> {
 }
 
 fn lock_data_dir(dir: &std::path::Path) -> Result<File, StartError> {
-    let unusable = |reason: String| StartError::DataDir {
-        path: dir.display().to_string(),
-        reason,
-    };
+    let unusable = |reason: String| StartError::DataDir { path: dir.display().to_string(), reason };
     std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
     let probe = dir.join(".write-test");
     std::fs::write(&probe, b"ok").map_err(|e| unusable(format!("not writable: {e}")))?;
@@ -101,9 +110,7 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<File, StartError> {
         .map_err(|e| unusable(e.to_string()))?;
     match lock.try_lock() {
         Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked {
-            path: dir.display().to_string(),
-        }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked { path: dir.display().to_string() }),
         Err(std::fs::TryLockError::Error(e)) => Err(unusable(e.to_string())),
     }
 }
@@ -112,19 +119,13 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
     TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
         addr,
         what,
-        reason: if e.kind() == std::io::ErrorKind::AddrInUse {
-            "the port is in use".into()
-        } else {
-            e.to_string()
-        },
+        reason: if e.kind() == std::io::ErrorKind::AddrInUse { "the port is in use".into() } else { e.to_string() },
     })
 }
 
 /// CPUs and memory of this machine, for hosts that do not say.
 fn detect_resources() -> (f64, u64) {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as f64)
-        .unwrap_or(1.0);
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
     let mem_mb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -142,27 +143,16 @@ impl Node {
     /// Starts a node. Returns once it serves; the cluster may still be forming.
     pub async fn start(config: ValidConfig) -> Result<Arc<Node>, StartError> {
         let lock = lock_data_dir(&config.data_dir)?;
-        let backend: kv::Backend =
-            config
-                .storage
-                .parse()
-                .map_err(|e: String| StartError::DataDir {
-                    path: config.data_dir.display().to_string(),
-                    reason: e,
-                })?;
-        let store =
-            kv::open(backend, &config.data_dir.join("raft")).map_err(|e| StartError::DataDir {
-                path: config.data_dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let backend: kv::Backend = config
+            .storage
+            .parse()
+            .map_err(|e: String| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e })?;
+        let store = kv::open(backend, &config.data_dir.join("raft"))
+            .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
         let grpc_listener = bind(config.listen, "--listen, gRPC").await?;
         let http_listener = bind(config.http, "--http").await?;
-        let grpc_addr = grpc_listener
-            .local_addr()
-            .map_err(|e| StartError::Raft(e.to_string()))?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let grpc_addr = grpc_listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
+        let http_addr = http_listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
 
         let sm = SmStore::<State>::open(store.clone()).map_err(|e| StartError::DataDir {
             path: config.data_dir.display().to_string(),
@@ -181,6 +171,16 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let proposer = Proposer::new(config.id, raft.clone(), state.clone(), connections.clone());
+        let runtime: Arc<dyn Runtime> = match config.runtime {
+            berth_cluster_config::Runtime::Process => {
+                Arc::new(ProcessRuntime::new(config.data_dir.join("instances"), config.id))
+            }
+            berth_cluster_config::Runtime::Docker => {
+                return Err(StartError::Runtime(
+                    "the docker runtime is not available in this build yet; use --runtime process".into(),
+                ))
+            }
+        };
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -190,24 +190,35 @@ impl Node {
             connections,
             grpc_addr,
             http_addr,
+            liveness: Default::default(),
+            runtime: runtime.clone(),
+            http_client: reqwest::Client::new(),
             shutdown: CancellationToken::new(),
+            agent_stop: CancellationToken::new(),
             tasks: Default::default(),
             _lock: lock,
         });
 
+        let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
         let tasks = vec![
-            tokio::spawn(grpc::serve(
-                node.clone(),
-                grpc_listener,
-                node.shutdown.clone(),
-            )),
-            tokio::spawn(http::serve(
-                node.clone(),
-                http_listener,
-                node.shutdown.clone(),
-            )),
+            tokio::spawn(grpc::serve(node.clone(), grpc_listener, node.shutdown.clone())),
+            tokio::spawn(http::serve(node.clone(), http_listener, node.shutdown.clone())),
             tokio::spawn(bootstrap::run(node.clone())),
             tokio::spawn(register(node.clone())),
+            tokio::spawn(leader::run(node.clone())),
+            tokio::spawn(leader::heartbeat(node.clone())),
+            tokio::spawn(leader::report(node.clone(), reports_rx)),
+            // The agent is the last task: shutdown stops it first.
+            tokio::spawn(
+                Agent {
+                    host: node.id,
+                    runtime,
+                    state: node.state.clone(),
+                    reports: reports_tx,
+                    stop_instances_on_exit: node.config.stop_instances_on_exit,
+                }
+                .run(node.agent_stop.clone()),
+            ),
         ];
         *node.tasks.lock().await = tasks;
         tracing::info!(id = node.id, grpc = %grpc_addr, http = %http_addr, "node started");
@@ -229,12 +240,7 @@ impl Node {
         let (cpus, mem_mb) = detect_resources();
         NodeInfo {
             id: self.id,
-            grpc: self
-                .config
-                .peers
-                .get(&self.id)
-                .cloned()
-                .unwrap_or_else(|| self.grpc_addr.to_string()),
+            grpc: self.config.peers.get(&self.id).cloned().unwrap_or_else(|| self.grpc_addr.to_string()),
             http: self.http_addr.to_string(),
             runtime: self.config.runtime.to_string(),
             cpus: self.config.cpus.unwrap_or(cpus),
@@ -251,6 +257,13 @@ impl Node {
     /// Stops the node: leadership is handed to the most up-to-date voter first (when
     /// this node leads), so the cluster does not wait out an election timeout.
     pub async fn shutdown(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().await);
+        // The agent goes first (it is the last task): instances it stops on exit can
+        // still report through Raft.
+        self.agent_stop.cancel();
+        if let Some(agent) = tasks.pop() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+        }
         if self.raft.is_leader() {
             self.transfer_leadership().await;
         }
@@ -258,7 +271,6 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        let tasks = std::mem::take(&mut *self.tasks.lock().await);
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
         }
@@ -267,22 +279,9 @@ impl Node {
 
     async fn transfer_leadership(&self) {
         let metrics = self.raft.metrics().borrow_watched().clone();
-        let voters: Vec<u64> = metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|v| *v != self.id)
-            .collect();
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
         let best = metrics.replication.as_ref().and_then(|r| {
-            voters
-                .iter()
-                .max_by_key(|v| {
-                    r.get(v)
-                        .and_then(|l| l.as_ref())
-                        .map(|l| l.index)
-                        .unwrap_or(0)
-                })
-                .copied()
+            voters.iter().max_by_key(|v| r.get(v).and_then(|l| l.as_ref()).map(|l| l.index).unwrap_or(0)).copied()
         });
         let Some(to) = best else { return };
         tracing::info!(to, "transferring leadership before shutdown");
@@ -303,11 +302,7 @@ impl Node {
 
 /// `1=a:1,2=b:2` in id order.
 pub fn canonical_peers(peers: &BTreeMap<u64, String>) -> String {
-    peers
-        .iter()
-        .map(|(id, a)| format!("{id}={a}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    peers.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",")
 }
 
 /// Keeps this node's registration in the replicated state current: announces its
@@ -317,14 +312,7 @@ async fn register(node: Arc<Node>) {
     let mut applied = node.state.subscribe();
     let request_id = format!("register-{}-{}", node.id, node.proposer.new_request_id());
     loop {
-        let current = node
-            .state
-            .read()
-            .state
-            .nodes
-            .registered
-            .get(&node.id)
-            .cloned();
+        let current = node.state.read().state.nodes.registered.get(&node.id).cloned();
         if current.as_ref() == Some(&info) {
             tokio::select! {
                 _ = node.stopping() => return,
@@ -332,10 +320,7 @@ async fn register(node: Arc<Node>) {
             }
         }
         if node.state.read().state.nodes.retired.contains(&node.id) {
-            tracing::error!(
-                id = node.id,
-                "this node id was removed from the cluster; it will not rejoin"
-            );
+            tracing::error!(id = node.id, "this node id was removed from the cluster; it will not rejoin");
             return;
         }
         let result = tokio::select! {

@@ -69,34 +69,26 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
 
 fn parse_net(field: &str, s: &str) -> Result<Ipv4Net, ApiError> {
     let net = Ipv4Net::from_str(s.trim()).map_err(|_| {
-        ApiError::invalid(
-            "invalid_pool",
-            format!("{field}: {s:?} is not an IPv4 CIDR such as 10.99.0.0/24"),
-        )
+        ApiError::invalid("invalid_pool", format!("{field}: {s:?} is not an IPv4 CIDR such as 10.99.0.0/24"))
     })?;
     if net.trunc() != net {
         return Err(ApiError::invalid(
             "invalid_pool",
-            format!(
-                "{field}: {s} has host bits set; did you mean {}?",
-                net.trunc()
-            ),
+            format!("{field}: {s} has host bits set; did you mean {}?", net.trunc()),
         ));
     }
     Ok(net)
 }
 
 fn parse_ip(field: &str, code: &str, s: &str) -> Result<Ipv4Addr, ApiError> {
-    Ipv4Addr::from_str(s.trim())
-        .map_err(|_| ApiError::invalid(code, format!("{field}: {s:?} is not an IPv4 address")))
+    Ipv4Addr::from_str(s.trim()).map_err(|_| ApiError::invalid(code, format!("{field}: {s:?} is not an IPv4 address")))
 }
 
 /// Checks a pool definition and turns it into the command that creates it.
@@ -104,10 +96,7 @@ pub fn pool_command(input: PoolInput) -> Result<Command, ApiError> {
     if !is_dns_label(&input.name) {
         return Err(ApiError::invalid(
             "invalid_pool",
-            format!(
-                "name: {:?} must be a DNS label ([a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?)",
-                input.name
-            ),
+            format!("name: {:?} must be a DNS label ([a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?)", input.name),
         ));
     }
     let subnet = parse_net("subnet", &input.subnet)?;
@@ -135,20 +124,12 @@ pub fn pool_command(input: PoolInput) -> Result<Command, ApiError> {
         Some(r) => {
             let r = parse_net("range", r)?;
             if !subnet.contains(&r) {
-                return Err(ApiError::invalid(
-                    "invalid_pool",
-                    format!("range: {r} is not inside subnet {subnet}"),
-                ));
+                return Err(ApiError::invalid("invalid_pool", format!("range: {r} is not inside subnet {subnet}")));
             }
             Some(r)
         }
     };
-    Ok(Command::CreatePool {
-        name: input.name,
-        subnet,
-        gateway,
-        range,
-    })
+    Ok(Command::CreatePool { name: input.name, subnet, gateway, range })
 }
 
 fn unexpected(r: Reply) -> ApiError {
@@ -180,20 +161,11 @@ impl Node {
             .map(|(id, n)| MemberView {
                 id: *id,
                 grpc: n.addr.clone(),
-                http: replica
-                    .state
-                    .nodes
-                    .registered
-                    .get(id)
-                    .map(|r| r.http.clone()),
+                http: replica.state.nodes.registered.get(id).map(|r| r.http.clone()),
                 voter: voters.contains(id),
             })
             .collect();
-        Ok(ClusterView {
-            leader: metrics.current_leader,
-            term: metrics.current_term,
-            members,
-        })
+        Ok(ClusterView { leader: metrics.current_leader, term: metrics.current_term, members })
     }
 
     pub async fn create_pool(
@@ -210,32 +182,11 @@ impl Node {
 
     pub async fn list_pools(&self, stale: bool) -> Result<Vec<PoolInfo>, ApiError> {
         self.read_barrier(stale).await?;
-        Ok(self
-            .state
-            .read()
-            .state
-            .ipam
-            .pools()
-            .map(|p| p.info())
-            .collect())
+        Ok(self.state.read().state.ipam.pools().map(|p| p.info()).collect())
     }
 
-    pub async fn delete_pool(
-        &self,
-        name: &str,
-        request_id: Option<String>,
-    ) -> Result<(), ApiError> {
-        outcome(
-            self.proposer
-                .write(
-                    Command::DeletePool {
-                        name: name.to_string(),
-                    },
-                    request_id,
-                )
-                .await?,
-        )
-        .map(|_| ())
+    pub async fn delete_pool(&self, name: &str, request_id: Option<String>) -> Result<(), ApiError> {
+        outcome(self.proposer.write(Command::DeletePool { name: name.to_string() }, request_id).await?).map(|_| ())
     }
 
     pub async fn allocate(
@@ -245,76 +196,38 @@ impl Node {
         request_id: Option<String>,
     ) -> Result<AllocationInfo, ApiError> {
         if input.owner.len() > MAX_OWNER_BYTES {
-            return Err(ApiError::invalid(
-                "invalid_allocation",
-                format!("owner: longer than {MAX_OWNER_BYTES} bytes"),
-            ));
+            return Err(ApiError::invalid("invalid_allocation", format!("owner: longer than {MAX_OWNER_BYTES} bytes")));
         }
         let ip = match input.ip.as_deref().filter(|s| !s.is_empty()) {
             Some(s) => Some(parse_ip("ip", "invalid_allocation", s)?),
             None => None,
         };
-        let cmd = Command::Allocate {
-            pool: pool.to_string(),
-            owner: input.owner,
-            ip,
-        };
+        let cmd = Command::Allocate { pool: pool.to_string(), owner: input.owner, ip };
         match outcome(self.proposer.write(cmd, request_id).await?)? {
             Reply::Allocation(a) => Ok(a),
             other => Err(unexpected(other)),
         }
     }
 
-    pub async fn list_allocations(
-        &self,
-        pool: &str,
-        stale: bool,
-    ) -> Result<Vec<AllocationInfo>, ApiError> {
+    pub async fn list_allocations(&self, pool: &str, stale: bool) -> Result<Vec<AllocationInfo>, ApiError> {
         self.read_barrier(stale).await?;
         let replica = self.state.read();
         let pool = replica.state.ipam.pool(pool)?;
-        Ok(pool
-            .allocations()
-            .map(|(ip, a)| AllocationInfo {
-                ip: ip.to_string(),
-                owner: a.owner.clone(),
-            })
-            .collect())
+        Ok(pool.allocations().map(|(ip, a)| AllocationInfo { ip: ip.to_string(), owner: a.owner.clone() }).collect())
     }
 
-    pub async fn release(
-        &self,
-        pool: &str,
-        ip: &str,
-        request_id: Option<String>,
-    ) -> Result<(), ApiError> {
+    pub async fn release(&self, pool: &str, ip: &str, request_id: Option<String>) -> Result<(), ApiError> {
         let ip = parse_ip("ip", "invalid_allocation", ip)?;
-        outcome(
-            self.proposer
-                .write(
-                    Command::Release {
-                        pool: pool.to_string(),
-                        ip,
-                    },
-                    request_id,
-                )
-                .await?,
-        )
-        .map(|_| ())
+        outcome(self.proposer.write(Command::Release { pool: pool.to_string(), ip }, request_id).await?).map(|_| ())
     }
 
     pub async fn add_member(&self, input: MemberInput) -> Result<ClusterView, ApiError> {
         if input.id == 0 {
-            return Err(ApiError::invalid(
-                "invalid_member",
-                "id: 0 is reserved; node ids start at 1",
-            ));
+            return Err(ApiError::invalid("invalid_member", "id: 0 is reserved; node ids start at 1"));
         }
         berth_cluster_config::parse_peers(&format!("{}={}", input.id, input.grpc))
             .map_err(|e| ApiError::invalid("invalid_member", format!("grpc: {e}")))?;
-        self.proposer
-            .add_member(input.id, input.grpc, input.voter)
-            .await?;
+        self.proposer.add_member(input.id, input.grpc, input.voter).await?;
         self.cluster_view(false).await
     }
 
@@ -356,10 +269,7 @@ mod tests {
     fn pool_input_errors_name_the_field() {
         let cases = [
             (pool("10.99.0.0/33", None, None), "subnet:"),
-            (
-                pool("10.99.0.5/24", None, None),
-                "did you mean 10.99.0.0/24",
-            ),
+            (pool("10.99.0.5/24", None, None), "did you mean 10.99.0.0/24"),
             (pool("10.99.0.0/31", None, None), "too small"),
             (pool("10.99.0.0/24", Some("10.98.0.1"), None), "gateway:"),
             (pool("10.99.0.0/24", Some("10.99.0.0"), None), "gateway:"),
@@ -373,27 +283,12 @@ mod tests {
         }
         let mut bad_name = pool("10.99.0.0/24", None, None);
         bad_name.name = "LAN".into();
-        assert!(pool_command(bad_name)
-            .unwrap_err()
-            .message
-            .starts_with("name:"));
+        assert!(pool_command(bad_name).unwrap_err().message.starts_with("name:"));
     }
 
     #[test]
     fn valid_pool_input_becomes_a_command() {
-        let c = pool_command(pool(
-            "10.99.0.0/24",
-            Some("10.99.0.1"),
-            Some("10.99.0.16/28"),
-        ))
-        .unwrap();
-        assert!(matches!(
-            c,
-            Command::CreatePool {
-                gateway: Some(_),
-                range: Some(_),
-                ..
-            }
-        ));
+        let c = pool_command(pool("10.99.0.0/24", Some("10.99.0.1"), Some("10.99.0.16/28"))).unwrap();
+        assert!(matches!(c, Command::CreatePool { gateway: Some(_), range: Some(_), .. }));
     }
 }

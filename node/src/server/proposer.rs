@@ -70,10 +70,7 @@ pub struct Proposer {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn not_leader() -> ApiError {
@@ -92,25 +89,12 @@ fn no_quorum(what: &str, d: Duration) -> ApiError {
 }
 
 impl Proposer {
-    pub fn new(
-        id: u64,
-        raft: typ::Raft<State>,
-        state: StateHandle<State>,
-        connections: Arc<Connections>,
-    ) -> Self {
+    pub fn new(id: u64, raft: typ::Raft<State>, state: StateHandle<State>, connections: Arc<Connections>) -> Self {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        Self {
-            id,
-            raft,
-            state,
-            connections,
-            membership: tokio::sync::Mutex::new(()),
-            boot,
-            counter: AtomicU64::new(0),
-        }
+        Self { id, raft, state, connections, membership: tokio::sync::Mutex::new(()), boot, counter: AtomicU64::new(0) }
     }
 
     /// A request id unique across the cluster: node id, boot time, counter.
@@ -121,42 +105,22 @@ impl Proposer {
 
     /// Proposes `cmd` through the leader and returns what applying it answered.
     /// `request_id` (an Idempotency-Key) makes retries of the same operation safe.
-    pub async fn write(
-        &self,
-        cmd: Command,
-        request_id: Option<String>,
-    ) -> Result<Response, ApiError> {
-        let req = Request {
-            id: request_id.unwrap_or_else(|| self.new_request_id()),
-            at_ms: 0,
-            cmd,
-        };
-        match self
-            .call_leader(LeaderCall::Write(Box::new(req)), WRITE_DEADLINE)
-            .await?
-        {
+    pub async fn write(&self, cmd: Command, request_id: Option<String>) -> Result<Response, ApiError> {
+        let req = Request { id: request_id.unwrap_or_else(|| self.new_request_id()), at_ms: 0, cmd };
+        match self.call_leader(LeaderCall::Write(Box::new(req)), WRITE_DEADLINE).await? {
             LeaderReply::Write(r) => Ok(r),
-            other => Err(ApiError::internal(format!(
-                "unexpected leader reply {other:?}"
-            ))),
+            other => Err(ApiError::internal(format!("unexpected leader reply {other:?}"))),
         }
     }
 
     /// Adds a member (or promotes a learner); returns once committed.
     pub async fn add_member(&self, id: u64, grpc: String, voter: bool) -> Result<(), ApiError> {
-        self.call_leader(
-            LeaderCall::AddMember { id, grpc, voter },
-            MEMBERSHIP_DEADLINE,
-        )
-        .await
-        .map(|_| ())
+        self.call_leader(LeaderCall::AddMember { id, grpc, voter }, MEMBERSHIP_DEADLINE).await.map(|_| ())
     }
 
     /// Removes a member; returns once committed.
     pub async fn remove_member(&self, id: u64) -> Result<(), ApiError> {
-        self.call_leader(LeaderCall::RemoveMember { id }, MEMBERSHIP_DEADLINE)
-            .await
-            .map(|_| ())
+        self.call_leader(LeaderCall::RemoveMember { id }, MEMBERSHIP_DEADLINE).await.map(|_| ())
     }
 
     /// The current leader, waiting for one until `deadline`.
@@ -169,12 +133,7 @@ impl Proposer {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => {
-                    return Err(ApiError::unavailable(
-                        "shutting_down",
-                        "this node is shutting down",
-                    ))
-                }
+                Ok(Err(_)) => return Err(ApiError::unavailable("shutting_down", "this node is shutting down")),
                 Err(_) => {
                     return Err(ApiError::unavailable(
                         "no_leader",
@@ -189,18 +148,11 @@ impl Proposer {
     fn grpc_addr(&self, id: u64) -> Option<String> {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
+        m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
     }
 
     /// Runs `call` on the leader, wherever it is, until `budget` runs out.
-    pub async fn call_leader(
-        &self,
-        call: LeaderCall,
-        budget: Duration,
-    ) -> Result<LeaderReply, ApiError> {
+    pub async fn call_leader(&self, call: LeaderCall, budget: Duration) -> Result<LeaderReply, ApiError> {
         let deadline = Instant::now() + budget;
         let mut last_err = None;
         loop {
@@ -219,10 +171,7 @@ impl Proposer {
                 // The leader moved or is unreachable: look again, a little later.
                 Err(e) if e.code == "not_leader" || e.code == "unreachable" => {
                     last_err = Some(if e.code == "unreachable" {
-                        ApiError::unavailable(
-                            "no_leader",
-                            format!("the leader is unreachable: {}", e.message),
-                        )
+                        ApiError::unavailable("no_leader", format!("the leader is unreachable: {}", e.message))
                     } else {
                         e
                     });
@@ -233,20 +182,15 @@ impl Proposer {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: u64,
-        call: &LeaderCall,
-        left: Duration,
-    ) -> Result<LeaderReply, ApiError> {
-        let addr = self.grpc_addr(leader).ok_or_else(|| {
-            ApiError::unavailable("unreachable", format!("no address for leader {leader}"))
-        })?;
-        let channel = self.connections.get(&addr).map_err(|e| {
-            ApiError::unavailable("unreachable", format!("bad address {addr}: {e}"))
-        })?;
-        let command =
-            berth_raft::codec::encode(call).map_err(|e| ApiError::internal(e.to_string()))?;
+    async fn forward(&self, leader: u64, call: &LeaderCall, left: Duration) -> Result<LeaderReply, ApiError> {
+        let addr = self
+            .grpc_addr(leader)
+            .ok_or_else(|| ApiError::unavailable("unreachable", format!("no address for leader {leader}")))?;
+        let channel = self
+            .connections
+            .get(&addr)
+            .map_err(|e| ApiError::unavailable("unreachable", format!("bad address {addr}: {e}")))?;
+        let command = berth_raft::codec::encode(call).map_err(|e| ApiError::internal(e.to_string()))?;
         let mut client = InternalClient::new(channel)
             .max_decoding_message_size(berth_raft::connections::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(berth_raft::connections::MAX_MESSAGE_BYTES);
@@ -255,18 +199,13 @@ impl Proposer {
         match tokio::time::timeout(left, client.propose(req)).await {
             Err(_) => Err(no_quorum("the forwarded request", left)),
             Ok(Err(status)) => Err(match status.code() {
-                tonic::Code::Unavailable => {
-                    ApiError::unavailable("unreachable", status.message().to_string())
-                }
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                    no_quorum("the forwarded request", left)
-                }
+                tonic::Code::Unavailable => ApiError::unavailable("unreachable", status.message().to_string()),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => no_quorum("the forwarded request", left),
                 _ => ApiError::internal(format!("leader {leader} failed: {}", status.message())),
             }),
             Ok(Ok(reply)) => {
-                let result: Result<LeaderReply, ApiError> =
-                    berth_raft::codec::decode(&reply.into_inner().result)
-                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                let result: Result<LeaderReply, ApiError> = berth_raft::codec::decode(&reply.into_inner().result)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 result
             }
         }
@@ -300,41 +239,20 @@ impl Proposer {
         }
     }
 
-    fn membership_sets(
-        &self,
-    ) -> (
-        BTreeSet<u64>,
-        BTreeSet<u64>,
-        std::collections::BTreeMap<u64, String>,
-    ) {
+    fn membership_sets(&self) -> (BTreeSet<u64>, BTreeSet<u64>, std::collections::BTreeMap<u64, String>) {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let nodes: std::collections::BTreeMap<u64, String> = membership
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
-        let learners = nodes
-            .keys()
-            .filter(|id| !voters.contains(id))
-            .copied()
-            .collect();
+        let nodes: std::collections::BTreeMap<u64, String> =
+            membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let learners = nodes.keys().filter(|id| !voters.contains(id)).copied().collect();
         (voters, learners, nodes)
     }
 
-    async fn add_member_here(
-        &self,
-        id: u64,
-        grpc: String,
-        voter: bool,
-        left: Duration,
-    ) -> Result<(), ApiError> {
+    async fn add_member_here(&self, id: u64, grpc: String, voter: bool, left: Duration) -> Result<(), ApiError> {
         if id == 0 {
-            return Err(ApiError::invalid(
-                "invalid_member",
-                "node id 0 is reserved; ids start at 1",
-            ));
+            return Err(ApiError::invalid("invalid_member", "node id 0 is reserved; ids start at 1"));
         }
         if self.state.read().state.nodes.retired.contains(&id) {
             return Err(ApiError::conflict(
@@ -374,24 +292,14 @@ impl Proposer {
     async fn remove_member_here(&self, id: u64, left: Duration) -> Result<(), ApiError> {
         let (voters, learners, _) = self.membership_sets();
         if !voters.contains(&id) && !learners.contains(&id) {
-            return Err(ApiError::not_found(
-                "member_not_found",
-                format!("node {id} is not a member"),
-            ));
+            return Err(ApiError::not_found("member_not_found", format!("node {id} is not a member")));
         }
         if voters.contains(&id) && voters.len() == 1 {
-            return Err(ApiError::conflict(
-                "last_voter",
-                format!("node {id} is the last voter"),
-            ));
+            return Err(ApiError::conflict("last_voter", format!("node {id} is the last voter")));
         }
         // Retire the id first: if the removal then fails, the id is merely unusable,
         // never reusable while it still holds a vote.
-        let retire = Request {
-            id: format!("retire-{id}"),
-            at_ms: now_ms(),
-            cmd: Command::RetireNode { id },
-        };
+        let retire = Request { id: format!("retire-{id}"), at_ms: now_ms(), cmd: Command::RetireNode { id } };
         match tokio::time::timeout(left, self.raft.client_write(retire)).await {
             Err(_) => return Err(no_quorum("retiring the node id", left)),
             Ok(Err(e)) => return Err(client_write_error(e)),
@@ -440,9 +348,7 @@ impl Proposer {
             }
             return Err(ApiError::unavailable(
                 "replica_behind",
-                format!(
-                    "this node has not applied index {index} yet; retry, or read with ?stale=true"
-                ),
+                format!("this node has not applied index {index} yet; retry, or read with ?stale=true"),
             ));
         }
     }
@@ -453,25 +359,19 @@ impl Proposer {
         if !self.raft.is_leader() {
             return Err(not_leader());
         }
-        match tokio::time::timeout(left, self.raft.get_read_linearizer(ReadPolicy::ReadIndex)).await
-        {
+        match tokio::time::timeout(left, self.raft.get_read_linearizer(ReadPolicy::ReadIndex)).await {
             Err(_) => Err(no_quorum("confirming leadership", left)),
             Ok(Ok(lin)) => Ok(lin.read_log_id().index()),
             Ok(Err(RaftError::APIError(_))) => Err(not_leader()),
-            Ok(Err(RaftError::Fatal(f))) => {
-                Err(ApiError::unavailable("shutting_down", f.to_string()))
-            }
+            Ok(Err(RaftError::Fatal(f))) => Err(ApiError::unavailable("shutting_down", f.to_string())),
         }
     }
 
     async fn read_index_remote(&self, leader: u64, left: Duration) -> Result<u64, ApiError> {
-        let addr = self.grpc_addr(leader).ok_or_else(|| {
-            ApiError::unavailable("unreachable", format!("no address for leader {leader}"))
-        })?;
-        let channel = self
-            .connections
-            .get(&addr)
-            .map_err(|e| ApiError::unavailable("unreachable", e.to_string()))?;
+        let addr = self
+            .grpc_addr(leader)
+            .ok_or_else(|| ApiError::unavailable("unreachable", format!("no address for leader {leader}")))?;
+        let channel = self.connections.get(&addr).map_err(|e| ApiError::unavailable("unreachable", e.to_string()))?;
         let mut req = tonic::Request::new(ReadIndexRequest {});
         req.set_timeout(left);
         match tokio::time::timeout(left, InternalClient::new(channel).read_index(req)).await {
@@ -481,10 +381,7 @@ impl Proposer {
                 if s.message().starts_with("not_leader") {
                     Err(not_leader())
                 } else {
-                    Err(ApiError::unavailable(
-                        "unreachable",
-                        s.message().to_string(),
-                    ))
+                    Err(ApiError::unavailable("unreachable", s.message().to_string()))
                 }
             }
             Ok(Err(s)) => Err(ApiError::unavailable("no_quorum", s.message().to_string())),
@@ -500,9 +397,7 @@ fn client_write_error(
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ApiError::conflict("membership_change_refused", e.to_string())
         }
-        RaftError::APIError(other) => {
-            ApiError::conflict("membership_change_refused", other.to_string())
-        }
+        RaftError::APIError(other) => ApiError::conflict("membership_change_refused", other.to_string()),
         RaftError::Fatal(f) => ApiError::unavailable("shutting_down", format!("raft stopped: {f}")),
     }
 }

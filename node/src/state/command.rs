@@ -35,21 +35,12 @@ pub enum Command {
     /// A node left the cluster for good: its id may never be used again.
     RetireNode { id: u64 },
     /// Creates an IP pool.
-    CreatePool {
-        name: String,
-        subnet: Ipv4Net,
-        gateway: Option<Ipv4Addr>,
-        range: Option<Ipv4Net>,
-    },
+    CreatePool { name: String, subnet: Ipv4Net, gateway: Option<Ipv4Addr>, range: Option<Ipv4Net> },
     /// Deletes an IP pool with no allocations.
     DeletePool { name: String },
     /// Allocates an address of `pool` to `owner`: `ip` if given, else the lowest free
     /// address — chosen here, inside apply, from the state every replica has.
-    Allocate {
-        pool: String,
-        owner: String,
-        ip: Option<Ipv4Addr>,
-    },
+    Allocate { pool: String, owner: String, ip: Option<Ipv4Addr> },
     /// Releases an allocated address.
     Release { pool: String, ip: Ipv4Addr },
     /// Creates an app, or a new version of it (a rollout), or scales it when only
@@ -204,11 +195,7 @@ pub struct DomainError {
 
 impl DomainError {
     pub fn new(kind: ErrorKind, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            code: code.to_string(),
-            message: message.into(),
-        }
+        Self { kind, code: code.to_string(), message: message.into() }
     }
     pub fn not_found(code: &str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, code, message)

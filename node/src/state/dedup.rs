@@ -39,8 +39,7 @@ impl Dedup {
         if id.is_empty() {
             return;
         }
-        self.responses
-            .insert(id.to_string(), (now_ms, response.clone()));
+        self.responses.insert(id.to_string(), (now_ms, response.clone()));
         self.order.push_back((now_ms, id.to_string()));
         while let Some((at, front)) = self.order.front() {
             let expired = at.saturating_add(WINDOW_MS) < now_ms || self.order.len() > MAX_ENTRIES;
@@ -75,10 +74,7 @@ mod tests {
         d.record("a", 1_000, &r);
         assert_eq!(d.get("a"), Some(&r));
         d.record("b", 1_000 + WINDOW_MS, &r);
-        assert!(
-            d.get("a").is_some(),
-            "exactly at the window edge it is kept"
-        );
+        assert!(d.get("a").is_some(), "exactly at the window edge it is kept");
         d.record("c", 1_001 + WINDOW_MS, &r);
         assert!(d.get("a").is_none());
         assert!(d.get("b").is_some());

@@ -27,9 +27,7 @@ use berth_raft::StateMachine;
 use serde::{Deserialize, Serialize};
 
 use self::apps::Apps;
-pub use self::command::{
-    Command, DomainError, ErrorKind, NewInstance, Plan, Reply, Report, Request, Response,
-};
+pub use self::command::{Command, DomainError, ErrorKind, NewInstance, Plan, Reply, Report, Request, Response};
 use self::dedup::Dedup;
 use self::ipam::Ipam;
 use self::nodes::Nodes;
@@ -53,12 +51,9 @@ impl State {
         match cmd {
             Command::RegisterNode(info) => self.nodes.register(info),
             Command::RetireNode { id } => self.nodes.retire(id),
-            Command::CreatePool {
-                name,
-                subnet,
-                gateway,
-                range,
-            } => self.ipam.create_pool(&name, subnet, gateway, range),
+            Command::CreatePool { name, subnet, gateway, range } => {
+                self.ipam.create_pool(&name, subnet, gateway, range)
+            }
             Command::DeletePool { name } => self.ipam.delete_pool(&name),
             Command::Allocate { pool, owner, ip } => self.ipam.allocate(&pool, &owner, ip, now),
             Command::Release { pool, ip } => self.ipam.release(&pool, ip),

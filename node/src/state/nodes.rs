@@ -45,10 +45,7 @@ impl Nodes {
         if self.retired.contains(&info.id) {
             return Response(Err(DomainError::conflict(
                 "id_retired",
-                format!(
-                    "node id {} was removed from the cluster and cannot be used again",
-                    info.id
-                ),
+                format!("node id {} was removed from the cluster and cannot be used again", info.id),
             )));
         }
         self.registered.insert(info.id, info);

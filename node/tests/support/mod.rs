@@ -18,11 +18,7 @@ use serde_json::Value;
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct NodeProc {
@@ -74,10 +70,7 @@ impl Cluster {
             dir,
             nodes,
             peers,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
         };
         for id in 1..=n {
             c.spawn(id);
@@ -98,11 +91,7 @@ impl Cluster {
     }
 
     fn peers_of(nodes: &BTreeMap<u64, NodeProc>) -> String {
-        nodes
-            .values()
-            .map(|n| format!("{}={}", n.id, n.grpc_addr()))
-            .collect::<Vec<_>>()
-            .join(",")
+        nodes.values().map(|n| format!("{}={}", n.id, n.grpc_addr())).collect::<Vec<_>>().join(",")
     }
 
     /// Adds a node that is not part of the initial cluster (its `--peers` lists the
@@ -121,11 +110,7 @@ impl Cluster {
 
     fn spawn_with_peers(&mut self, id: u64, peers: &str) {
         let n = self.nodes.get_mut(&id).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
         let child = Command::new(BERTH)
             .arg("agent")
             .args(["--id", &id.to_string()])
@@ -187,11 +172,7 @@ impl Cluster {
     }
 
     pub fn running(&self) -> Vec<u64> {
-        self.nodes
-            .values()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.id)
-            .collect()
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
     }
 
     pub fn log_of(&self, id: u64) -> String {
@@ -207,9 +188,7 @@ impl Cluster {
         body: Option<Value>,
         key: Option<&str>,
     ) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{}", self.url(id), path));
+        let mut r = self.http.request(method, format!("{}{}", self.url(id), path));
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -232,8 +211,7 @@ impl Cluster {
     }
 
     pub async fn post(&self, id: u64, path: &str, body: Value) -> (u16, Value) {
-        self.req(id, reqwest::Method::POST, path, Some(body), None)
-            .await
+        self.req(id, reqwest::Method::POST, path, Some(body), None).await
     }
 
     /// Waits until every running node (or those in `among`) reports the same leader,
@@ -259,10 +237,7 @@ impl Cluster {
                     return *l;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no agreed leader among {among:?} within {within:?}: {leaders:?}"
-            );
+            assert!(Instant::now() < deadline, "no agreed leader among {among:?} within {within:?}: {leaders:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -278,10 +253,7 @@ impl Cluster {
             if let Some(v) = f().await {
                 return v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {within:?} waiting for: {what}"
-            );
+            assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -299,19 +271,12 @@ impl Cluster {
 
     /// Allocations of `pool` as (ip, owner), read linearizably through `via`.
     pub async fn allocations(&self, via: u64, pool: &str) -> Vec<(String, String)> {
-        let (s, v) = self
-            .get(via, &format!("/v1/ipam/pools/{pool}/allocations"))
-            .await;
+        let (s, v) = self.get(via, &format!("/v1/ipam/pools/{pool}/allocations")).await;
         assert_eq!(s, 200, "{v}");
         v.as_array()
             .unwrap()
             .iter()
-            .map(|a| {
-                (
-                    a["ip"].as_str().unwrap().to_string(),
-                    a["owner"].as_str().unwrap().to_string(),
-                )
-            })
+            .map(|a| (a["ip"].as_str().unwrap().to_string(), a["owner"].as_str().unwrap().to_string()))
             .collect()
     }
 }

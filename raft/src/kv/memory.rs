@@ -13,10 +13,7 @@ pub struct MemStore {
 }
 
 fn range(start: &[u8], end: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    (
-        Bound::Included(start.to_vec()),
-        Bound::Excluded(end.to_vec()),
-    )
+    (Bound::Included(start.to_vec()), Bound::Excluded(end.to_vec()))
 }
 
 impl KvStore for MemStore {
@@ -29,10 +26,7 @@ impl KvStore for MemStore {
             return Ok(Vec::new());
         }
         let map = self.map.lock().unwrap();
-        Ok(map
-            .range(range(start, end))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(map.range(range(start, end)).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<Pair>, KvError> {
@@ -40,10 +34,7 @@ impl KvStore for MemStore {
             return Ok(None);
         }
         let map = self.map.lock().unwrap();
-        Ok(map
-            .range(range(start, end))
-            .next_back()
-            .map(|(k, v)| (k.clone(), v.clone())))
+        Ok(map.range(range(start, end)).next_back().map(|(k, v)| (k.clone(), v.clone())))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
@@ -58,10 +49,7 @@ impl KvStore for MemStore {
                 }
                 Op::DeleteRange(start, end) => {
                     if start < end {
-                        let doomed: Vec<_> = map
-                            .range(range(&start, &end))
-                            .map(|(k, _)| k.clone())
-                            .collect();
+                        let doomed: Vec<_> = map.range(range(&start, &end)).map(|(k, _)| k.clone()).collect();
                         for k in doomed {
                             map.remove(&k);
                         }

@@ -70,11 +70,7 @@ impl WriteBatch {
         self.ops.push(Op::Delete(key.into()));
         self
     }
-    pub fn delete_range(
-        &mut self,
-        start: impl Into<Vec<u8>>,
-        end: impl Into<Vec<u8>>,
-    ) -> &mut Self {
+    pub fn delete_range(&mut self, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> &mut Self {
         self.ops.push(Op::DeleteRange(start.into(), end.into()));
         self
     }
@@ -136,19 +132,14 @@ impl FromStr for Backend {
             "redb" => Ok(Backend::Redb),
             "sled" => Ok(Backend::Sled),
             "memory" => Ok(Backend::Memory),
-            other => Err(format!(
-                "unknown storage backend {other:?} (expected redb, sled or memory)"
-            )),
+            other => Err(format!("unknown storage backend {other:?} (expected redb, sled or memory)")),
         }
     }
 }
 
 /// Opens the store of `backend` in directory `dir` (created if missing).
 pub fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn KvStore>, KvError> {
-    let open_err = |reason: String| KvError::Open {
-        path: dir.display().to_string(),
-        reason,
-    };
+    let open_err = |reason: String| KvError::Open { path: dir.display().to_string(), reason };
     if backend != Backend::Memory {
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     }

@@ -22,18 +22,13 @@ fn io(e: impl std::fmt::Display) -> KvError {
 impl RedbStore {
     /// Opens (or creates) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self, KvError> {
-        let db = Database::create(path).map_err(|e| KvError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let db = Database::create(path)
+            .map_err(|e| KvError::Open { path: path.display().to_string(), reason: e.to_string() })?;
         // Make sure the table exists so readers never see "table does not exist".
         let tx = db.begin_write().map_err(io)?;
         tx.open_table(TABLE).map_err(io)?;
         tx.commit().map_err(io)?;
-        Ok(Self {
-            db,
-            path: path.to_path_buf(),
-        })
+        Ok(Self { db, path: path.to_path_buf() })
     }
 }
 
@@ -88,9 +83,7 @@ impl KvStore for RedbStore {
                     }
                     Op::DeleteRange(start, end) => {
                         if start < end {
-                            table
-                                .retain_in(start.as_slice()..end.as_slice(), |_, _| false)
-                                .map_err(io)?;
+                            table.retain_in(start.as_slice()..end.as_slice(), |_, _| false).map_err(io)?;
                         }
                     }
                 }

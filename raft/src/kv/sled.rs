@@ -26,10 +26,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .open()
-            .map_err(|e| KvError::Open {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| KvError::Open { path: path.display().to_string(), reason: e.to_string() })?;
         Ok(Self { db })
     }
 }
@@ -43,10 +40,7 @@ impl KvStore for SledStore {
         if start >= end {
             return Ok(Vec::new());
         }
-        self.db
-            .range(start..end)
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
-            .collect()
+        self.db.range(start..end).map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)).collect()
     }
 
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<Pair>, KvError> {
@@ -55,9 +49,7 @@ impl KvStore for SledStore {
         }
         match self.db.range(start..end).next_back() {
             None => Ok(None),
-            Some(item) => item
-                .map(|(k, v)| Some((k.to_vec(), v.to_vec())))
-                .map_err(io),
+            Some(item) => item.map(|(k, v)| Some((k.to_vec(), v.to_vec()))).map_err(io),
         }
     }
 

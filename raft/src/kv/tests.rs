@@ -3,10 +3,7 @@
 use super::*;
 
 fn backends() -> Vec<(Backend, tempfile::TempDir)> {
-    [Backend::Memory, Backend::Redb, Backend::Sled]
-        .into_iter()
-        .map(|b| (b, tempfile::tempdir().unwrap()))
-        .collect()
+    [Backend::Memory, Backend::Redb, Backend::Sled].into_iter().map(|b| (b, tempfile::tempdir().unwrap())).collect()
 }
 
 #[test]
@@ -14,8 +11,7 @@ fn put_get_delete_roundtrip_on_every_backend() {
     for (backend, dir) in backends() {
         let kv = open(backend, dir.path()).unwrap();
         let mut b = WriteBatch::new();
-        b.put(b"a".to_vec(), b"1".to_vec())
-            .put(b"b".to_vec(), b"2".to_vec());
+        b.put(b"a".to_vec(), b"1".to_vec()).put(b"b".to_vec(), b"2".to_vec());
         kv.write(b).unwrap();
         assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()), "{backend}");
         let mut b = WriteBatch::new();
@@ -38,37 +34,17 @@ fn scan_last_and_range_delete_respect_bounds() {
         kv.write(b).unwrap();
 
         let got = kv.scan(&[b'k', 2], &[b'k', 5]).unwrap();
-        assert_eq!(
-            got.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
-            vec![2, 3, 4],
-            "{backend}"
-        );
-        assert_eq!(
-            kv.last(b"k", b"l").unwrap().unwrap().1,
-            vec![9],
-            "{backend}"
-        );
+        assert_eq!(got.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), vec![2, 3, 4], "{backend}");
+        assert_eq!(kv.last(b"k", b"l").unwrap().unwrap().1, vec![9], "{backend}");
         assert_eq!(kv.last(b"x", b"y").unwrap(), None, "{backend}");
-        assert!(
-            kv.scan(b"l", b"k").unwrap().is_empty(),
-            "{backend}: inverted range"
-        );
+        assert!(kv.scan(b"l", b"k").unwrap().is_empty(), "{backend}: inverted range");
 
         let mut b = WriteBatch::new();
         b.delete_range(vec![b'k', 3], vec![b'k', 8]);
         kv.write(b).unwrap();
-        let left: Vec<u8> = kv
-            .scan(b"k", b"l")
-            .unwrap()
-            .iter()
-            .map(|(_, v)| v[0])
-            .collect();
+        let left: Vec<u8> = kv.scan(b"k", b"l").unwrap().iter().map(|(_, v)| v[0]).collect();
         assert_eq!(left, vec![0, 1, 2, 8, 9], "{backend}");
-        assert_eq!(
-            kv.get(b"z").unwrap(),
-            Some(b"outside".to_vec()),
-            "{backend}"
-        );
+        assert_eq!(kv.get(b"z").unwrap(), Some(b"outside".to_vec()), "{backend}");
     }
 }
 

@@ -46,11 +46,7 @@ impl State {
         }
         let id = spec.id.clone();
         let (version, created) = self.apps.put(spec, self.clock_ms);
-        Response(Ok(Reply::App {
-            id,
-            version,
-            created,
-        }))
+        Response(Ok(Reply::App { id, version, created }))
     }
 
     pub(crate) fn scale_app(&mut self, id: &str, instances: u32) -> Response {
@@ -60,11 +56,7 @@ impl State {
             Some(app) => {
                 app.instances = instances;
                 app.updated_at = now;
-                Response(Ok(Reply::App {
-                    id: id.to_string(),
-                    version: app.version,
-                    created: false,
-                }))
+                Response(Ok(Reply::App { id: id.to_string(), version: app.version, created: false }))
             }
         }
     }
@@ -77,24 +69,12 @@ impl State {
             Some(v) => app.version(v).cloned().ok_or_else(|| {
                 DomainError::not_found(
                     "version_not_found",
-                    format!(
-                        "app {id:?} has no version {v} (kept: the last {})",
-                        super::MAX_VERSIONS
-                    ),
+                    format!("app {id:?} has no version {v} (kept: the last {})", super::MAX_VERSIONS),
                 )
             }),
-            None => app
-                .versions
-                .iter()
-                .rev()
-                .find(|v| v.version < app.version)
-                .cloned()
-                .ok_or_else(|| {
-                    DomainError::conflict(
-                        "no_previous_version",
-                        format!("app {id:?} has only one version"),
-                    )
-                }),
+            None => app.versions.iter().rev().find(|v| v.version < app.version).cloned().ok_or_else(|| {
+                DomainError::conflict("no_previous_version", format!("app {id:?} has only one version"))
+            }),
         };
         let target = match target {
             Ok(t) => t,
@@ -135,10 +115,9 @@ impl State {
         };
         match d.from {
             Some(from) => self.rollback_app(app, Some(from)),
-            None => Response(Err(DomainError::conflict(
-                "no_previous_version",
-                "the rollout has no version to go back to",
-            ))),
+            None => {
+                Response(Err(DomainError::conflict("no_previous_version", "the rollout has no version to go back to")))
+            }
         }
     }
 
@@ -182,11 +161,8 @@ impl State {
             .and_then(|v| v.spec.network.as_ref().map(|n| n.pool.clone()));
         let Some(pool) = pool else { return Ok(()) };
         let owner = format!("instance:{id}");
-        let ip = self
-            .ipam
-            .pool_mut_for_apply(&pool)
-            .and_then(|p| p.allocate(&owner, None, now))
-            .map_err(|e| e.message)?;
+        let ip =
+            self.ipam.pool_mut_for_apply(&pool).and_then(|p| p.allocate(&owner, None, now)).map_err(|e| e.message)?;
         let inst = self.apps.instances.get_mut(id).expect("checked above");
         inst.ip = Some(ip);
         inst.pool = Some(pool);
@@ -201,12 +177,7 @@ impl State {
         if inst.host.is_some() || inst.desired != Desired::Run {
             return false;
         }
-        let Some(spec) = self
-            .apps
-            .apps
-            .get(&inst.app)
-            .and_then(|a| a.version(inst.version))
-            .map(|v| v.spec.clone())
+        let Some(spec) = self.apps.apps.get(&inst.app).and_then(|a| a.version(inst.version)).map(|v| v.spec.clone())
         else {
             return false;
         };
@@ -286,13 +257,7 @@ impl State {
         if inst.desired != Desired::Run || inst.version == version {
             return;
         }
-        let Some(spec) = self
-            .apps
-            .apps
-            .get(&inst.app)
-            .and_then(|a| a.version(version))
-            .map(|v| v.spec.clone())
-        else {
+        let Some(spec) = self.apps.apps.get(&inst.app).and_then(|a| a.version(version)).map(|v| v.spec.clone()) else {
             return;
         };
         let host = inst.host;
@@ -334,9 +299,7 @@ impl State {
         for id in &plan.removes {
             if let Some(i) = self.apps.instances.get(id) {
                 // Only instances that hold nothing on a live host may go at once.
-                let host_down = i
-                    .host
-                    .is_none_or(|h| self.nodes.state(h) == HostState::Down);
+                let host_down = i.host.is_none_or(|h| self.nodes.state(h) == HostState::Down);
                 if host_down {
                     self.remove_instance(id);
                 }
@@ -378,9 +341,7 @@ impl State {
             // A report about an older placement: the instance has moved on.
             return Response(Ok(Reply::Done));
         }
-        if inst.desired == Desired::Stop
-            && matches!(r.state, InstanceState::Stopped | InstanceState::Failed)
-        {
+        if inst.desired == Desired::Stop && matches!(r.state, InstanceState::Stopped | InstanceState::Failed) {
             self.remove_instance(&r.id);
             return Response(Ok(Reply::Done));
         }
@@ -400,21 +361,13 @@ impl State {
 
     pub(crate) fn set_host_state(&mut self, id: u64, state: HostState) -> Response {
         if !self.nodes.registered.contains_key(&id) {
-            return Response(Err(DomainError::not_found(
-                "host_not_found",
-                format!("no host {id}"),
-            )));
+            return Response(Err(DomainError::not_found("host_not_found", format!("no host {id}"))));
         }
         self.nodes.states.insert(id, state);
         if state == HostState::Down {
             let now = self.clock_ms;
-            let on_host: Vec<String> = self
-                .apps
-                .instances
-                .values()
-                .filter(|i| i.host == Some(id))
-                .map(|i| i.id.clone())
-                .collect();
+            let on_host: Vec<String> =
+                self.apps.instances.values().filter(|i| i.host == Some(id)).map(|i| i.id.clone()).collect();
             for iid in on_host {
                 let inst = self.apps.instances.get_mut(&iid).expect("listed above");
                 if inst.desired == Desired::Stop {

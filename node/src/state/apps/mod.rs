@@ -62,11 +62,7 @@ impl App {
     }
 
     pub fn current(&self) -> &Version {
-        self.versions
-            .iter()
-            .rev()
-            .find(|v| v.version == self.version)
-            .expect("the current version is always kept")
+        self.versions.iter().rev().find(|v| v.version == self.version).expect("the current version is always kept")
     }
 
     pub fn version(&self, v: u64) -> Option<&Version> {
@@ -75,11 +71,7 @@ impl App {
 
     fn push_version(&mut self, spec: AppSpec, at: u64) -> u64 {
         let version = self.versions.back().map(|v| v.version).unwrap_or(0) + 1;
-        self.versions.push_back(Version {
-            version,
-            created_at: at,
-            spec,
-        });
+        self.versions.push_back(Version { version, created_at: at, spec });
         while self.versions.len() > MAX_VERSIONS {
             self.versions.pop_front();
         }
@@ -148,11 +140,7 @@ impl Instance {
     pub fn is_healthy(&self, has_check: bool) -> bool {
         self.desired == Desired::Run
             && self.state == InstanceState::Running
-            && if has_check {
-                self.health == Health::Healthy
-            } else {
-                self.health != Health::Unhealthy
-            }
+            && if has_check { self.health == Health::Healthy } else { self.health != Health::Unhealthy }
     }
 
     /// Whether the instance holds resources on its host.

@@ -12,7 +12,7 @@ pub struct AppSpec {
     /// A DNS label.
     pub id: String,
     /// A container image (docker runtime); without it, `cmd` runs as a host process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
     pub cmd: Vec<String>,
@@ -26,9 +26,9 @@ pub struct AppSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub network: Option<Network>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub constraints: Vec<Vec<String>>,
@@ -49,11 +49,11 @@ pub struct Network {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub http: Option<HttpCheck>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tcp: Option<TcpCheck>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cmd: Option<Vec<String>>,
     #[serde(default = "defaults::interval_s")]
     pub interval_s: u64,
@@ -93,10 +93,7 @@ pub struct Upgrade {
 
 impl Default for Upgrade {
     fn default() -> Self {
-        Upgrade {
-            min_healthy: defaults::min_healthy(),
-            max_surge: defaults::max_surge(),
-        }
+        Upgrade { min_healthy: defaults::min_healthy(), max_surge: defaults::max_surge() }
     }
 }
 
@@ -145,10 +142,7 @@ pub enum Constraint {
     /// Every instance on a different value of the field.
     Unique { field: String },
     /// Only on hosts whose field equals the value (or, without a value, all on one value).
-    Cluster {
-        field: String,
-        value: Option<String>,
-    },
+    Cluster { field: String, value: Option<String> },
     /// Only where the field matches the regex (whole value).
     Like { field: String, regex: String },
     /// Only where the field does not match the regex.
@@ -182,23 +176,13 @@ impl Constraint {
                 vec![field.clone(), "MAX_PER".into(), max.to_string()]
             }
         };
-        format!(
-            "[{}]",
-            parts
-                .iter()
-                .map(|p| format!("{p:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("[{}]", parts.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", "))
     }
 }
 
 /// Parses the constraints of a spec; errors carry the path (`constraints[1]: ...`).
 pub fn parse_constraints(raw: &[Vec<String>]) -> Result<Vec<Constraint>, String> {
-    raw.iter()
-        .enumerate()
-        .map(|(i, c)| parse_constraint(c).map_err(|e| format!("constraints[{i}]: {e}")))
-        .collect()
+    raw.iter().enumerate().map(|(i, c)| parse_constraint(c).map_err(|e| format!("constraints[{i}]: {e}"))).collect()
 }
 
 fn parse_constraint(c: &[String]) -> Result<Constraint, String> {
@@ -216,14 +200,10 @@ fn parse_constraint(c: &[String]) -> Result<Constraint, String> {
     let need = |v: Option<String>| v.ok_or_else(|| format!("{op} needs a value"));
     let regex = |v: Option<String>| -> Result<String, String> {
         let r = need(v)?;
-        regex::Regex::new(&format!("^(?:{r})$"))
-            .map_err(|e| format!("{r:?} is not a valid regex: {e}"))?;
+        regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| format!("{r:?} is not a valid regex: {e}"))?;
         Ok(r)
     };
-    let number = |v: &str| {
-        v.parse::<u32>()
-            .map_err(|_| format!("{op} value {v:?} is not a positive integer"))
-    };
+    let number = |v: &str| v.parse::<u32>().map_err(|_| format!("{op} value {v:?} is not a positive integer"));
     Ok(match op {
         "UNIQUE" => {
             if value.is_some() {
@@ -264,31 +244,24 @@ impl AppSpec {
     /// Parses a JSON body; unknown fields and wrong types are errors naming their path.
     pub fn from_json(bytes: &[u8]) -> Result<AppSpec, String> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| path_error(e.path().to_string(), e.inner().to_string()))
+        serde_path_to_error::deserialize(de).map_err(|e| path_error(e.path().to_string(), e.inner().to_string()))
     }
 
     /// Parses YAML (or JSON, which is YAML).
     pub fn from_yaml(text: &str) -> Result<AppSpec, String> {
         let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| path_error(e.path().to_string(), e.inner().to_string()))
+        serde_path_to_error::deserialize(de).map_err(|e| path_error(e.path().to_string(), e.inner().to_string()))
     }
 
     /// Checks every value; the error names the field's path.
     pub fn validate(&self) -> Result<(), String> {
         if !is_dns_label(&self.id) {
-            return Err(format!(
-                "id: {:?} must be a DNS label ([a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?)",
-                self.id
-            ));
+            return Err(format!("id: {:?} must be a DNS label ([a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?)", self.id));
         }
         match &self.image {
             Some(i) if i.trim().is_empty() => return Err("image: is empty".into()),
             None if self.cmd.is_empty() => {
-                return Err(
-                    "cmd: required when there is no image (the app runs as a host process)".into(),
-                )
+                return Err("cmd: required when there is no image (the app runs as a host process)".into())
             }
             _ => {}
         }
@@ -299,19 +272,13 @@ impl AppSpec {
             return Err("cmd[0]: the program is empty".into());
         }
         if self.instances > MAX_INSTANCES {
-            return Err(format!(
-                "instances: {} is more than {MAX_INSTANCES}",
-                self.instances
-            ));
+            return Err(format!("instances: {} is more than {MAX_INSTANCES}", self.instances));
         }
         if !(self.cpus.is_finite() && self.cpus > 0.0 && self.cpus <= 1024.0) {
             return Err(format!("cpus: {} must be a number in (0, 1024]", self.cpus));
         }
         if self.mem_mb == 0 || self.mem_mb > 16 * 1024 * 1024 {
-            return Err(format!(
-                "mem_mb: {} must be between 1 and 16777216",
-                self.mem_mb
-            ));
+            return Err(format!("mem_mb: {} must be between 1 and 16777216", self.mem_mb));
         }
         for k in self.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -334,10 +301,7 @@ impl AppSpec {
             }
         }
         if let Some(h) = &self.health_check {
-            let kinds = [h.http.is_some(), h.tcp.is_some(), h.cmd.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let kinds = [h.http.is_some(), h.tcp.is_some(), h.cmd.is_some()].iter().filter(|b| **b).count();
             if kinds != 1 {
                 return Err("health_check: exactly one of http, tcp or cmd".into());
             }
@@ -346,19 +310,13 @@ impl AppSpec {
                     return Err("health_check.http.port: must be 1 to 65535".into());
                 }
                 if !http.path.starts_with('/') {
-                    return Err(format!(
-                        "health_check.http.path: {:?} must start with /",
-                        http.path
-                    ));
+                    return Err(format!("health_check.http.path: {:?} must start with /", http.path));
                 }
             }
             if h.tcp.as_ref().is_some_and(|t| t.port == 0) {
                 return Err("health_check.tcp.port: must be 1 to 65535".into());
             }
-            if h.cmd
-                .as_ref()
-                .is_some_and(|c| c.is_empty() || c[0].is_empty())
-            {
+            if h.cmd.as_ref().is_some_and(|c| c.is_empty() || c[0].is_empty()) {
                 return Err("health_check.cmd: needs a program".into());
             }
             if h.interval_s == 0 {
@@ -372,22 +330,17 @@ impl AppSpec {
             }
         }
         parse_constraints(&self.constraints)?;
-        if !(self.upgrade.min_healthy.is_finite()
-            && (0.0..=1.0).contains(&self.upgrade.min_healthy))
-        {
-            return Err(format!(
-                "upgrade.min_healthy: {} must be between 0 and 1",
-                self.upgrade.min_healthy
-            ));
+        if !(self.upgrade.min_healthy.is_finite() && (0.0..=1.0).contains(&self.upgrade.min_healthy)) {
+            return Err(format!("upgrade.min_healthy: {} must be between 0 and 1", self.upgrade.min_healthy));
         }
         if self.upgrade.min_healthy >= 1.0 && self.upgrade.max_surge == 0 && self.instances > 0 {
-            return Err("upgrade: min_healthy 1.0 with max_surge 0 can never roll over; allow a surge or lower min_healthy".into());
+            return Err(
+                "upgrade: min_healthy 1.0 with max_surge 0 can never roll over; allow a surge or lower min_healthy"
+                    .into(),
+            );
         }
         if self.stop_grace_s > 3600 {
-            return Err(format!(
-                "stop_grace_s: {} is more than an hour",
-                self.stop_grace_s
-            ));
+            return Err(format!("stop_grace_s: {} is more than an hour", self.stop_grace_s));
         }
         Ok(())
     }
@@ -455,24 +408,15 @@ stop_grace_s: 10
 
     #[test]
     fn unknown_fields_are_named_with_their_path() {
-        let e = AppSpec::from_yaml(&GOOD.replace("grace_s: 5", "grace_s: 5\n  retries: 2"))
-            .unwrap_err();
-        assert!(
-            e.starts_with("health_check: unknown field `retries`"),
-            "{e}"
-        );
+        let e = AppSpec::from_yaml(&GOOD.replace("grace_s: 5", "grace_s: 5\n  retries: 2")).unwrap_err();
+        assert!(e.starts_with("health_check: unknown field `retries`"), "{e}");
         let e = AppSpec::from_json(br#"{"id":"a","cmd":["x"],"colour":"red"}"#).unwrap_err();
         assert!(e.contains("unknown field `colour`"), "{e}");
         let e = AppSpec::from_json(br#"{"id":"a","cmd":["x"],"instances":"three"}"#).unwrap_err();
         assert!(e.starts_with("instances: invalid type"), "{e}");
-        let e = AppSpec::from_json(
-            br#"{"id":"a","cmd":["x"],"health_check":{"http":{"port":80,"pth":"/"}}}"#,
-        )
-        .unwrap_err();
-        assert!(
-            e.starts_with("health_check.http: unknown field `pth`"),
-            "{e}"
-        );
+        let e =
+            AppSpec::from_json(br#"{"id":"a","cmd":["x"],"health_check":{"http":{"port":80,"pth":"/"}}}"#).unwrap_err();
+        assert!(e.starts_with("health_check.http: unknown field `pth`"), "{e}");
     }
 
     #[test]
@@ -499,14 +443,9 @@ stop_grace_s: 10
                 Box::new(|s| s.constraints.push(vec!["rack".into(), "LIKE".into()])),
                 "constraints[2]: LIKE needs a value",
             ),
+            (Box::new(|s| s.constraints = vec![vec!["rack".into(), "LIKE".into(), "(".into()]]), "not a valid regex"),
             (
-                Box::new(|s| s.constraints = vec![vec!["rack".into(), "LIKE".into(), "(".into()]]),
-                "not a valid regex",
-            ),
-            (
-                Box::new(|s| {
-                    s.constraints = vec![vec!["rack".into(), "MAX_PER".into(), "0".into()]]
-                }),
+                Box::new(|s| s.constraints = vec![vec!["rack".into(), "MAX_PER".into(), "0".into()]]),
                 "MAX_PER needs a value of at least 1",
             ),
             (
@@ -514,27 +453,12 @@ stop_grace_s: 10
                 "health_check: exactly one",
             ),
             (
-                Box::new(|s| {
-                    s.health_check.as_mut().unwrap().http.as_mut().unwrap().path = "x".into()
-                }),
+                Box::new(|s| s.health_check.as_mut().unwrap().http.as_mut().unwrap().path = "x".into()),
                 "health_check.http.path",
             ),
-            (
-                Box::new(|s| s.upgrade.min_healthy = 1.5),
-                "upgrade.min_healthy",
-            ),
-            (
-                Box::new(|s| s.upgrade.max_surge = 0),
-                "upgrade: min_healthy 1.0 with max_surge 0",
-            ),
-            (
-                Box::new(|s| {
-                    s.network = Some(Network {
-                        pool: "Bad Pool".into(),
-                    })
-                }),
-                "network.pool",
-            ),
+            (Box::new(|s| s.upgrade.min_healthy = 1.5), "upgrade.min_healthy"),
+            (Box::new(|s| s.upgrade.max_surge = 0), "upgrade: min_healthy 1.0 with max_surge 0"),
+            (Box::new(|s| s.network = Some(Network { pool: "Bad Pool".into() })), "network.pool"),
         ];
         for (mutate, needle) in cases {
             let mut s = base();
@@ -554,19 +478,8 @@ stop_grace_s: 10
             vec!["host".into(), "UNLIKE".into(), "db.*".into()],
         ];
         let c = parse_constraints(&raw).unwrap();
-        assert_eq!(
-            c[0],
-            Constraint::Unique {
-                field: "hostname".into()
-            }
-        );
-        assert_eq!(
-            c[2],
-            Constraint::GroupBy {
-                field: "rack".into(),
-                groups: Some(3)
-            }
-        );
+        assert_eq!(c[0], Constraint::Unique { field: "hostname".into() });
+        assert_eq!(c[2], Constraint::GroupBy { field: "rack".into(), groups: Some(3) });
         assert_eq!(c[3].describe(), r#"["zone", "MAX_PER", "2"]"#);
     }
 
@@ -574,17 +487,8 @@ stop_grace_s: 10
     fn defaults_fill_a_minimal_process_app() {
         let s = AppSpec::from_json(br#"{"id":"sleeper","cmd":["sleep","1000"]}"#).unwrap();
         s.validate().unwrap();
-        assert_eq!(
-            (s.instances, s.cpus, s.mem_mb, s.stop_grace_s),
-            (1, 0.1, 64, 10)
-        );
+        assert_eq!((s.instances, s.cpus, s.mem_mb, s.stop_grace_s), (1, 0.1, 64, 10));
         assert_eq!(s.runtime(), "process");
-        assert_eq!(
-            s.upgrade,
-            Upgrade {
-                min_healthy: 1.0,
-                max_surge: 1
-            }
-        );
+        assert_eq!(s.upgrade, Upgrade { min_healthy: 1.0, max_surge: 1 });
     }
 }

@@ -60,21 +60,9 @@ pub struct AllocationInfo {
 }
 
 impl Pool {
-    fn new(
-        name: String,
-        subnet: Ipv4Net,
-        gateway: Option<Ipv4Addr>,
-        range: Option<Ipv4Net>,
-    ) -> Self {
-        let mut pool = Pool {
-            name,
-            subnet,
-            gateway,
-            range,
-            allocations: BTreeMap::new(),
-            free_below: BTreeSet::new(),
-            next: 0,
-        };
+    fn new(name: String, subnet: Ipv4Net, gateway: Option<Ipv4Addr>, range: Option<Ipv4Net>) -> Self {
+        let mut pool =
+            Pool { name, subnet, gateway, range, allocations: BTreeMap::new(), free_below: BTreeSet::new(), next: 0 };
         pool.next = pool.first() as u64;
         pool
     }
@@ -141,9 +129,7 @@ impl Pool {
 
     /// Allocations in address order.
     pub fn allocations(&self) -> impl Iterator<Item = (Ipv4Addr, &Allocation)> {
-        self.allocations
-            .iter()
-            .map(|(ip, a)| (Ipv4Addr::from(*ip), a))
+        self.allocations.iter().map(|(ip, a)| (Ipv4Addr::from(*ip), a))
     }
 
     /// The allocation of `ip`, if any.
@@ -191,12 +177,7 @@ impl Pool {
     }
 
     /// Allocates `ip`, or the lowest free address, to `owner`.
-    pub fn allocate(
-        &mut self,
-        owner: &str,
-        ip: Option<Ipv4Addr>,
-        at_ms: u64,
-    ) -> Result<Ipv4Addr, DomainError> {
+    pub fn allocate(&mut self, owner: &str, ip: Option<Ipv4Addr>, at_ms: u64) -> Result<Ipv4Addr, DomainError> {
         let chosen = match ip {
             Some(ip) => {
                 if !self.contains(ip) {
@@ -215,19 +196,10 @@ impl Pool {
                 n
             }
             None => self.lowest_free().ok_or_else(|| {
-                DomainError::conflict(
-                    "pool_exhausted",
-                    format!("pool {} has no free address", self.name),
-                )
+                DomainError::conflict("pool_exhausted", format!("pool {} has no free address", self.name))
             })?,
         };
-        self.take(
-            chosen,
-            Allocation {
-                owner: owner.to_string(),
-                at_ms,
-            },
-        );
+        self.take(chosen, Allocation { owner: owner.to_string(), at_ms });
         Ok(Ipv4Addr::from(chosen))
     }
 
@@ -287,36 +259,25 @@ impl Ipam {
     ) -> Response {
         if let Some(existing) = self.pools.get(name) {
             if existing.subnet == subnet && existing.gateway == gateway && existing.range == range {
-                return Response(Ok(Reply::Pool {
-                    pool: existing.info(),
-                    created: false,
-                }));
+                return Response(Ok(Reply::Pool { pool: existing.info(), created: false }));
             }
             return Response(Err(DomainError::conflict(
                 "pool_exists",
                 format!("pool {name:?} exists with subnet {}", existing.subnet),
             )));
         }
-        if let Some(other) = self
-            .pools
-            .values()
-            .find(|p| p.subnet.contains(&subnet.network()) || subnet.contains(&p.subnet.network()))
+        if let Some(other) =
+            self.pools.values().find(|p| p.subnet.contains(&subnet.network()) || subnet.contains(&p.subnet.network()))
         {
             return Response(Err(DomainError::conflict(
                 "subnet_overlap",
-                format!(
-                    "subnet {subnet} overlaps pool {:?} ({})",
-                    other.name, other.subnet
-                ),
+                format!("subnet {subnet} overlaps pool {:?} ({})", other.name, other.subnet),
             )));
         }
         let pool = Pool::new(name.to_string(), subnet, gateway, range);
         let info = pool.info();
         self.pools.insert(name.to_string(), pool);
-        Response(Ok(Reply::Pool {
-            pool: info,
-            created: true,
-        }))
+        Response(Ok(Reply::Pool { pool: info, created: true }))
     }
 
     pub fn delete_pool(&mut self, name: &str) -> Response {
@@ -334,30 +295,13 @@ impl Ipam {
         Response(Ok(Reply::Done))
     }
 
-    pub fn allocate(
-        &mut self,
-        pool: &str,
-        owner: &str,
-        ip: Option<Ipv4Addr>,
-        at_ms: u64,
-    ) -> Response {
-        let result = self
-            .pool_mut(pool)
-            .and_then(|p| p.allocate(owner, ip, at_ms));
-        Response(result.map(|ip| {
-            Reply::Allocation(AllocationInfo {
-                ip: ip.to_string(),
-                owner: owner.to_string(),
-            })
-        }))
+    pub fn allocate(&mut self, pool: &str, owner: &str, ip: Option<Ipv4Addr>, at_ms: u64) -> Response {
+        let result = self.pool_mut(pool).and_then(|p| p.allocate(owner, ip, at_ms));
+        Response(result.map(|ip| Reply::Allocation(AllocationInfo { ip: ip.to_string(), owner: owner.to_string() })))
     }
 
     pub fn release(&mut self, pool: &str, ip: Ipv4Addr) -> Response {
-        Response(
-            self.pool_mut(pool)
-                .and_then(|p| p.release(ip))
-                .map(|_| Reply::Done),
-        )
+        Response(self.pool_mut(pool).and_then(|p| p.release(ip)).map(|_| Reply::Done))
     }
 }
 

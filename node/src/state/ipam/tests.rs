@@ -11,12 +11,7 @@ fn ip(s: &str) -> Ipv4Addr {
 
 fn lan() -> Ipam {
     let mut ipam = Ipam::default();
-    let r = ipam.create_pool(
-        "lan",
-        net("10.99.0.0/24"),
-        Some(ip("10.99.0.1")),
-        Some(net("10.99.0.16/28")),
-    );
+    let r = ipam.create_pool("lan", net("10.99.0.0/24"), Some(ip("10.99.0.1")), Some(net("10.99.0.16/28")));
     assert!(r.0.is_ok());
     ipam
 }
@@ -32,9 +27,7 @@ fn alloc(ipam: &mut Ipam, owner: &str) -> Result<String, String> {
 #[test]
 fn allocates_lowest_free_address_of_the_range_in_order() {
     let mut ipam = lan();
-    let got: Vec<_> = (0..3)
-        .map(|i| alloc(&mut ipam, &format!("o{i}")).unwrap())
-        .collect();
+    let got: Vec<_> = (0..3).map(|i| alloc(&mut ipam, &format!("o{i}")).unwrap()).collect();
     assert_eq!(got, ["10.99.0.16", "10.99.0.17", "10.99.0.18"]);
 }
 
@@ -58,16 +51,7 @@ fn whole_subnet_skips_network_broadcast_and_gateway() {
         got.push(a.ip);
     }
     // .0 network, .1 gateway, .7 broadcast
-    assert_eq!(
-        got,
-        [
-            "192.0.2.2",
-            "192.0.2.3",
-            "192.0.2.4",
-            "192.0.2.5",
-            "192.0.2.6"
-        ]
-    );
+    assert_eq!(got, ["192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6"]);
     assert_eq!(ipam.pool("p").unwrap().size(), 5);
 }
 
@@ -92,38 +76,19 @@ fn explicit_addresses_are_honoured_and_skipped_later() {
     assert_eq!(alloc(&mut ipam, "a").unwrap(), "10.99.0.16");
     assert_eq!(alloc(&mut ipam, "b").unwrap(), "10.99.0.18", "17 is taken");
     // An explicit address far above the mark leaves the gap free.
-    ipam.allocate("lan", "far", Some(ip("10.99.0.30")), 0)
-        .0
-        .unwrap();
+    ipam.allocate("lan", "far", Some(ip("10.99.0.30")), 0).0.unwrap();
     assert_eq!(alloc(&mut ipam, "c").unwrap(), "10.99.0.19");
 }
 
 #[test]
 fn explicit_address_errors_are_classified() {
     let mut ipam = lan();
-    let e = ipam
-        .allocate("lan", "x", Some(ip("10.99.0.1")), 0)
-        .0
-        .unwrap_err();
-    assert_eq!(
-        (e.kind, e.code.as_str()),
-        (
-            super::super::command::ErrorKind::Invalid,
-            "address_not_in_pool"
-        )
-    );
-    let e = ipam
-        .allocate("lan", "x", Some(ip("10.99.0.200")), 0)
-        .0
-        .unwrap_err();
+    let e = ipam.allocate("lan", "x", Some(ip("10.99.0.1")), 0).0.unwrap_err();
+    assert_eq!((e.kind, e.code.as_str()), (super::super::command::ErrorKind::Invalid, "address_not_in_pool"));
+    let e = ipam.allocate("lan", "x", Some(ip("10.99.0.200")), 0).0.unwrap_err();
     assert_eq!(e.code, "address_not_in_pool");
-    ipam.allocate("lan", "x", Some(ip("10.99.0.20")), 0)
-        .0
-        .unwrap();
-    let e = ipam
-        .allocate("lan", "y", Some(ip("10.99.0.20")), 0)
-        .0
-        .unwrap_err();
+    ipam.allocate("lan", "x", Some(ip("10.99.0.20")), 0).0.unwrap();
+    let e = ipam.allocate("lan", "y", Some(ip("10.99.0.20")), 0).0.unwrap_err();
     assert_eq!(e.code, "address_in_use");
     assert!(e.message.contains("\"x\""), "{}", e.message);
 }
@@ -131,29 +96,15 @@ fn explicit_address_errors_are_classified() {
 #[test]
 fn release_of_unknown_address_or_pool_is_not_found() {
     let mut ipam = lan();
-    assert_eq!(
-        ipam.release("lan", ip("10.99.0.16")).0.unwrap_err().code,
-        "allocation_not_found"
-    );
-    assert_eq!(
-        ipam.release("wan", ip("10.99.0.16")).0.unwrap_err().code,
-        "pool_not_found"
-    );
-    assert_eq!(
-        ipam.allocate("wan", "x", None, 0).0.unwrap_err().code,
-        "pool_not_found"
-    );
+    assert_eq!(ipam.release("lan", ip("10.99.0.16")).0.unwrap_err().code, "allocation_not_found");
+    assert_eq!(ipam.release("wan", ip("10.99.0.16")).0.unwrap_err().code, "pool_not_found");
+    assert_eq!(ipam.allocate("wan", "x", None, 0).0.unwrap_err().code, "pool_not_found");
 }
 
 #[test]
 fn pool_creation_is_idempotent_and_rejects_conflicts() {
     let mut ipam = lan();
-    let again = ipam.create_pool(
-        "lan",
-        net("10.99.0.0/24"),
-        Some(ip("10.99.0.1")),
-        Some(net("10.99.0.16/28")),
-    );
+    let again = ipam.create_pool("lan", net("10.99.0.0/24"), Some(ip("10.99.0.1")), Some(net("10.99.0.16/28")));
     assert!(matches!(again.0, Ok(Reply::Pool { created: false, .. })));
     let other = ipam.create_pool("lan", net("10.98.0.0/24"), None, None);
     assert_eq!(other.0.unwrap_err().code, "pool_exists");
@@ -170,10 +121,7 @@ fn pools_with_allocations_cannot_be_deleted() {
     assert_eq!(ipam.delete_pool("lan").0.unwrap_err().code, "pool_in_use");
     ipam.release("lan", ip("10.99.0.16")).0.unwrap();
     ipam.delete_pool("lan").0.unwrap();
-    assert_eq!(
-        ipam.delete_pool("lan").0.unwrap_err().code,
-        "pool_not_found"
-    );
+    assert_eq!(ipam.delete_pool("lan").0.unwrap_err().code, "pool_not_found");
 }
 
 #[test]

@@ -1,0 +1,206 @@
+//! # The host agent
+//!
+//! Every node runs one. It does not poll the leader: it watches its **local replica**
+//! for instances placed on its host and converges the runtime to it — start what is
+//! missing, stop what is no longer wanted here, replace what changed epoch — on every
+//! applied change and once a second. What it observes goes back as reports (the
+//! server's reporter proposes them through the leader).
+//!
+//! Side effects follow committed state only: the agent acts on what its replica has
+//! applied, and every report carries the placement epoch it acted on, so a late report
+//! from a host that lost an instance cannot overwrite its new placement.
+//!
+//! After an agent restart, instances still running are found through the runtime
+//! ([`Runtime::existing`]) and adopted when their epoch is still the placed one —
+//! nothing is started twice or restarted needlessly; strays are stopped.
+
+pub mod health;
+pub mod process;
+pub mod runtime;
+pub mod supervisor;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_raft::StateHandle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::runtime::{Existing, Runtime, Task};
+use self::supervisor::Supervisor;
+use crate::state::apps::spec::AppSpec;
+use crate::state::apps::{Desired, Health, Instance, InstanceState};
+use crate::state::{Report, State};
+
+/// The agent of one host.
+pub struct Agent {
+    pub host: u64,
+    pub runtime: Arc<dyn Runtime>,
+    pub state: StateHandle<State>,
+    pub reports: mpsc::UnboundedSender<Report>,
+    /// Stop every instance when the agent exits (`berth dev`); otherwise they keep
+    /// running and the next agent adopts them.
+    pub stop_instances_on_exit: bool,
+}
+
+/// What the replica wants of one instance on this host.
+struct Wanted {
+    instance: Instance,
+    task: Task,
+}
+
+fn task_for(state: &State, i: &Instance) -> Task {
+    let spec =
+        state.apps.apps.get(&i.app).and_then(|a| a.version(i.version)).map(|v| v.spec.clone()).unwrap_or_else(|| {
+            AppSpec {
+                // The app is gone (deleted); only the stop path needs this.
+                id: i.app.clone(),
+                image: None,
+                cmd: Vec::new(),
+                instances: 0,
+                cpus: i.cpus,
+                mem_mb: i.mem_mb,
+                env: Default::default(),
+                labels: Default::default(),
+                network: None,
+                health_check: None,
+                constraints: Vec::new(),
+                upgrade: Default::default(),
+                stop_grace_s: 10,
+            }
+        });
+    Task {
+        instance: i.id.clone(),
+        app: i.app.clone(),
+        version: i.version,
+        epoch: i.epoch,
+        spec,
+        ip: i.ip,
+        pool: i.pool.clone(),
+    }
+}
+
+impl Agent {
+    fn wanted(&self) -> Vec<Wanted> {
+        let replica = self.state.read();
+        let s = &replica.state;
+        s.apps
+            .instances
+            .values()
+            .filter(|i| i.host == Some(self.host))
+            .map(|i| Wanted { instance: i.clone(), task: task_for(s, i) })
+            .collect()
+    }
+
+    fn report_stopped(&self, i: &Instance) {
+        let _ = self.reports.send(Report {
+            id: i.id.clone(),
+            host: self.host,
+            epoch: i.epoch,
+            state: InstanceState::Stopped,
+            health: Health::Unknown,
+            message: None,
+            restarts: i.restarts,
+        });
+    }
+
+    /// Runs until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut adoptable: HashMap<String, Existing> = match self.runtime.existing().await {
+            Ok(list) => list.into_iter().map(|e| (e.instance.clone(), e)).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list running instances");
+                HashMap::new()
+            }
+        };
+        if !adoptable.is_empty() {
+            tracing::info!(count = adoptable.len(), "found instances left running by an earlier agent");
+        }
+        let mut sups: HashMap<String, Supervisor> = HashMap::new();
+        let mut stopped_reported: HashSet<(String, u64)> = HashSet::new();
+        let mut applied = self.state.subscribe();
+        let mut first = true;
+        loop {
+            let wanted = self.wanted();
+            let ids: HashSet<&str> = wanted.iter().map(|w| w.instance.id.as_str()).collect();
+            for w in &wanted {
+                let i = &w.instance;
+                let sup = sups.get(&i.id);
+                match (i.desired, sup) {
+                    (Desired::Stop, Some(s)) => s.stop(),
+                    (Desired::Stop, None) => {
+                        if let Some(e) = adoptable.remove(&i.id) {
+                            let s = Supervisor::spawn(
+                                self.runtime.clone(),
+                                self.host,
+                                w.task.clone(),
+                                Some(e.handle),
+                                self.reports.clone(),
+                            );
+                            s.stop();
+                            sups.insert(i.id.clone(), s);
+                        } else if stopped_reported.insert((i.id.clone(), i.epoch)) {
+                            self.report_stopped(i);
+                        }
+                    }
+                    (Desired::Run, Some(s)) if s.epoch == i.epoch && !s.stopping() => {}
+                    (Desired::Run, Some(s)) => {
+                        // A new epoch (upgrade) or a restart request: stop the old run
+                        // first; the new one starts once it is gone.
+                        s.stop();
+                    }
+                    (Desired::Run, None) => {
+                        let adopt = match adoptable.remove(&i.id) {
+                            Some(e) if e.epoch == i.epoch => Some(e.handle),
+                            Some(e) => {
+                                tracing::info!(instance = %i.id, old = e.epoch, new = i.epoch, "replacing an instance of an older placement");
+                                let _ =
+                                    self.runtime.stop(&e.handle, Duration::from_secs(w.task.spec.stop_grace_s)).await;
+                                self.runtime.remove(&i.id, &e.handle).await;
+                                None
+                            }
+                            None => None,
+                        };
+                        let s = Supervisor::spawn(
+                            self.runtime.clone(),
+                            self.host,
+                            w.task.clone(),
+                            adopt,
+                            self.reports.clone(),
+                        );
+                        sups.insert(i.id.clone(), s);
+                    }
+                }
+            }
+            for (id, s) in &sups {
+                if !ids.contains(id.as_str()) {
+                    // Moved to another host, or removed.
+                    s.stop();
+                }
+            }
+            sups.retain(|_, s| !s.done.is_finished());
+            if first {
+                first = false;
+                for (id, e) in adoptable.drain() {
+                    tracing::info!(instance = %id, "stopping a stray instance no longer placed here");
+                    let _ = self.runtime.stop(&e.handle, Duration::from_secs(10)).await;
+                    self.runtime.remove(&id, &e.handle).await;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        if self.stop_instances_on_exit {
+            for s in sups.values() {
+                s.stop();
+            }
+            for (_, s) in sups {
+                let _ = tokio::time::timeout(Duration::from_secs(15), s.done).await;
+            }
+        }
+    }
+}

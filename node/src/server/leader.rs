@@ -1,0 +1,179 @@
+//! Leader-only work: the scheduler loop and host liveness.
+//!
+//! Both start when this node becomes leader and stop when it stops being leader
+//! (SwarmKit's `becomeLeader`/`becomeFollower`). Everything they decide is proposed
+//! as commands; nothing here touches a host.
+//!
+//! **Liveness** is soft state: agents heartbeat the leader every
+//! [`HEARTBEAT_INTERVAL`]; a host silent for [`HOST_DEADLINE`] is marked down by a
+//! command, and its instances are placed elsewhere with their IPs. A new leader gives
+//! every host a fresh deadline from the moment it took over — seconds, not Nomad's
+//! 5-minute grace (nomad#1747) — and a host that heartbeats again is marked up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::scheduler;
+use crate::server::Node;
+use crate::state::nodes::HostState;
+use crate::state::{Command, Plan};
+
+/// How often every agent heartbeats the leader.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Silence after which the leader marks a host down.
+pub const HOST_DEADLINE: Duration = Duration::from_secs(10);
+/// The scheduler runs on every applied change, and at least this often.
+const TICK: Duration = Duration::from_millis(500);
+
+/// When each host was last heard from (meaningful on the leader only).
+#[derive(Default)]
+pub struct Liveness {
+    seen: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Liveness {
+    pub fn record(&self, host: u64) {
+        self.seen.lock().unwrap().insert(host, Instant::now());
+    }
+
+    fn reset(&self, hosts: impl Iterator<Item = u64>) {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap();
+        seen.clear();
+        for h in hosts {
+            seen.insert(h, now);
+        }
+    }
+
+    fn silent_for(&self, host: u64) -> Duration {
+        self.seen.lock().unwrap().get(&host).map(|t| t.elapsed()).unwrap_or(Duration::MAX)
+    }
+}
+
+/// Runs for the life of the node; leads whenever this node is leader.
+pub async fn run(node: Arc<Node>) {
+    let mut applied = node.state.subscribe();
+    loop {
+        if node.raft.is_leader() {
+            tracing::info!(id = node.id, "leader: scheduler and liveness started");
+            lead(&node).await;
+            tracing::info!(id = node.id, "scheduler and liveness stopped");
+        }
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+async fn lead(node: &Arc<Node>) {
+    let hosts: Vec<u64> = node.state.read().state.nodes.registered.keys().copied().collect();
+    node.liveness.reset(hosts.into_iter());
+    let mut applied = node.state.subscribe();
+    let mut last_plan: Option<(Plan, Instant)> = None;
+    loop {
+        if !node.raft.is_leader() {
+            return;
+        }
+        for (host, state) in liveness_verdicts(node) {
+            tracing::warn!(host, ?state, "host liveness changed");
+            if let Err(e) = node.proposer.write(Command::SetHostState { id: host, state }, None).await {
+                tracing::debug!(error = %e, "cannot record host state");
+            }
+        }
+        let plan = {
+            let replica = node.state.read();
+            scheduler::plan(&replica.state)
+        };
+        // The same plan again right away means apply refused part of it (state moved
+        // under the scheduler): propose it again only after a pause.
+        let repeat = last_plan.as_ref().is_some_and(|(p, at)| p == &plan && at.elapsed() < Duration::from_secs(2));
+        if !plan.is_empty() && !repeat {
+            last_plan = Some((plan.clone(), Instant::now()));
+            if let Err(e) = node.proposer.write(Command::ApplyPlan(plan), None).await {
+                tracing::debug!(error = %e, "plan not committed");
+            }
+        }
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// Hosts whose liveness differs from what the state says.
+fn liveness_verdicts(node: &Node) -> Vec<(u64, HostState)> {
+    let replica = node.state.read();
+    let nodes = &replica.state.nodes;
+    let mut out = Vec::new();
+    for id in nodes.registered.keys() {
+        let silent = node.liveness.silent_for(*id);
+        match nodes.state(*id) {
+            HostState::Up | HostState::Draining if silent > HOST_DEADLINE => out.push((*id, HostState::Down)),
+            HostState::Down if silent < HEARTBEAT_INTERVAL * 3 => out.push((*id, HostState::Up)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every node: tell the leader this host is alive.
+pub async fn heartbeat(node: Arc<Node>) {
+    use berth_proto::berth::internal_client::InternalClient;
+    use berth_proto::berth::HeartbeatRequest;
+    use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+    loop {
+        let leader = node.raft.metrics().borrow_watched().current_leader;
+        match leader {
+            Some(l) if l == node.id => node.liveness.record(node.id),
+            Some(l) => {
+                let addr = {
+                    let m = node.raft.metrics();
+                    let m = m.borrow_watched();
+                    m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
+                };
+                if let Some(ch) = addr.and_then(|a| node.connections.get(&a).ok()) {
+                    let mut req = tonic::Request::new(HeartbeatRequest { host: node.id });
+                    req.set_timeout(HEARTBEAT_INTERVAL);
+                    let _ = InternalClient::new(ch).heartbeat(req).await;
+                }
+            }
+            None => {}
+        }
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+        }
+    }
+}
+
+/// Every node: proposes what the agent observed, latest report per instance first.
+pub async fn report(node: Arc<Node>, mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::state::Report>) {
+    let mut pending: std::collections::BTreeMap<String, crate::state::Report> = Default::default();
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                _ = node.stopping() => return,
+                r = rx.recv() => match r {
+                    Some(r) => { pending.insert(r.id.clone(), r); }
+                    None => return,
+                }
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            pending.insert(r.id.clone(), r);
+        }
+        let Some((id, r)) = pending.pop_first() else { continue };
+        if let Err(e) = node.proposer.write(Command::ReportInstance(r.clone()), None).await {
+            tracing::debug!(error = %e, instance = %id, "report not committed; retrying");
+            pending.entry(id).or_insert(r);
+            tokio::select! {
+                _ = node.stopping() => return,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
+    }
+}
