@@ -60,10 +60,18 @@ fn signal(pid: i32, sig: i32) {
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n) with the same `--peers`, plus `extra` flags.
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_each(n, |_| extra.clone())
+    }
+
+    /// Starts `n` nodes with per-node extra flags.
+    pub fn start_each(n: u64, extra: impl Fn(u64) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            nodes.insert(id, Self::new_proc(&dir, id, extra));
+            let flags = extra(id);
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            nodes.insert(id, Self::new_proc(&dir, id, &flags));
         }
         let peers = Self::peers_of(&nodes);
         let mut c = Cluster {
@@ -281,6 +289,28 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// (node, instance, pid) of every instance process the nodes' agents started, from
+    /// their pid files.
+    pub fn instance_pids(&self) -> Vec<(u64, String, i32)> {
+        let mut out = Vec::new();
+        for n in self.nodes.values() {
+            let Ok(entries) = std::fs::read_dir(n.data_dir.join("instances")) else { continue };
+            for e in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(e.path().join("pid")) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                let pid = v["pid"].as_i64().unwrap_or(0) as i32;
+                let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z");
+                if pid > 0 && alive {
+                    out.push((n.id, v["instance"].as_str().unwrap_or("").to_string(), pid));
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in self.nodes.values_mut() {
@@ -289,6 +319,10 @@ impl Drop for Cluster {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        // Instances run in their own process groups and outlive a killed agent.
+        for (_, _, pid) in self.instance_pids() {
+            signal(-pid, libc::SIGKILL);
         }
         if std::thread::panicking() {
             for n in self.nodes.values() {
