@@ -282,10 +282,7 @@ async fn invalid_specs_are_refused_naming_the_field() {
         (json!({"id": "web", "cmd": ["x"], "colour": "red"}), "unknown field `colour`"),
         (json!({"id": "web", "cmd": ["x"], "cpus": 0}), "cpus:"),
         (json!({"id": "web", "cmd": ["x"], "health_check": {"tcp": {"port": 0}}}), "health_check.tcp.port"),
-        (
-            json!({"id": "web", "cmd": ["x"], "health_check": {"http": {"port": 80, "pth": "/"}}}),
-            "unknown field `pth`",
-        ),
+        (json!({"id": "web", "cmd": ["x"], "health_check": {"http": {"port": 80, "pth": "/"}}}), "unknown field `pth`"),
         (
             json!({"id": "web", "cmd": ["x"], "constraints": [["rack", "NEAR", "x"]]}),
             "constraints[0]: unknown operator",
