@@ -365,10 +365,16 @@ impl AppSpec {
 fn path_error(path: String, inner: String) -> String {
     // serde's message ends with " at line L column C"; keep it, it helps in files.
     if path.is_empty() || path == "." {
-        inner
-    } else {
-        format!("{path}: {inner}")
+        return inner;
     }
+    // serde_yaml already prefixes nested errors with the parent's path.
+    let parent = path.rsplit_once('.').map(|(p, _)| format!("{p}: "));
+    let own = format!("{path}: ");
+    let inner = inner
+        .strip_prefix(own.as_str())
+        .or_else(|| parent.as_deref().and_then(|p| inner.strip_prefix(p)))
+        .unwrap_or(&inner);
+    format!("{path}: {inner}")
 }
 
 #[cfg(test)]
@@ -409,14 +415,17 @@ stop_grace_s: 10
     #[test]
     fn unknown_fields_are_named_with_their_path() {
         let e = AppSpec::from_yaml(&GOOD.replace("grace_s: 5", "grace_s: 5\n  retries: 2")).unwrap_err();
-        assert!(e.starts_with("health_check: unknown field `retries`"), "{e}");
+        assert!(e.starts_with("health_check.retries: unknown field `retries`"), "{e}");
+        let e = AppSpec::from_yaml("id: a\ncmd: [x]\ninstances: three\n").unwrap_err();
+        assert!(e.starts_with("instances: invalid type"), "{e}");
+        assert!(!e.contains("instances: instances"), "{e}");
         let e = AppSpec::from_json(br#"{"id":"a","cmd":["x"],"colour":"red"}"#).unwrap_err();
         assert!(e.contains("unknown field `colour`"), "{e}");
         let e = AppSpec::from_json(br#"{"id":"a","cmd":["x"],"instances":"three"}"#).unwrap_err();
         assert!(e.starts_with("instances: invalid type"), "{e}");
         let e =
             AppSpec::from_json(br#"{"id":"a","cmd":["x"],"health_check":{"http":{"port":80,"pth":"/"}}}"#).unwrap_err();
-        assert!(e.starts_with("health_check.http: unknown field `pth`"), "{e}");
+        assert!(e.starts_with("health_check.http.pth: unknown field `pth`"), "{e}");
     }
 
     #[test]
