@@ -76,16 +76,25 @@ async fn http_errors_follow_the_contract() {
     assert_eq!(s, 200);
     assert_eq!(v[0]["used"], json!(4));
 
-    // Too large, unknown route, wrong method.
-    let big = "x".repeat(2 * 1024 * 1024);
-    let (s, v) = c.post(f, "/v1/ipam/pools/lan/allocations", json!({"owner": big})).await;
-    assert_error(s, &v, 413, "too_large");
+    // Unknown route, wrong method.
     let (s, v) = c.get(f, "/v1/nothing").await;
     assert_error(s, &v, 404, "no_route");
     let (s, v) = c.req(f, Method::PUT, "/v1/ipam/pools", None, None).await;
     assert_error(s, &v, 405, "method_not_allowed");
     let (s, v) = c.get(f, "/v1/cluster?stale=perhaps").await;
     assert_error(s, &v, 400, "invalid_request");
+    // Too large: last, because the server closes a connection whose body it refused.
+    // (The server may close the connection while the client still sends: then the
+    // client sees a broken pipe instead of the answer, and tries again.)
+    let big = "x".repeat(2 * 1024 * 1024);
+    let mut answer = (0, serde_json::Value::Null);
+    for _ in 0..5 {
+        answer = c.post(f, "/v1/ipam/pools/lan/allocations", json!({"owner": big})).await;
+        if answer.0 != 0 {
+            break;
+        }
+    }
+    assert_error(answer.0, &answer.1, 413, "too_large");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,12 +85,7 @@ impl Agent {
     fn wanted(&self) -> Vec<Wanted> {
         let replica = self.state.read();
         let s = &replica.state;
-        s.apps
-            .instances
-            .values()
-            .filter(|i| i.host == Some(self.host))
-            .map(|i| Wanted { instance: i.clone(), task: task_for(s, i) })
-            .collect()
+        s.apps.on_host(self.host).map(|i| Wanted { instance: i.clone(), task: task_for(s, i) }).collect()
     }
 
     fn report_stopped(&self, i: &Instance) {

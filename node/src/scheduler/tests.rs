@@ -305,6 +305,21 @@ fn a_lost_host_moves_instances_with_their_ips() {
 }
 
 #[test]
+fn host_usage_survives_a_snapshot_restore() {
+    let mut w = World::new();
+    w.host(1, "process", 8.0, 8192, &[]);
+    w.host(2, "process", 8.0, 8192, &[]);
+    w.deploy(&process_app("web", 5, ""));
+    w.settle(3);
+    let before: Vec<(f64, u64)> = [1, 2].iter().map(|h| w.s.host_usage(*h)).collect();
+    let mut t = State::default();
+    t.restore(&w.s.snapshot().unwrap()).unwrap();
+    let after: Vec<(f64, u64)> = [1, 2].iter().map(|h| t.host_usage(*h)).collect();
+    assert_eq!(before, after);
+    assert_eq!(t.apps.on_host(1).count() + t.apps.on_host(2).count(), 5);
+}
+
+#[test]
 fn reports_for_an_older_placement_are_ignored() {
     let mut w = World::new();
     w.host(1, "process", 8.0, 8192, &[]);

@@ -287,7 +287,7 @@ impl Node {
                     mem_mb: n.mem_mb,
                     cpus_used: (cpus_used * 1000.0).round() / 1000.0,
                     mem_mb_used,
-                    instances: s.apps.instances.values().filter(|i| i.host == Some(n.id)).count(),
+                    instances: s.apps.on_host(n.id).count(),
                     labels: n.labels.clone(),
                     http: n.http.clone(),
                 }

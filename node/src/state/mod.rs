@@ -96,6 +96,7 @@ impl StateMachine for State {
 
     fn restore(&mut self, data: &[u8]) -> io::Result<()> {
         *self = berth_raft::codec::decode(data)?;
+        self.apps.rebuild_index();
         Ok(())
     }
 }

@@ -16,11 +16,7 @@ const EPS: f64 = 1e-9;
 impl State {
     /// Resources reserved on `host`: (cpus, mem_mb).
     pub fn host_usage(&self, host: u64) -> (f64, u64) {
-        self.apps
-            .instances
-            .values()
-            .filter(|i| i.host == Some(host) && i.reserves())
-            .fold((0.0, 0), |(c, m), i| (c + i.cpus, m + i.mem_mb))
+        self.apps.on_host(host).filter(|i| i.reserves()).fold((0.0, 0), |(c, m), i| (c + i.cpus, m + i.mem_mb))
     }
 
     /// Whether `host` can take `cpus`/`mem_mb` more for an app of `runtime`.
@@ -137,7 +133,7 @@ impl State {
 
     /// Removes an instance and releases its sticky IP.
     fn remove_instance(&mut self, id: &str) {
-        if let Some(inst) = self.apps.instances.remove(id) {
+        if let Some(inst) = self.apps.remove(id) {
             if let (Some(pool), Some(ip)) = (inst.pool, inst.ip) {
                 let _ = self.ipam.release(&pool, ip);
             }
@@ -191,8 +187,8 @@ impl State {
             return false;
         }
         let now = self.clock_ms;
+        self.apps.set_host(id, Some(host));
         let inst = self.apps.instances.get_mut(id).expect("checked above");
-        inst.host = Some(host);
         inst.epoch += 1;
         inst.state = InstanceState::Starting;
         inst.health = Health::Unknown;
@@ -270,14 +266,14 @@ impl State {
         inst.restarts = 0;
         // Detached, the instance reserves nothing; it goes back on its host if the new
         // spec fits there, else it moves (keeping its id and IP).
-        inst.host = None;
         inst.state = InstanceState::Pending;
         inst.cpus = spec.cpus;
         inst.mem_mb = spec.mem_mb;
+        self.apps.set_host(id, None);
         if let Some(h) = host {
             if self.host_fits(h, spec.runtime(), spec.cpus, spec.mem_mb) {
+                self.apps.set_host(id, Some(h));
                 let inst = self.apps.instances.get_mut(id).expect("checked above");
-                inst.host = Some(h);
                 inst.state = InstanceState::Starting;
             }
         }
@@ -366,20 +362,19 @@ impl State {
         self.nodes.states.insert(id, state);
         if state == HostState::Down {
             let now = self.clock_ms;
-            let on_host: Vec<String> =
-                self.apps.instances.values().filter(|i| i.host == Some(id)).map(|i| i.id.clone()).collect();
+            let on_host: Vec<String> = self.apps.on_host(id).map(|i| i.id.clone()).collect();
             for iid in on_host {
                 let inst = self.apps.instances.get_mut(&iid).expect("listed above");
                 if inst.desired == Desired::Stop {
                     self.remove_instance(&iid);
                 } else {
                     // Lost: the scheduler places it again, with the same id and IP.
-                    inst.host = None;
                     inst.state = InstanceState::Lost;
                     inst.health = Health::Unknown;
                     inst.epoch += 1;
                     inst.message = Some(format!("host {id} went down"));
                     inst.updated_at = now;
+                    self.apps.set_host(&iid, None);
                 }
             }
         }

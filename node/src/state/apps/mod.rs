@@ -14,7 +14,7 @@
 pub mod apply;
 pub mod spec;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -157,6 +157,10 @@ pub struct Apps {
     /// Per app id: instances ever created (survives deletion of the app).
     pub counters: BTreeMap<String, u64>,
     pub next_deployment: u64,
+    /// Instance ids per host: an index derived from `instances` (never serialized,
+    /// rebuilt on restore), so a host's usage costs its own instances, not all.
+    #[serde(skip)]
+    by_host: BTreeMap<u64, BTreeSet<String>>,
 }
 
 impl Apps {
@@ -200,6 +204,45 @@ impl Apps {
                     started_at: at,
                 });
                 (v, false)
+            }
+        }
+    }
+
+    /// Moves instance `id` to `host` (None: off any host), keeping the index current.
+    /// Every change of an instance's host goes through here.
+    pub fn set_host(&mut self, id: &str, host: Option<u64>) {
+        let Some(inst) = self.instances.get_mut(id) else { return };
+        if let Some(old) = inst.host {
+            if let Some(set) = self.by_host.get_mut(&old) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.by_host.remove(&old);
+                }
+            }
+        }
+        inst.host = host;
+        if let Some(h) = host {
+            self.by_host.entry(h).or_default().insert(id.to_string());
+        }
+    }
+
+    /// Removes instance `id` (and its index entry).
+    pub fn remove(&mut self, id: &str) -> Option<Instance> {
+        self.set_host(id, None);
+        self.instances.remove(id)
+    }
+
+    /// Instances placed on `host`.
+    pub fn on_host(&self, host: u64) -> impl Iterator<Item = &Instance> {
+        self.by_host.get(&host).into_iter().flatten().filter_map(|id| self.instances.get(id))
+    }
+
+    /// Rebuilds the derived index (after a snapshot was restored).
+    pub fn rebuild_index(&mut self) {
+        self.by_host.clear();
+        for (id, i) in &self.instances {
+            if let Some(h) = i.host {
+                self.by_host.entry(h).or_default().insert(id.clone());
             }
         }
     }
