@@ -1,5 +1,5 @@
-//! berth-jepsen: the chaos suite (issue 5) and the benchmark harness `berth-bench`
-//! (issue 6) will live here. Nothing is implemented yet.
+//! berth-jepsen: the chaos suite (issue 5). Not built yet; see `berth-bench` for the
+//! benchmarks that share its cluster launcher.
 
 fn main() {
     eprintln!("berth-jepsen: the chaos suite is not implemented yet (see docs/architecture.md)");

@@ -143,15 +143,21 @@ fn choose_host(
 
 /// Computes what should change, from one view of the committed state.
 pub fn plan(state: &State) -> Plan {
+    plan_limited(state, usize::MAX)
+}
+
+/// Like [`plan`], placing at most `max` instances (new or moved); the rest waits for the
+/// next round. Bounds both the work of one round and the size of one Raft entry.
+pub fn plan_limited(state: &State, max: usize) -> Plan {
     let mut plan = Plan::default();
     let mut hosts = Hosts::new(state);
     for app in state.apps.apps.values() {
-        plan_app(state, app, &mut hosts, &mut plan);
+        plan_app(state, app, &mut hosts, &mut plan, max);
     }
     plan
 }
 
-fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
+fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, max: usize) {
     let spec = app.spec();
     let target = app.version;
     let want = app.instances as usize;
@@ -241,6 +247,9 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
         .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Lost))
         .collect();
     for i in unplaced {
+        if plan.places.len() >= max {
+            break;
+        }
         match choose_host(hosts, app, &compiled, &mut counts) {
             Ok(h) => plan.places.push((i.id.clone(), h)),
             Err(r) => {
@@ -254,6 +263,9 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan) {
         creates -= 1;
     }
     for mut n in new {
+        if plan.creates.len() >= max {
+            break;
+        }
         if reason.is_none() {
             match choose_host(hosts, app, &compiled, &mut counts) {
                 Ok(h) => n.host = Some(h),

@@ -23,6 +23,8 @@ use crate::state::{Command, Plan};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Silence after which the leader marks a host down.
 pub const HOST_DEADLINE: Duration = Duration::from_secs(10);
+/// At most this many new (and this many moved) instances per proposed plan.
+const MAX_PLAN_ITEMS: usize = 5_000;
 /// The scheduler runs on every applied change, and at least this often.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -85,7 +87,7 @@ async fn lead(node: &Arc<Node>) {
         }
         let plan = {
             let replica = node.state.read();
-            scheduler::plan(&replica.state)
+            scheduler::plan_limited(&replica.state, MAX_PLAN_ITEMS)
         };
         // The same plan again right away means apply refused part of it (state moved
         // under the scheduler): propose it again only after a pause.

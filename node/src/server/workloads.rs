@@ -36,6 +36,8 @@ pub struct AppView {
     pub version: u64,
     /// Desired number of instances.
     pub instances: u32,
+    /// Instances placed on a host.
+    pub placed: usize,
     pub running: usize,
     pub healthy: usize,
     pub created_at: String,
@@ -122,6 +124,7 @@ pub fn app_view(state: &State, app: &App) -> AppView {
         id: app.id.clone(),
         version: app.version,
         instances: app.instances,
+        placed: live.iter().filter(|i| i.host.is_some()).count(),
         running: live.iter().filter(|i| i.state == InstanceState::Running).count(),
         healthy: live.iter().filter(|i| i.is_healthy(has_check)).count(),
         created_at: time(app.created_at),

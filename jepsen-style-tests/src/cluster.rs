@@ -1,0 +1,162 @@
+//! A cluster of `berth agent` processes on loopback, for benchmarks and chaos runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The `berth` binary next to this one (same cargo profile), or `$BERTH_BIN`.
+pub fn berth_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("BERTH_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let sibling = me.with_file_name("berth");
+    if sibling.exists() {
+        return Ok(sibling);
+    }
+    bail!(
+        "no berth binary at {}: build it first (cargo build --release --bin berth) or set BERTH_BIN",
+        sibling.display()
+    )
+}
+
+/// One node process.
+pub struct Proc {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// A cluster of nodes with ids 1..=n.
+pub struct Cluster {
+    pub binary: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, Proc>,
+    pub peers: String,
+    pub extra: Vec<String>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `extra` flags each.
+    pub fn start(n: u64, extra: &[&str]) -> Result<Cluster> {
+        let binary = berth_binary()?;
+        let dir = tempfile::tempdir()?;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(
+                id,
+                Proc {
+                    id,
+                    grpc: format!("127.0.0.1:{}", free_port()?),
+                    http: format!("127.0.0.1:{}", free_port()?),
+                    data_dir: dir.path().join(format!("node{id}")),
+                    child: None,
+                },
+            );
+        }
+        let peers = nodes.values().map(|p| format!("{}={}", p.id, p.grpc)).collect::<Vec<_>>().join(",");
+        let mut c = Cluster { binary, dir, nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect() };
+        for id in 1..=n {
+            c.spawn(id)?;
+        }
+        Ok(c)
+    }
+
+    pub fn spawn(&mut self, id: u64) -> Result<()> {
+        let log_path = self.dir.path().join(format!("node{id}.log"));
+        let p = self.nodes.get_mut(&id).context("no such node")?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let child = Command::new(&self.binary)
+            .arg("agent")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&p.data_dir)
+            .args(["--listen", &p.grpc, "--http", &p.http, "--peers", &self.peers])
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        p.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|p| p.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id)?.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        format!("http://{}", self.nodes[&id].http)
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until a node answers with a leader; returns it.
+    pub async fn wait_leader(&self, http: &reqwest::Client, within: Duration) -> Result<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            for id in self.nodes.keys() {
+                if self.nodes[id].child.is_none() {
+                    continue;
+                }
+                let url = format!("{}/v1/cluster?stale=true", self.url(*id));
+                if let Ok(r) = http.get(&url).timeout(Duration::from_millis(500)).send().await {
+                    if let Ok(v) = r.json::<serde_json::Value>().await {
+                        if let Some(l) = v["leader"].as_u64() {
+                            if self.nodes.get(&l).is_some_and(|p| p.child.is_some()) {
+                                return Ok(l);
+                            }
+                        }
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no leader within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.nodes.values_mut() {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Resident memory of a process, in MiB.
+pub fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
