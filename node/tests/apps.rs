@@ -306,3 +306,38 @@ async fn invalid_specs_are_refused_naming_the_field() {
     let (s, v) = c.post(f, "/v1/apps/nope/scale", json!({"count": 2})).await;
     assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_request")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_rollout_is_listed_and_cancelling_it_rolls_back() {
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(FORM).await;
+    let spec1 = app("web", 2, json!({"upgrade": {"min_healthy": 1.0, "max_surge": 1}}));
+    put(&c, 1, &spec1).await;
+    let v1 = converged(&c, 2, "web", 2, 1).await;
+    // Version 2 never becomes healthy: the rollout cannot take a v1 instance down.
+    let mut spec2 = spec1.clone();
+    spec2["health_check"]["cmd"] = json!(["/bin/false"]);
+    let (s, _) = put(&c, 1, &spec2).await;
+    assert_eq!(s, 200);
+    let d = c
+        .eventually(FORM, "the rollout is listed", || async {
+            let (_, v) = c.get(3, "/v1/deployments").await;
+            v.as_array().and_then(|a| a.first().cloned())
+        })
+        .await;
+    assert_eq!(
+        (d["app"].as_str(), d["from_version"].as_u64(), d["to_version"].as_u64()),
+        (Some("web"), Some(1), Some(2))
+    );
+    // The old instances keep serving meanwhile.
+    let healthy_v1 =
+        instances(&c, 2, "web").await.iter().filter(|i| i["version"] == 1 && i["health"] == "healthy").count();
+    assert_eq!(healthy_v1, 2);
+    let (s, v) = c.req(2, Method::DELETE, &format!("/v1/deployments/{}", d["id"]), None, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["version"], json!(3));
+    let v3 = converged(&c, 3, "web", 2, 3).await;
+    assert_eq!(ips(&v3).keys().collect::<Vec<_>>(), ips(&v1).keys().collect::<Vec<_>>(), "the same instances");
+    let (_, list) = c.get(1, "/v1/deployments").await;
+    assert_eq!(list, json!([]));
+}
