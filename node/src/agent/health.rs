@@ -15,7 +15,7 @@ use crate::state::apps::spec::HealthCheck;
 /// One check, once. Ok(()) when it passed; Err(why) otherwise.
 pub async fn check_once(rt: &Arc<dyn Runtime>, handle: &str, task: &Task, hc: &HealthCheck) -> Result<(), String> {
     let timeout = Duration::from_secs(hc.timeout_s.max(1));
-    let addr: IpAddr = rt.check_address(task);
+    let addr: IpAddr = rt.check_address(handle, task).await;
     if let Some(http) = &hc.http {
         let sa = SocketAddr::new(addr, http.port);
         let fut = http_get(sa, &http.path);

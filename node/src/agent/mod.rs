@@ -14,6 +14,7 @@
 //! ([`Runtime::existing`]) and adopted when their epoch is still the placed one —
 //! nothing is started twice or restarted needlessly; strays are stopped.
 
+pub mod docker;
 pub mod health;
 pub mod process;
 pub mod runtime;
@@ -70,6 +71,7 @@ fn task_for(state: &State, i: &Instance) -> Task {
                 stop_grace_s: 10,
             }
         });
+    let pool = i.pool.as_deref().and_then(|p| state.ipam.pool(p).ok());
     Task {
         instance: i.id.clone(),
         app: i.app.clone(),
@@ -78,6 +80,8 @@ fn task_for(state: &State, i: &Instance) -> Task {
         spec,
         ip: i.ip,
         pool: i.pool.clone(),
+        subnet: pool.map(|p| p.subnet.to_string()),
+        gateway: pool.and_then(|p| p.gateway),
     }
 }
 

@@ -231,7 +231,7 @@ impl Runtime for ProcessRuntime {
         self.exits.lock().unwrap().remove(handle);
     }
 
-    fn check_address(&self, _task: &Task) -> IpAddr {
+    async fn check_address(&self, _handle: &str, _task: &Task) -> IpAddr {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     }
 

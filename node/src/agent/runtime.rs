@@ -22,6 +22,9 @@ pub struct Task {
     pub spec: AppSpec,
     pub ip: Option<Ipv4Addr>,
     pub pool: Option<String>,
+    /// The pool's subnet and gateway (the docker runtime builds its network from them).
+    pub subnet: Option<String>,
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl Task {
@@ -83,7 +86,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// Cleans up what a stopped instance left (the container, the pid file).
     async fn remove(&self, instance: &str, handle: &str);
     /// Where health checks reach the instance.
-    fn check_address(&self, task: &Task) -> IpAddr;
+    async fn check_address(&self, handle: &str, task: &Task) -> IpAddr;
     /// Runs a health-check command for the instance; Ok(true) when it passed.
     async fn check_cmd(
         &self,

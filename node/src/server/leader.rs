@@ -32,6 +32,9 @@ const TICK: Duration = Duration::from_millis(500);
 #[derive(Default)]
 pub struct Liveness {
     seen: Mutex<HashMap<u64, Instant>>,
+    /// When this node last became leader: a host not heard from since counts as
+    /// silent since then (it may have registered after the leader took over).
+    since: Mutex<Option<Instant>>,
 }
 
 impl Liveness {
@@ -41,6 +44,7 @@ impl Liveness {
 
     fn reset(&self, hosts: impl Iterator<Item = u64>) {
         let now = Instant::now();
+        *self.since.lock().unwrap() = Some(now);
         let mut seen = self.seen.lock().unwrap();
         seen.clear();
         for h in hosts {
@@ -49,7 +53,8 @@ impl Liveness {
     }
 
     fn silent_for(&self, host: u64) -> Duration {
-        self.seen.lock().unwrap().get(&host).map(|t| t.elapsed()).unwrap_or(Duration::MAX)
+        let since = self.since.lock().unwrap().map(|t| t.elapsed()).unwrap_or(Duration::ZERO);
+        self.seen.lock().unwrap().get(&host).map(|t| t.elapsed()).unwrap_or(since)
     }
 }
 

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::proposer::Proposer;
+use crate::agent::docker::DockerRuntime;
 use crate::agent::process::ProcessRuntime;
 use crate::agent::runtime::Runtime;
 use crate::agent::Agent;
@@ -123,6 +124,15 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
     })
 }
 
+/// The interface of the default route (from /proc/net/route).
+fn default_route_interface() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })
+}
+
 /// CPUs and memory of this machine, for hosts that do not say.
 fn detect_resources() -> (f64, u64) {
     let cpus = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
@@ -176,9 +186,15 @@ impl Node {
                 Arc::new(ProcessRuntime::new(config.data_dir.join("instances"), config.id))
             }
             berth_cluster_config::Runtime::Docker => {
-                return Err(StartError::Runtime(
-                    "the docker runtime is not available in this build yet; use --runtime process".into(),
-                ))
+                let parent = match config.macvlan_parent.clone().or_else(default_route_interface) {
+                    Some(p) => p,
+                    None => {
+                        return Err(StartError::Runtime(
+                            "no default route to take the macvlan parent from; give --macvlan-parent".into(),
+                        ))
+                    }
+                };
+                Arc::new(DockerRuntime::new(config.id, parent))
             }
         };
         let node = Arc::new(Node {

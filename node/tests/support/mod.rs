@@ -66,9 +66,14 @@ impl Cluster {
 
     /// Starts `n` nodes with per-node extra flags.
     pub fn start_each(n: u64, extra: impl Fn(u64) -> Vec<String>) -> Cluster {
+        Self::start_ids(&(1..=n).collect::<Vec<_>>(), extra)
+    }
+
+    /// Starts nodes with the given ids and per-node extra flags.
+    pub fn start_ids(ids: &[u64], extra: impl Fn(u64) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = BTreeMap::new();
-        for id in 1..=n {
+        for &id in ids {
             let flags = extra(id);
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             nodes.insert(id, Self::new_proc(&dir, id, &flags));
@@ -80,7 +85,7 @@ impl Cluster {
             peers,
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
         };
-        for id in 1..=n {
+        for &id in ids {
             c.spawn(id);
         }
         c

@@ -1,0 +1,258 @@
+//! The docker runtime against the real Docker engine: containers on a macvlan network
+//! (a veth end on a test bridge as the parent) with their sticky IPs, replaced with the
+//! same IP when killed, rolled over and back keeping IPs, adopted after an agent
+//! restart, strays removed, logs through another node.
+//!
+//! Needs root, a Docker engine and a static busybox (Debian's `busybox-static`) for
+//! the test image, which is built locally with `docker import` (no pulls). Without
+//! them the test says why and does nothing. One test function: the phases share one
+//! engine, and node ids 71..73 keep its containers apart from everything else.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::Cluster;
+
+const IMAGE: &str = "berth-test/busybox:1";
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn sh(cmd: &str) -> Result<String, String> {
+    let out = Command::new("sh").args(["-c", cmd]).output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Why the test cannot run here, if it cannot.
+fn missing_capability() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (macvlan links need CAP_NET_ADMIN)".into());
+    }
+    if sh("docker info --format '{{.ServerVersion}}'").is_err() {
+        return Some("no Docker engine answers".into());
+    }
+    if sh("command -v busybox").is_err() {
+        return Some("no static busybox to build the test image (apt-get install busybox-static)".into());
+    }
+    None
+}
+
+/// Builds the test image from the host's static busybox: `docker import`, no pull.
+fn ensure_image() {
+    if sh(&format!("docker image inspect {IMAGE} >/dev/null 2>&1")).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    sh(&format!(
+        "mkdir -p {r}/bin && cp \"$(command -v busybox)\" {r}/bin/busybox && \
+         for a in sh httpd sleep echo cat ls true false test wget nc kill ps; do ln -s busybox {r}/bin/$a; done && \
+         tar -C {r} -c . | docker import - {IMAGE} >/dev/null",
+        r = root.display()
+    ))
+    .expect("build the test image");
+}
+
+/// A bridge and a veth pair whose one end is the macvlan parent; removed on drop.
+struct Lan {
+    bridge: String,
+    parent: String,
+}
+
+impl Lan {
+    fn new() -> Lan {
+        let tag = std::process::id() % 100_000;
+        let lan = Lan { bridge: format!("bbr{tag}"), parent: format!("bvp{tag}") };
+        sh(&format!(
+            "ip link add {b} type bridge && ip link set {b} up && \
+             ip link add {p} type veth peer name {p}x && ip link set {p}x master {b} && \
+             ip link set {p} up && ip link set {p}x up",
+            b = lan.bridge,
+            p = lan.parent
+        ))
+        .expect("create the test LAN");
+        lan
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip link del {}", self.parent));
+        let _ = sh(&format!("ip link del {}", self.bridge));
+    }
+}
+
+fn containers() -> BTreeMap<String, (String, String)> {
+    // name → (id, ip) for every container of nodes 71..73.
+    let mut out = BTreeMap::new();
+    for node in 71..=73 {
+        let ids = sh(&format!("docker ps -q --filter label=berth.node={node}")).unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let info = sh(&format!(
+                "docker inspect -f '{{{{.Name}}}} {{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {id}"
+            ))
+            .unwrap_or_default();
+            let mut parts = info.split_whitespace();
+            let name = parts.next().unwrap_or("").trim_start_matches('/').to_string();
+            out.insert(name, (id.to_string(), parts.next().unwrap_or("").to_string()));
+        }
+    }
+    out
+}
+
+/// Removes what this test (or an earlier, interrupted run of it) left in the engine:
+/// containers of nodes 71..73 and berth networks of test pools (Docker refuses a
+/// network whose subnet overlaps another's).
+fn cleanup() {
+    for node in 71..=73 {
+        let _ = sh(&format!("docker ps -aq --filter label=berth.node={node} | xargs -r docker rm -f >/dev/null"));
+    }
+    let _ = sh("docker network ls -q --filter label=berth.test | xargs -r docker network rm >/dev/null 2>&1");
+    let _ = sh("for n in $(docker network ls --format '{{.Name}}' | grep '^berth-lan'); do docker network rm $n >/dev/null 2>&1; done");
+}
+
+async fn instances(c: &Cluster, via: u64) -> Vec<Value> {
+    let (s, v) = c.get(via, "/v1/instances?app=web").await;
+    assert_eq!(s, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+async fn converged(c: &Cluster, via: u64, n: usize, version: u64) -> Vec<Value> {
+    c.eventually(CONVERGE, &format!("{n} healthy containers at v{version}"), || async {
+        let (_, a) = c.get(via, "/v1/apps/web").await;
+        let list = instances(c, via).await;
+        let ok = a["deployment"].is_null()
+            && list.len() == n
+            && list.iter().all(|i| i["state"] == "running" && i["health"] == "healthy" && i["version"] == version);
+        ok.then_some(list)
+    })
+    .await
+}
+
+fn ips(list: &[Value]) -> BTreeMap<String, String> {
+    list.iter().map(|i| (i["id"].as_str().unwrap().to_string(), i["ip"].as_str().unwrap().to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_get_their_sticky_ips_on_macvlan_and_keep_them() {
+    if let Some(why) = missing_capability() {
+        eprintln!("SKIPPED containers_get_their_sticky_ips_on_macvlan_and_keep_them: {why}");
+        return;
+    }
+    ensure_image();
+    let lan = Lan::new();
+    let pool = format!("lan{}", std::process::id() % 100_000);
+    cleanup();
+    let mut c = Cluster::start_ids(&[71, 72, 73], |_| {
+        vec!["--runtime".into(), "docker".into(), "--macvlan-parent".into(), lan.parent.clone()]
+    });
+    c.wait_leader(Duration::from_secs(20)).await;
+    let (s, v) =
+        c.post(71, "/v1/ipam/pools", json!({"name": pool, "subnet": "198.18.60.0/24", "gateway": "198.18.60.1"})).await;
+    assert_eq!(s, 201, "{v}");
+
+    // Three HTTP servers, one per host.
+    let spec = |v: &str| {
+        json!({
+            "id": "web",
+            "image": IMAGE,
+            "cmd": ["/bin/sh", "-c", format!("trap 'echo bye; exit 0' TERM; echo started {v} $BERTH_INSTANCE; mkdir -p /www; echo $BERTH_INSTANCE > /www/index.html; httpd -f -p 80 -h /www & wait $!")],
+            "instances": 3,
+            "cpus": 0.1,
+            "mem_mb": 32,
+            "network": {"pool": pool},
+            "health_check": {"cmd": ["/bin/sh", "-c", "wget -q -O /dev/null http://127.0.0.1:80/"], "interval_s": 1, "timeout_s": 1, "grace_s": 0, "max_failures": 3},
+            "constraints": [["hostname", "UNIQUE"]],
+            "upgrade": {"min_healthy": 0.6, "max_surge": 1},
+            "stop_grace_s": 5,
+        })
+    };
+    let (s, v) = c.req(72, Method::PUT, "/v1/apps/web", Some(spec("v1")), None).await;
+    assert_eq!(s, 201, "{v}");
+    let v1 = converged(&c, 73, 3, 1).await;
+    let running = containers();
+    assert_eq!(running.len(), 3, "{running:?}");
+    for i in &v1 {
+        let name = format!("berth-{}-{}", i["host"], i["id"].as_str().unwrap());
+        let (_, ip) = running.get(&name).unwrap_or_else(|| panic!("no container {name} in {running:?}"));
+        assert_eq!(ip, i["ip"].as_str().unwrap(), "the container has the instance's sticky IP");
+    }
+    let net = sh(&format!("docker network inspect berth-{pool} -f '{{{{.Driver}}}} {{{{index .Options \"parent\"}}}} {{{{json .IPAM.Config}}}}'")).unwrap();
+    assert!(net.starts_with(&format!("macvlan {}", lan.parent)), "{net}");
+    assert!(net.contains("\"IPRange\":\"198.18.60.1/32\""), "Docker's allocator is confined: {net}");
+
+    // docker kill: replaced, same IP.
+    let victim = v1[0]["id"].as_str().unwrap().to_string();
+    let name = format!("berth-{}-{victim}", v1[0]["host"]);
+    let old_id = running[&name].0.clone();
+    sh(&format!("docker kill {name} >/dev/null")).unwrap();
+    c.eventually(CONVERGE, "the killed container is replaced", || async {
+        let now = containers();
+        let list = instances(&c, 71).await;
+        let i = list.iter().find(|i| i["id"] == victim.as_str())?;
+        let replaced = now.get(&name).is_some_and(|(id, ip)| id != &old_id && ip == v1[0]["ip"].as_str().unwrap());
+        (replaced && i["state"] == "running").then_some(())
+    })
+    .await;
+
+    // Rolling update keeps the IPs; rollback too.
+    let (s, _) = c.req(71, Method::PUT, "/v1/apps/web", Some(spec("v2")), None).await;
+    assert_eq!(s, 200);
+    let v2 = converged(&c, 72, 3, 2).await;
+    assert_eq!(ips(&v2), ips(&v1));
+    let (s, _) = c.req(73, Method::POST, "/v1/apps/web/rollback", None, None).await;
+    assert_eq!(s, 200);
+    let v3 = converged(&c, 71, 3, 3).await;
+    assert_eq!(ips(&v3), ips(&v1));
+
+    // Logs through a node that does not run the container.
+    let on71 = v3.iter().find(|i| i["host"] == 71).unwrap()["id"].as_str().unwrap().to_string();
+    c.eventually(CONVERGE, "logs through node 72", || async {
+        let t = c
+            .http
+            .get(format!("{}/v1/instances/{on71}/logs?tail=5", c.url(72)))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        t.contains(&format!("started v1 {on71}")).then_some(())
+    })
+    .await;
+
+    // Agent restart with containers running: nothing restarted; a stray is removed.
+    let before = containers();
+    sh(&format!(
+        "docker run -d --name berth-71-ghost-1 --label berth.node=71 --label berth.instance=ghost-1 \
+         --label berth.epoch=1 {IMAGE} sleep 1000 >/dev/null"
+    ))
+    .unwrap();
+    c.kill(71);
+    c.spawn(71);
+    c.eventually(CONVERGE, "the stray container is removed", || async {
+        (!containers().contains_key("berth-71-ghost-1")).then_some(())
+    })
+    .await;
+    converged(&c, 73, 3, 3).await;
+    assert_eq!(containers(), before, "no container was restarted or duplicated");
+
+    // Delete: every container goes, every IP is released.
+    let (s, _) = c.req(72, Method::DELETE, "/v1/apps/web", None, None).await;
+    assert_eq!(s, 200);
+    c.eventually(CONVERGE, "containers removed and IPs released", || async {
+        let (_, allocs) = c.get(71, &format!("/v1/ipam/pools/{pool}/allocations")).await;
+        (containers().is_empty() && allocs.as_array().is_some_and(|a| a.is_empty())).then_some(())
+    })
+    .await;
+    drop(c);
+    cleanup();
+}
