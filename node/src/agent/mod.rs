@@ -18,6 +18,7 @@ pub mod docker;
 pub mod health;
 pub mod process;
 pub mod runtime;
+pub mod shim;
 pub mod supervisor;
 
 use std::collections::{HashMap, HashSet};

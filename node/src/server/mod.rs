@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod grpc;
 pub mod http;
 pub mod leader;
+pub mod network;
 pub mod ops;
 pub mod proposer;
 pub mod workloads;
@@ -181,6 +182,7 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let proposer = Proposer::new(config.id, raft.clone(), state.clone(), connections.clone());
+        let mut macvlan_parent = None;
         let runtime: Arc<dyn Runtime> = match config.runtime {
             berth_cluster_config::Runtime::Process => {
                 Arc::new(ProcessRuntime::new(config.data_dir.join("instances"), config.id))
@@ -194,6 +196,7 @@ impl Node {
                         ))
                     }
                 };
+                macvlan_parent = Some(parent.clone());
                 Arc::new(DockerRuntime::new(config.id, parent))
             }
         };
@@ -224,6 +227,10 @@ impl Node {
             tokio::spawn(leader::run(node.clone())),
             tokio::spawn(leader::heartbeat(node.clone())),
             tokio::spawn(leader::report(node.clone(), reports_rx)),
+            match macvlan_parent {
+                Some(parent) => tokio::spawn(network::run(node.clone(), parent)),
+                None => tokio::spawn(async {}),
+            },
             // The agent is the last task: shutdown stops it first.
             tokio::spawn(
                 Agent {
