@@ -107,6 +107,11 @@ stop_grace_s: 2
     assert!(text.contains("hi from hello-1 v1"), "{text}");
     assert!(text.lines().count() <= 3, "{text}");
 
+    let (code, out, err) = berth(&addr, &["exec", "hello/1", "--", "sh", "-c", "echo $BERTH_INSTANCE"]);
+    assert_eq!((code, out.trim()), (0, "hello-1"), "{err}");
+    let (code, _, _) = berth(&addr, &["exec", "hello/1", "--", "false"]);
+    assert_eq!(code, 1);
+
     let (code, out, _) = berth(&addr, &["hosts"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().filter(|l| l.contains(" up ")).count(), 3, "{out}");

@@ -256,6 +256,48 @@ async fn containers_get_their_sticky_ips_on_macvlan_and_keep_them() {
     converged(&c, 73, 3, 3).await;
     assert_eq!(containers(), before, "no container was restarted or duplicated");
 
+    // exec through a node that may not run it; the command's exit code is passed on.
+    let one = v3[0]["id"].as_str().unwrap().to_string();
+    let (s, v) = c.post(73, &format!("/v1/instances/{one}/exec"), json!({"cmd": ["cat", "/www/index.html"]})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["exit_code"].as_i64(), v["output"].as_str().map(str::trim)), (Some(0), Some(one.as_str())));
+    let out = std::process::Command::new(support::BERTH)
+        .args([
+            "--addr",
+            &c.url(72),
+            "exec",
+            &format!("web/{}", one.trim_start_matches("web-")),
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+
+    // Stop grace: the server traps SIGTERM and exits 0 within stop_grace_s (not killed).
+    let since = sh("date +%s").unwrap();
+    let (s, _) = c.post(71, "/v1/apps/web/scale", json!({"instances": 2})).await;
+    assert_eq!(s, 200);
+    let youngest = v3
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .max_by_key(|id| id.trim_start_matches("web-").parse::<u64>().unwrap())
+        .unwrap();
+    let code = c
+        .eventually(CONVERGE, "the youngest container stopped", || async {
+            let until = sh("date +%s").ok()?;
+            let codes = sh(&format!(
+                "docker events --since {since} --until {until} --filter label=berth.instance={youngest} --filter event=die --format '{{{{index .Actor.Attributes \"exitCode\"}}}}'"
+            ))
+            .ok()?;
+            codes.lines().last().map(str::to_string)
+        })
+        .await;
+    assert_eq!(code, "0", "stopped cleanly by SIGTERM, not SIGKILL");
+    converged(&c, 72, 2, 3).await;
+
     // Delete: every container goes, every IP is released.
     let (s, _) = c.req(72, Method::DELETE, "/v1/apps/web", None, None).await;
     assert_eq!(s, 200);

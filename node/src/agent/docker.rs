@@ -304,6 +304,15 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn exec(&self, task: &Task, cmd: &[String], timeout: Duration) -> Result<(i64, Vec<u8>), RuntimeError> {
+        let docker = self.client().await?;
+        let name = self.container_name(&task.instance);
+        match tokio::time::timeout(timeout, exec(docker, &name, cmd)).await {
+            Err(_) => Err(RuntimeError::Other(format!("the command did not finish within {}s", timeout.as_secs()))),
+            Ok(r) => r,
+        }
+    }
+
     async fn logs(&self, instance: &str, tail: usize, follow: bool) -> Result<LogStream, RuntimeError> {
         let docker = self.client().await?;
         let name = self.container_name(instance);

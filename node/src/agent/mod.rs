@@ -52,7 +52,7 @@ struct Wanted {
     task: Task,
 }
 
-fn task_for(state: &State, i: &Instance) -> Task {
+pub fn task_for(state: &State, i: &Instance) -> Task {
     let spec =
         state.apps.apps.get(&i.app).and_then(|a| a.version(i.version)).map(|v| v.spec.clone()).unwrap_or_else(|| {
             AppSpec {

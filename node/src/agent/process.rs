@@ -258,6 +258,26 @@ impl Runtime for ProcessRuntime {
         }
     }
 
+    async fn exec(&self, task: &Task, cmd: &[String], timeout: Duration) -> Result<(i64, Vec<u8>), RuntimeError> {
+        let (program, args) = cmd.split_first().ok_or_else(|| RuntimeError::Other("empty command".into()))?;
+        let dir = self.instance_dir(&task.instance);
+        let mut c = tokio::process::Command::new(program);
+        c.args(args)
+            .envs(task.env(self.host))
+            .current_dir(if dir.exists() { dir } else { std::env::temp_dir() })
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match tokio::time::timeout(timeout, c.output()).await {
+            Err(_) => Err(RuntimeError::Other(format!("{program:?} did not finish within {}s", timeout.as_secs()))),
+            Ok(Err(e)) => Err(RuntimeError::Start(format!("cannot run {program:?}: {e}"))),
+            Ok(Ok(out)) => {
+                let mut output = out.stdout;
+                output.extend_from_slice(&out.stderr);
+                Ok((out.status.code().map(i64::from).unwrap_or(-1), output))
+            }
+        }
+    }
+
     async fn logs(&self, instance: &str, tail: usize, follow: bool) -> Result<LogStream, RuntimeError> {
         let path = self.instance_dir(instance).join("output.log");
         let (head, offset) = match read_tail(&path, tail).await {

@@ -95,6 +95,9 @@ pub trait Runtime: Send + Sync + 'static {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<bool, RuntimeError>;
+    /// Runs `cmd` in the instance's environment (inside its container, or beside its
+    /// process); returns the exit code and the combined output.
+    async fn exec(&self, task: &Task, cmd: &[String], timeout: Duration) -> Result<(i64, Vec<u8>), RuntimeError>;
     /// The instance's output: the last `tail` lines, then (with `follow`) what comes.
     async fn logs(&self, instance: &str, tail: usize, follow: bool) -> Result<LogStream, RuntimeError>;
 }

@@ -58,6 +58,36 @@ pub struct LogsArgs {
     tail: Option<usize>,
 }
 
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// APP/INSTANCE (an index such as 2, or a full id).
+    target: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+/// `APP/INSTANCE` → the instance id.
+fn instance_id(target: &str) -> Result<String, CliError> {
+    match target.split_once('/') {
+        Some((app, i)) if i.chars().all(|c| c.is_ascii_digit()) && !i.is_empty() => Ok(format!("{app}-{i}")),
+        Some((_, i)) if !i.is_empty() => Ok(i.to_string()),
+        _ => Err(CliError::Other(format!("{target:?} is not APP/INSTANCE"))),
+    }
+}
+
+pub async fn exec(client: &Client, args: ExecArgs) -> Result<(), CliError> {
+    let id = instance_id(&args.target)?;
+    let out: crate::server::workloads::ExecOutput =
+        client.post(&format!("/v1/instances/{}/exec", seg(&id)), &json!({"cmd": args.cmd})).await?;
+    print!("{}", out.output);
+    let _ = std::io::stdout().flush();
+    match out.exit_code {
+        0 => Ok(()),
+        c => Err(CliError::Exit(u8::try_from(c).unwrap_or(1).max(1))),
+    }
+}
+
 fn read_spec(path: &PathBuf) -> Result<AppSpec, CliError> {
     let text = if path.as_os_str() == "-" {
         let mut s = String::new();

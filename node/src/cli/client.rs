@@ -17,6 +17,10 @@ pub enum CliError {
     Unreachable(String),
     #[error("{0}")]
     Other(String),
+    /// Exit with this status, saying nothing more (`berth exec` passes on the
+    /// command's exit code).
+    #[error("exit status {0}")]
+    Exit(u8),
 }
 
 /// A client of the HTTP API of any of several nodes.

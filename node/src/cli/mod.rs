@@ -60,6 +60,8 @@ pub enum Cmd {
     Logs(apps::LogsArgs),
     /// List hosts with their resources and state.
     Hosts,
+    /// Run a command in an instance (its container, or beside its process), from any node.
+    Exec(apps::ExecArgs),
 }
 
 /// Parses the command line and runs the command. Errors are one line on stderr.
@@ -107,9 +109,11 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Rollback(args) => apps::rollback(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Logs(args) => apps::logs(&Client::new(&cli.addr), args).await,
         Cmd::Hosts => apps::hosts(&Client::new(&cli.addr), cli.output).await,
+        Cmd::Exec(args) => apps::exec(&Client::new(&cli.addr), args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("berth: {e}");
             ExitCode::FAILURE

@@ -139,6 +139,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/apps/{id}/versions", get(apps::versions))
         .route("/v1/instances", get(apps::instances))
         .route("/v1/instances/{id}/logs", get(apps::logs))
+        .route("/v1/instances/{id}/exec", post(apps::exec))
         .route("/v1/hosts", get(apps::hosts))
         .route("/v1/deployments", get(apps::deployments))
         .route("/v1/deployments/{id}", delete(apps::cancel_deployment))
@@ -314,6 +315,48 @@ mod apps {
         let id: u64 =
             id.parse().map_err(|_| ApiError::invalid("invalid_request", format!("{id:?} is not a deployment id")))?;
         Ok(Json(node.cancel_deployment(id, request_id(&headers)?).await?))
+    }
+
+    /// Runs a command in the instance; proxied to the host that runs it.
+    pub async fn exec(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+        RawBody(body): RawBody,
+    ) -> Result<Response, ApiError> {
+        let input: crate::server::workloads::ExecInput = parse_json(&body)?;
+        let (inst, http) = node.instance_location(&id)?;
+        let Some(host) = inst.host else {
+            return Err(ApiError::conflict(
+                "instance_not_placed",
+                format!("instance {id} runs on no host (it is {:?})", inst.state),
+            ));
+        };
+        if host == node.id {
+            return Ok(Json(node.exec_here(&id, &input).await?).into_response());
+        }
+        if headers.contains_key("x-berth-proxied") {
+            return Err(ApiError::conflict(
+                "instance_moved",
+                format!("instance {id} is not on node {} any more", node.id),
+            ));
+        }
+        let http = http.ok_or_else(|| {
+            ApiError::unavailable("host_unknown", format!("host {host} has not registered its address"))
+        })?;
+        let resp = node
+            .http_client
+            .post(format!("http://{http}/v1/instances/{id}/exec"))
+            .header("x-berth-proxied", node.id.to_string())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                ApiError::unavailable("host_unreachable", format!("host {host} ({http}) does not answer: {e}"))
+            })?;
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
     }
 
     /// The instance's output, streamed; proxied to the host that runs it.

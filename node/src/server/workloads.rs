@@ -83,6 +83,23 @@ pub struct HostView {
     pub http: String,
 }
 
+/// The body of `POST /v1/instances/{id}/exec`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecInput {
+    pub cmd: Vec<String>,
+    /// Seconds before the command is abandoned (default 30).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// What `POST /v1/instances/{id}/exec` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub output: String,
+}
+
 /// The body of `POST /v1/apps/{id}/scale`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -323,6 +340,29 @@ impl Node {
                 .ok_or_else(|| ApiError::not_found("deployment_not_found", format!("no rollout {id} in progress")))?
         };
         Ok(self.app_write(Command::CancelDeployment { app }, request_id).await?.0)
+    }
+
+    /// Runs a command in an instance on this host.
+    pub async fn exec_here(&self, id: &str, input: &ExecInput) -> Result<ExecOutput, ApiError> {
+        if input.cmd.is_empty() || input.cmd[0].is_empty() {
+            return Err(ApiError::invalid("invalid_request", "cmd: needs a program"));
+        }
+        let task = {
+            let r = self.state.read();
+            let i = r
+                .state
+                .apps
+                .instances
+                .get(id)
+                .ok_or_else(|| ApiError::not_found("instance_not_found", format!("no instance {id:?}")))?;
+            crate::agent::task_for(&r.state, i)
+        };
+        let timeout = Duration::from_secs(input.timeout_s.unwrap_or(30).clamp(1, 3600));
+        let (exit_code, out) = self.runtime.exec(&task, &input.cmd, timeout).await.map_err(|e| match e {
+            crate::agent::runtime::RuntimeError::Unavailable(m) => ApiError::unavailable("runtime_unavailable", m),
+            other => ApiError::conflict("exec_failed", other.to_string()),
+        })?;
+        Ok(ExecOutput { exit_code, output: String::from_utf8_lossy(&out).into_owned() })
     }
 
     /// The instance (by id) and the HTTP address of the host that runs it.
