@@ -14,6 +14,7 @@
 //! ([`Runtime::existing`]) and adopted when their epoch is still the placed one —
 //! nothing is started twice or restarted needlessly; strays are stopped.
 
+pub mod dispatch;
 pub mod docker;
 pub mod health;
 pub mod process;

@@ -22,9 +22,14 @@ pub struct DevArgs {
     /// Where the nodes keep their data and logs.
     #[arg(long, default_value = ".berth-dev")]
     data_dir: PathBuf,
-    /// Runtime of the nodes: process (default) or docker.
-    #[arg(long, default_value = "process")]
-    runtime: Runtime,
+    /// Runtime of the nodes: docker when a Docker engine answers (its hosts run process
+    /// apps too), else process.
+    #[arg(long)]
+    runtime: Option<Runtime>,
+    /// Parent interface of the macvlan networks (docker runtime; default: the
+    /// interface of the default route).
+    #[arg(long)]
+    macvlan_parent: Option<String>,
     /// Start from empty data dirs (deletes the previous dev cluster's state).
     #[arg(long)]
     fresh: bool,
@@ -45,7 +50,18 @@ fn tail(path: &std::path::Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
+/// Whether a Docker engine answers on this machine.
+async fn docker_answers() -> bool {
+    let Ok(docker) = bollard::Docker::connect_with_local_defaults() else { return false };
+    matches!(tokio::time::timeout(Duration::from_secs(2), docker.ping()).await, Ok(Ok(_)))
+}
+
 pub async fn run(args: DevArgs) -> ExitCode {
+    let runtime = match args.runtime {
+        Some(r) => r,
+        None if docker_answers().await => Runtime::Docker,
+        None => Runtime::Process,
+    };
     if args.fresh && args.data_dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&args.data_dir) {
             eprintln!("berth: cannot remove {}: {e}", args.data_dir.display());
@@ -66,12 +82,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let ids: Vec<u64> = (1..=args.nodes).collect();
     let peers = ids.iter().map(|i| format!("{i}=127.0.0.1:{}", 7400 + i)).collect::<Vec<_>>().join(",");
     let mut children = Vec::new();
-    println!(
-        "berth dev: {} node(s) on loopback, {} runtime, data in {}",
-        args.nodes,
-        args.runtime,
-        args.data_dir.display()
-    );
+    println!("berth dev: {} node(s) on loopback, {} runtime, data in {}", args.nodes, runtime, args.data_dir.display());
     for &i in &ids {
         let log = args.data_dir.join(format!("node{i}.log"));
         let file = match std::fs::OpenOptions::new().create(true).append(true).open(&log) {
@@ -89,7 +100,8 @@ pub async fn run(args: DevArgs) -> ExitCode {
             .args(["--listen", &format!("127.0.0.1:{}", 7400 + i)])
             .args(["--http", &format!("127.0.0.1:{}", 7480 + i)])
             .args(["--peers", &peers])
-            .args(["--runtime", &args.runtime.to_string()])
+            .args(["--runtime", &runtime.to_string()])
+            .args(args.macvlan_parent.iter().flat_map(|p| ["--macvlan-parent".to_string(), p.clone()]))
             .arg("--stop-instances-on-exit")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))

@@ -107,7 +107,7 @@ fn choose_host(
     let mut refusals = Refusals::default();
     let mut best: Option<(u32, f64, u64)> = None;
     for (id, info) in &hosts.info {
-        if info.runtime != runtime {
+        if !info.runs(runtime) {
             refusals.runtime += 1;
             continue;
         }

@@ -151,6 +151,17 @@ fn runtime_must_fit() {
 }
 
 #[test]
+fn a_docker_host_runs_process_apps_too() {
+    let mut w = World::new();
+    w.host(1, "docker", 4.0, 4096, &[]);
+    w.deploy(&process_app("web", 1, ""));
+    w.deploy(r#"{"id":"box","image":"test/busybox:1","cmd":["sleep","1"]}"#);
+    w.settle(3);
+    assert_eq!(w.hosts_of("web"), vec![Some(1)]);
+    assert_eq!(w.hosts_of("box"), vec![Some(1)]);
+}
+
+#[test]
 fn no_hosts_at_all_says_so() {
     let mut w = World::new();
     w.deploy(&process_app("web", 1, ""));

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::proposer::Proposer;
+use crate::agent::dispatch::Dispatch;
 use crate::agent::docker::DockerRuntime;
 use crate::agent::process::ProcessRuntime;
 use crate::agent::runtime::Runtime;
@@ -197,7 +198,12 @@ impl Node {
                     }
                 };
                 macvlan_parent = Some(parent.clone());
-                Arc::new(DockerRuntime::new(config.id, parent))
+                let process_dir = config.data_dir.join("instances");
+                Arc::new(Dispatch {
+                    process: Arc::new(ProcessRuntime::new(process_dir.clone(), config.id)),
+                    docker: Arc::new(DockerRuntime::new(config.id, parent)),
+                    process_dir,
+                })
             }
         };
         let node = Arc::new(Node {

@@ -21,7 +21,15 @@ pub async fn run(node: Arc<Node>, parent: String) {
         let wanted: Vec<(String, Ipv4Net, Option<String>)> = {
             let r = node.state.read();
             let s = &r.state;
-            let pools: HashSet<&str> = s.apps.on_host(node.id).filter_map(|i| i.pool.as_deref()).collect();
+            // Containers only: a process instance's IP is not on any macvlan.
+            let pools: HashSet<&str> = s
+                .apps
+                .on_host(node.id)
+                .filter(|i| {
+                    s.apps.apps.get(&i.app).and_then(|a| a.version(i.version)).is_some_and(|v| v.spec.image.is_some())
+                })
+                .filter_map(|i| i.pool.as_deref())
+                .collect();
             pools
                 .into_iter()
                 .filter(|p| !ready.contains(*p))

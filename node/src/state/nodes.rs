@@ -40,6 +40,13 @@ pub struct Nodes {
     pub retired: BTreeSet<u64>,
 }
 
+impl NodeInfo {
+    /// Whether this host runs apps of `runtime`: a docker host runs process apps too.
+    pub fn runs(&self, runtime: &str) -> bool {
+        self.runtime == runtime || runtime == "process"
+    }
+}
+
 impl Nodes {
     pub fn register(&mut self, info: NodeInfo) -> Response {
         if self.retired.contains(&info.id) {

@@ -24,7 +24,7 @@ impl State {
         let Some(info) = self.nodes.registered.get(&host) else {
             return false;
         };
-        if self.nodes.state(host) != HostState::Up || info.runtime != runtime {
+        if self.nodes.state(host) != HostState::Up || !info.runs(runtime) {
             return false;
         }
         let (c, m) = self.host_usage(host);
