@@ -341,3 +341,31 @@ async fn a_stuck_rollout_is_listed_and_cancelling_it_rolls_back() {
     let (_, list) = c.get(1, "/v1/deployments").await;
     assert_eq!(list, json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_from_the_majority_fences_its_sticky_ip_instances() {
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(FORM).await;
+    pool(&c, 1, 35).await;
+    put(&c, 1, &app("web", 3, json!({"network": {"pool": "lan"}, "constraints": [["hostname", "UNIQUE"]]}))).await;
+    let before = converged(&c, 2, "web", 3, 1).await;
+    let on1 = before.iter().find(|i| i["host"] == 1).unwrap()["id"].as_str().unwrap().to_string();
+    // Node 1 alone: the two others stop answering.
+    c.pause(2);
+    c.pause(3);
+    c.eventually(Duration::from_secs(20), "node 1 kills its sticky-IP instance", || async {
+        (!c.instance_pids().iter().any(|(n, i, _)| *n == 1 && *i == on1)).then_some(())
+    })
+    .await;
+    assert!(c.log_of(1).contains("fencing"), "node 1 says it fenced");
+    c.resume(2);
+    c.resume(3);
+    // Back in contact: everything runs again, every address on exactly one instance.
+    let after = converged(&c, 3, "web", 3, 1).await;
+    assert_eq!(ips(&after), ips(&before));
+    c.eventually(FORM, "three instance processes again", || async {
+        let pids = c.instance_pids();
+        (pids.len() == 3 && pids.iter().map(|(_, i, _)| i).collect::<BTreeSet<_>>().len() == 3).then_some(())
+    })
+    .await;
+}

@@ -45,7 +45,17 @@ pub struct Agent {
     /// Stop every instance when the agent exits (`berth dev`); otherwise they keep
     /// running and the next agent adopts them.
     pub stop_instances_on_exit: bool,
+    /// When this node last knew a leader with a quorum (see [`FENCE_AFTER`]).
+    pub last_contact: Arc<std::sync::Mutex<std::time::Instant>>,
 }
+
+/// A host that has not been in contact with a leader (one that has a quorum) for this
+/// long **fences** itself: it kills its instances that hold a sticky IP and starts none,
+/// until contact is back. The leader marks a host down only after
+/// `server::leader::HOST_DEADLINE` (twice as long) of silence and only then places its
+/// instances — with the same IPs — elsewhere, so an address is never live on two hosts,
+/// even in a partition ("I am leader" is not a fencing token; field notes).
+pub const FENCE_AFTER: Duration = Duration::from_secs(5);
 
 /// What the replica wants of one instance on this host.
 struct Wanted {
@@ -122,11 +132,33 @@ impl Agent {
         let mut stopped_reported: HashSet<(String, u64)> = HashSet::new();
         let mut applied = self.state.subscribe();
         let mut first = true;
+        let mut fenced = false;
         loop {
+            let silent = self.last_contact.lock().unwrap().elapsed();
+            if !fenced && silent > FENCE_AFTER {
+                tracing::warn!(
+                    silent_ms = silent.as_millis() as u64,
+                    "no leader contact: fencing (killing instances with sticky IPs)"
+                );
+                fenced = true;
+            } else if fenced && silent < FENCE_AFTER / 2 {
+                tracing::warn!("leader contact restored: unfencing");
+                fenced = false;
+            }
             let wanted = self.wanted();
             let ids: HashSet<&str> = wanted.iter().map(|w| w.instance.id.as_str()).collect();
             for w in &wanted {
                 let i = &w.instance;
+                if fenced && i.ip.is_some() {
+                    if let Some(s) = sups.get(&i.id) {
+                        s.kill();
+                    }
+                    if let Some(e) = adoptable.remove(&i.id) {
+                        let _ = self.runtime.stop(&e.handle, Duration::ZERO).await;
+                        self.runtime.remove(&i.id, &e.handle).await;
+                    }
+                    continue;
+                }
                 let sup = sups.get(&i.id);
                 match (i.desired, sup) {
                     (Desired::Stop, Some(s)) => s.stop(),

@@ -20,7 +20,9 @@ pub const STABLE_RUN: Duration = Duration::from_secs(60);
 
 pub struct Supervisor {
     pub epoch: u64,
-    stop: watch::Sender<bool>,
+    /// None: keep running; Some(grace): stop, SIGKILL after `grace`.
+    stop: watch::Sender<Option<Duration>>,
+    grace: Duration,
     pub done: tokio::task::JoinHandle<()>,
 }
 
@@ -33,19 +35,33 @@ impl Supervisor {
         adopt: Option<String>,
         reports: mpsc::UnboundedSender<Report>,
     ) -> Self {
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(None);
         let epoch = task.epoch;
+        let grace = Duration::from_secs(task.spec.stop_grace_s);
         let done = tokio::spawn(run(rt, host, task, adopt, stop_rx, reports));
-        Supervisor { epoch, stop, done }
+        Supervisor { epoch, stop, grace, done }
     }
 
     /// Asks the instance to stop (SIGTERM, grace, SIGKILL) and the task to end.
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        let grace = self.grace;
+        self.stop.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(grace);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Stops the instance at once (SIGKILL): fencing.
+    pub fn kill(&self) {
+        let _ = self.stop.send(Some(Duration::ZERO));
     }
 
     pub fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        self.stop.borrow().is_some()
     }
 }
 
@@ -77,11 +93,11 @@ enum Outcome {
 }
 
 /// Resolves once a stop was asked for.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+async fn stopped(stop: &mut watch::Receiver<Option<Duration>>) {
+    let _ = stop.wait_for(|s| s.is_some()).await.map(|_| ());
 }
 
-async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<Option<Duration>>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = stopped(stop) => true,
@@ -93,7 +109,7 @@ async fn run(
     host: u64,
     task: Task,
     mut adopt: Option<String>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<Duration>>,
     tx: mpsc::UnboundedSender<Report>,
 ) {
     let mut r = Reporter { host, task: task.clone(), tx, restarts: 0 };
@@ -101,7 +117,7 @@ async fn run(
     let check = task.spec.health_check.clone();
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let stop_asked = *stop.borrow();
+        let stop_asked = stop.borrow().is_some();
         if stop_asked {
             r.send(InstanceState::Stopped, Health::Unknown, None);
             return;
@@ -162,6 +178,8 @@ async fn run(
         match outcome {
             Outcome::Stop => {
                 r.send(InstanceState::Stopping, health, None);
+                // The grace asked for: the spec's, or none when fencing.
+                let grace = stop.borrow().unwrap_or(grace);
                 if let Err(e) = rt.stop(&handle, grace).await {
                     tracing::warn!(instance = %task.instance, error = %e, "stop failed");
                 }

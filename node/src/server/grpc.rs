@@ -98,7 +98,12 @@ impl Internal for Svc {
 
     async fn heartbeat(&self, r: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
         self.0.liveness.record(r.get_ref().host);
-        Ok(Response::new(pb::HeartbeatReply {}))
+        // Only a leader that a quorum still follows keeps hosts from fencing themselves.
+        match super::leader::quorum_age(&self.0) {
+            Some(age) if age < super::leader::QUORUM_FRESH => Ok(Response::new(pb::HeartbeatReply {})),
+            Some(_) => Err(Status::unavailable("no_quorum: this leader has not heard from a quorum")),
+            None => Err(Status::unavailable("not_leader: this node is not the leader")),
+        }
     }
 
     async fn read_index(&self, _: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {

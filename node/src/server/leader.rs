@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_raft::openraft::Instant as _;
+
 use crate::scheduler;
 use crate::server::Node;
 use crate::state::nodes::HostState;
@@ -127,15 +129,44 @@ fn liveness_verdicts(node: &Node) -> Vec<(u64, HostState)> {
     out
 }
 
+/// How recent the leader's last quorum acknowledgement must be for it to count as a
+/// leader that hosts may stay in contact with.
+pub const QUORUM_FRESH: Duration = Duration::from_millis(1500);
+
+/// How long ago a quorum last acknowledged this node as leader (None: not leader).
+pub fn quorum_age(node: &Node) -> Option<Duration> {
+    use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+    let m = node.raft.metrics();
+    let m = m.borrow_watched();
+    if m.current_leader != Some(node.id) {
+        return None;
+    }
+    Some(m.last_quorum_acked.as_ref().map(|t| t.elapsed()).unwrap_or(Duration::MAX))
+}
+
 /// Every node: tell the leader this host is alive.
 pub async fn heartbeat(node: Arc<Node>) {
     use berth_proto::berth::internal_client::InternalClient;
     use berth_proto::berth::HeartbeatRequest;
     use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
     loop {
-        let leader = node.raft.metrics().borrow_watched().current_leader;
+        let (leader, quorum_acked) = {
+            let m = node.raft.metrics();
+            let m = m.borrow_watched();
+            (m.current_leader, m.last_quorum_acked.as_ref().map(|t| t.elapsed()))
+        };
         match leader {
-            Some(l) if l == node.id => node.liveness.record(node.id),
+            Some(l) if l == node.id => {
+                node.liveness.record(node.id);
+                // A leader is in contact while a quorum acknowledges it.
+                if let Some(age) = quorum_acked {
+                    let at = std::time::Instant::now().checked_sub(age).unwrap_or_else(std::time::Instant::now);
+                    let mut c = node.last_contact.lock().unwrap();
+                    if at > *c {
+                        *c = at;
+                    }
+                }
+            }
             Some(l) => {
                 let addr = {
                     let m = node.raft.metrics();
@@ -145,7 +176,9 @@ pub async fn heartbeat(node: Arc<Node>) {
                 if let Some(ch) = addr.and_then(|a| node.connections.get(&a).ok()) {
                     let mut req = tonic::Request::new(HeartbeatRequest { host: node.id });
                     req.set_timeout(HEARTBEAT_INTERVAL);
-                    let _ = InternalClient::new(ch).heartbeat(req).await;
+                    if InternalClient::new(ch).heartbeat(req).await.is_ok() {
+                        *node.last_contact.lock().unwrap() = std::time::Instant::now();
+                    }
                 }
             }
             None => {}

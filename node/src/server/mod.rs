@@ -71,6 +71,8 @@ pub struct Node {
     pub runtime: Arc<dyn Runtime>,
     /// For proxying (logs) to other nodes' HTTP APIs.
     pub http_client: reqwest::Client,
+    /// When this node last knew a leader with a quorum (for fencing).
+    pub last_contact: Arc<std::sync::Mutex<std::time::Instant>>,
     shutdown: CancellationToken,
     /// Stops the agent; cancelled before the servers so that instances stopping on
     /// exit can still report.
@@ -218,6 +220,7 @@ impl Node {
             liveness: Default::default(),
             runtime: runtime.clone(),
             http_client: reqwest::Client::new(),
+            last_contact: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             shutdown: CancellationToken::new(),
             agent_stop: CancellationToken::new(),
             tasks: Default::default(),
@@ -245,6 +248,7 @@ impl Node {
                     state: node.state.clone(),
                     reports: reports_tx,
                     stop_instances_on_exit: node.config.stop_instances_on_exit,
+                    last_contact: node.last_contact.clone(),
                 }
                 .run(node.agent_stop.clone()),
             ),
