@@ -153,9 +153,16 @@ impl Node {
     pub async fn cluster_view(&self, stale: bool) -> Result<ClusterView, ApiError> {
         self.read_barrier(stale).await?;
         let metrics = self.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         let replica = self.state.read();
+        // The membership this replica has applied: after the read barrier it includes
+        // every committed change (Raft's metrics may publish a little later). Before
+        // anything is applied, the log's effective membership.
+        let membership = if replica.membership.membership().nodes().next().is_some() {
+            replica.membership.membership().clone()
+        } else {
+            metrics.membership_config.membership().clone()
+        };
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
             .nodes()
             .map(|(id, n)| MemberView {

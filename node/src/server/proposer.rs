@@ -286,7 +286,7 @@ impl Proposer {
                 Ok(Ok(_)) => {}
             }
         }
-        Ok(())
+        self.wait_membership(left, |voters, nodes| nodes.contains_key(&id) && (!voter || voters.contains(&id))).await
     }
 
     async fn remove_member_here(&self, id: u64, left: Duration) -> Result<(), ApiError> {
@@ -311,9 +311,38 @@ impl Proposer {
             ChangeMembers::RemoveNodes([id].into())
         };
         match tokio::time::timeout(left, self.raft.change_membership(change, false)).await {
-            Err(_) => Err(no_quorum("removing the member", left)),
-            Ok(Err(e)) => Err(client_write_error(e)),
-            Ok(Ok(_)) => Ok(()),
+            Err(_) => return Err(no_quorum("removing the member", left)),
+            Ok(Err(e)) => return Err(client_write_error(e)),
+            Ok(Ok(_)) => {}
+        }
+        self.wait_membership(left, |voters, nodes| !voters.contains(&id) && !nodes.contains_key(&id)).await
+    }
+
+    /// Waits until the committed membership (a uniform config, not a joint one)
+    /// satisfies `done`: the caller's next read then sees the change.
+    async fn wait_membership(
+        &self,
+        left: Duration,
+        done: impl Fn(&BTreeSet<u64>, &std::collections::BTreeMap<u64, String>) -> bool,
+    ) -> Result<(), ApiError> {
+        let deadline = Instant::now() + left;
+        let mut rx = self.raft.metrics();
+        loop {
+            let ok = {
+                let m = rx.borrow_watched();
+                let membership = m.committed_membership_config.membership();
+                let uniform = membership.get_joint_config().len() == 1;
+                let voters: BTreeSet<u64> = membership.voter_ids().collect();
+                let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+                uniform && done(&voters, &nodes)
+            };
+            if ok {
+                return Ok(());
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || tokio::time::timeout(remaining, rx.changed()).await.is_err() {
+                return Err(no_quorum("committing the membership change", left));
+            }
         }
     }
 
