@@ -298,6 +298,28 @@ async fn containers_get_their_sticky_ips_on_macvlan_and_keep_them() {
     assert_eq!(code, "0", "stopped cleanly by SIGTERM, not SIGKILL");
     converged(&c, 72, 2, 3).await;
 
+    // A missing image: the instance fails with the reason; nothing crashes.
+    let (s, v) = c
+        .req(
+            73,
+            Method::PUT,
+            "/v1/apps/ghost",
+            Some(json!({"id": "ghost", "image": "berth-test/absent:1", "cmd": ["true"]})),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let msg = c
+        .eventually(CONVERGE, "the missing image is reported", || async {
+            let (_, v) = c.get(71, "/v1/instances?app=ghost").await;
+            let i = v.as_array()?.first()?.clone();
+            (i["state"] == "failed").then(|| i["message"].as_str().unwrap_or("").to_string())
+        })
+        .await;
+    assert!(msg.contains("berth-test/absent:1") && msg.contains("not on this host"), "{msg}");
+    let (s, _) = c.req(73, Method::DELETE, "/v1/apps/ghost", None, None).await;
+    assert_eq!(s, 200);
+
     // Delete: every container goes, every IP is released.
     let (s, _) = c.req(72, Method::DELETE, "/v1/apps/web", None, None).await;
     assert_eq!(s, 200);
