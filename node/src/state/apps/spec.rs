@@ -501,3 +501,22 @@ stop_grace_s: 10
         assert_eq!(s.upgrade, Upgrade { min_healthy: 1.0, max_surge: 1 });
     }
 }
+
+#[cfg(test)]
+mod examples {
+    #[test]
+    fn every_shipped_example_spec_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                let spec = super::AppSpec::from_yaml(&std::fs::read_to_string(&p).unwrap())
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                spec.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "examples found: {n}");
+    }
+}
