@@ -5,6 +5,13 @@
 //!   namespaces and partitions on top.
 //! - `berth-bench` (src/bin): benchmarks that print one JSON line per measured system
 //!   and configuration (`docs/benchmarks.md`).
-//! - `berth-jepsen` (src/main.rs): the chaos suite — not built yet.
+//! - [`history`] and [`checker`]: histories of invoke/ok/fail/info events and the
+//!   checkers that judge them — linearizability of registers (Wing-Gong-Lowe search,
+//!   per key), IPAM uniqueness and durability, set durability — each tested on
+//!   known-valid and doctored histories.
+//! - `berth-jepsen` (src/main.rs): the chaos runner — nemeses and workloads are not
+//!   built yet.
 
+pub mod checker;
 pub mod cluster;
+pub mod history;
