@@ -169,3 +169,23 @@ async fn grpc_api_serves_the_same_operations_on_any_node() {
     assert_eq!(s, 200);
     assert_eq!(v, json!([{"ip": "198.18.11.2", "owner": "grpc"}]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_read_write_and_compare_and_set_from_any_node() {
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(FORM).await;
+    let (s, v) = c.get(1, "/v1/registers/x").await;
+    assert_eq!((s, &v["value"]), (200, &json!(null)));
+    let (s, _) = c.req(2, Method::PUT, "/v1/registers/x", Some(json!({"value": 1})), None).await;
+    assert_eq!(s, 200);
+    let (s, v) = c.get(3, "/v1/registers/x").await;
+    assert_eq!((s, &v["value"]), (200, &json!(1)));
+    let (s, _) = c.post(1, "/v1/registers/x/cas", json!({"from": 1, "to": 2})).await;
+    assert_eq!(s, 200);
+    let (s, v) = c.post(3, "/v1/registers/x/cas", json!({"from": 1, "to": 3})).await;
+    assert_error(s, &v, 409, "cas_mismatch");
+    let (_, v) = c.get(2, "/v1/registers/x").await;
+    assert_eq!(v["value"], json!(2));
+    let (s, _) = c.post(2, "/v1/registers/y/cas", json!({"from": null, "to": "a"})).await;
+    assert_eq!(s, 200, "an absent register holds null");
+}

@@ -143,6 +143,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/hosts", get(apps::hosts))
         .route("/v1/deployments", get(apps::deployments))
         .route("/v1/deployments/{id}", delete(apps::cancel_deployment))
+        .route("/v1/registers/{key}", get(registers::read).put(registers::write))
+        .route("/v1/registers/{key}/cas", post(registers::cas))
         .fallback(|| async { ApiError::not_found("no_route", "no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(405, "method_not_allowed", "this endpoint does not take that method")
@@ -228,6 +230,42 @@ async fn release(
 ) -> Result<impl IntoResponse, ApiError> {
     node.release(&pool, &ip, request_id(&headers)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Registers: tiny replicated cells with read, write and compare-and-set (used by the
+/// chaos suite's linearizability workload).
+mod registers {
+    use super::*;
+    use crate::server::ops::{RegisterCas, RegisterWrite};
+
+    pub async fn read(
+        State(node): Ctx,
+        Path(key): Path<String>,
+        RawQuery(q): RawQuery,
+    ) -> Result<impl IntoResponse, ApiError> {
+        let value = node.read_register(&key, stale(&q)?).await?;
+        Ok(Json(serde_json::json!({"key": key, "value": value})))
+    }
+
+    pub async fn write(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(key): Path<String>,
+        JsonBody(input): JsonBody<RegisterWrite>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        node.write_register(&key, &input.value, request_id(&headers)?).await?;
+        Ok(Json(serde_json::json!({"key": key, "value": input.value})))
+    }
+
+    pub async fn cas(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(key): Path<String>,
+        JsonBody(input): JsonBody<RegisterCas>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        node.cas_register(&key, &input.from, &input.to, request_id(&headers)?).await?;
+        Ok(Json(serde_json::json!({"key": key, "value": input.to})))
+    }
 }
 
 /// Handlers of the app, instance, host and deployment endpoints.

@@ -61,6 +61,28 @@ pub struct MemberInput {
     pub voter: bool,
 }
 
+fn check_register_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 128 {
+        return Err(ApiError::invalid("invalid_request", "register keys are 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// The body of `PUT /v1/registers/{key}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterWrite {
+    pub value: serde_json::Value,
+}
+
+/// The body of `POST /v1/registers/{key}/cas`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterCas {
+    pub from: serde_json::Value,
+    pub to: serde_json::Value,
+}
+
 /// Longest owner text accepted.
 pub const MAX_OWNER_BYTES: usize = 256;
 
@@ -241,6 +263,37 @@ impl Node {
     pub async fn remove_member(&self, id: u64) -> Result<ClusterView, ApiError> {
         self.proposer.remove_member(id).await?;
         self.cluster_view(false).await
+    }
+
+    /// A register's value (JSON; `null` when never written).
+    pub async fn read_register(&self, key: &str, stale: bool) -> Result<serde_json::Value, ApiError> {
+        check_register_key(key)?;
+        self.read_barrier(stale).await?;
+        let text = self.state.read().state.registers.get(key).cloned();
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn write_register(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        request_id: Option<String>,
+    ) -> Result<(), ApiError> {
+        check_register_key(key)?;
+        let cmd = Command::RegisterWrite { key: key.into(), value: value.to_string() };
+        outcome(self.proposer.write(cmd, request_id).await?).map(|_| ())
+    }
+
+    pub async fn cas_register(
+        &self,
+        key: &str,
+        from: &serde_json::Value,
+        to: &serde_json::Value,
+        request_id: Option<String>,
+    ) -> Result<(), ApiError> {
+        check_register_key(key)?;
+        let cmd = Command::RegisterCas { key: key.into(), from: from.to_string(), to: to.to_string() };
+        outcome(self.proposer.write(cmd, request_id).await?).map(|_| ())
     }
 
     /// Ready: a leader is known and a read barrier passes within the read deadline.

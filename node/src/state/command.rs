@@ -60,6 +60,10 @@ pub enum Command {
     SetHostState { id: u64, state: HostState },
     /// Stops a rollout by rolling back to the version it started from.
     CancelDeployment { app: String },
+    /// Writes a register (a small replicated key/value cell; `value` is JSON text).
+    RegisterWrite { key: String, value: String },
+    /// Compare-and-set of a register: `to` if it holds `from` (absent: JSON `null`).
+    RegisterCas { key: String, from: String, to: String },
 }
 
 /// A scheduling plan: what the leader's scheduler decided from one view of the state.
@@ -141,6 +145,8 @@ impl fmt::Display for Request {
             Command::ReportInstance(r) => write!(f, "report {} {:?}/{:?}", r.id, r.state, r.health),
             Command::SetHostState { id, state } => write!(f, "host {id} {state:?}"),
             Command::CancelDeployment { app } => write!(f, "cancel-deployment {app}"),
+            Command::RegisterWrite { key, value } => write!(f, "register-write {key} {value}"),
+            Command::RegisterCas { key, from, to } => write!(f, "register-cas {key} {from} {to}"),
         }
     }
 }
@@ -171,6 +177,10 @@ pub enum Reply {
         id: String,
         version: u64,
         created: bool,
+    },
+    /// A register's value after a write (JSON text).
+    Register {
+        value: String,
     },
 }
 

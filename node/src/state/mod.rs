@@ -21,6 +21,7 @@ pub mod dedup;
 pub mod ipam;
 pub mod nodes;
 
+use std::collections::BTreeMap;
 use std::io;
 
 use berth_raft::StateMachine;
@@ -42,6 +43,8 @@ pub struct State {
     pub nodes: Nodes,
     pub ipam: Ipam,
     pub apps: Apps,
+    /// Registers: small replicated cells (the chaos suite's linearizability workload).
+    pub registers: BTreeMap<String, String>,
     dedup: Dedup,
 }
 
@@ -65,6 +68,22 @@ impl State {
             Command::ReportInstance(report) => self.report_instance(report),
             Command::SetHostState { id, state } => self.set_host_state(id, state),
             Command::CancelDeployment { app } => self.cancel_deployment(&app),
+            Command::RegisterWrite { key, value } => {
+                self.registers.insert(key, value.clone());
+                Response(Ok(Reply::Register { value }))
+            }
+            Command::RegisterCas { key, from, to } => {
+                let current = self.registers.get(&key).map(String::as_str).unwrap_or("null");
+                if current == from {
+                    self.registers.insert(key, to.clone());
+                    Response(Ok(Reply::Register { value: to }))
+                } else {
+                    Response(Err(DomainError::conflict(
+                        "cas_mismatch",
+                        format!("register {key:?} holds {current}, not {from}"),
+                    )))
+                }
+            }
         }
     }
 
