@@ -143,6 +143,41 @@ impl Cluster {
     }
 }
 
+/// The addresses of a cluster's nodes, to ask from async code without holding the
+/// cluster.
+#[derive(Clone)]
+pub struct View {
+    pub urls: BTreeMap<u64, String>,
+}
+
+impl View {
+    /// The leader some node reports, waiting up to 30 s for one.
+    pub async fn leader(&self, http: &reqwest::Client) -> Option<u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for url in self.urls.values() {
+                if let Ok(r) =
+                    http.get(format!("{url}/v1/cluster?stale=true")).timeout(Duration::from_millis(500)).send().await
+                {
+                    if let Ok(v) = r.json::<serde_json::Value>().await {
+                        if let Some(l) = v["leader"].as_u64() {
+                            return Some(l);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Cluster {
+    pub fn clone_view(&self) -> View {
+        View { urls: self.nodes.keys().map(|id| (*id, self.url(*id))).collect() }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for p in self.nodes.values_mut() {
