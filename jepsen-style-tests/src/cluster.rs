@@ -34,6 +34,8 @@ pub struct Proc {
 
 /// A cluster of nodes with ids 1..=n.
 pub struct Cluster {
+    /// The namespaces the nodes run in (None: loopback).
+    pub net: Option<crate::netns::Net>,
     pub binary: PathBuf,
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, Proc>,
@@ -46,25 +48,27 @@ fn free_port() -> Result<u16> {
 }
 
 impl Cluster {
-    /// Starts `n` nodes with `extra` flags each.
+    /// Starts `n` nodes with `extra` flags each, on loopback.
     pub fn start(n: u64, extra: &[&str]) -> Result<Cluster> {
+        Self::start_in(n, extra, false)
+    }
+
+    /// Starts `n` nodes, each in its own network namespace when `namespaces`.
+    pub fn start_in(n: u64, extra: &[&str], namespaces: bool) -> Result<Cluster> {
         let binary = berth_binary()?;
         let dir = tempfile::tempdir()?;
+        let ids: Vec<u64> = (1..=n).collect();
+        let net = if namespaces { Some(crate::netns::Net::create(&ids)?) } else { None };
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            nodes.insert(
-                id,
-                Proc {
-                    id,
-                    grpc: format!("127.0.0.1:{}", free_port()?),
-                    http: format!("127.0.0.1:{}", free_port()?),
-                    data_dir: dir.path().join(format!("node{id}")),
-                    child: None,
-                },
-            );
+            let (grpc, http) = match &net {
+                Some(net) => (format!("{}:7401", net.ip(id)), format!("{}:7481", net.ip(id))),
+                None => (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)),
+            };
+            nodes.insert(id, Proc { id, grpc, http, data_dir: dir.path().join(format!("node{id}")), child: None });
         }
         let peers = nodes.values().map(|p| format!("{}={}", p.id, p.grpc)).collect::<Vec<_>>().join(",");
-        let mut c = Cluster { binary, dir, nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut c = Cluster { net, binary, dir, nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect() };
         for id in 1..=n {
             c.spawn(id)?;
         }
@@ -75,7 +79,16 @@ impl Cluster {
         let log_path = self.dir.path().join(format!("node{id}.log"));
         let p = self.nodes.get_mut(&id).context("no such node")?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let child = Command::new(&self.binary)
+        let mut cmd = match &self.net {
+            // `ip netns exec` execs the program: the child's pid is the node's.
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.ns(id)]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = cmd
             .arg("agent")
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
@@ -182,10 +195,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for p in self.nodes.values_mut() {
             if let Some(mut c) = p.child.take() {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
+        // `net` drops after the processes: namespaces go last.
     }
 }
 

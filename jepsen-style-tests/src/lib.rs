@@ -15,4 +15,5 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod netns;
 pub mod report;

@@ -29,7 +29,8 @@ struct Args {
     /// Workloads, comma separated: ipam, register, set.
     #[arg(long, default_value = "ipam", value_delimiter = ',')]
     workload: Vec<String>,
-    /// Nemeses, comma separated: kill, kill-leader, pause (or none).
+    /// Nemeses, comma separated: kill, kill-leader, pause, partition, partition-leader,
+    /// partition-ring, partition-bridge (or none). Partitions need root (namespaces).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seconds of workload (and faults) per workload.
@@ -53,7 +54,8 @@ struct Args {
     seed: Option<u64>,
 }
 
-const NEMESES: [&str; 3] = ["kill", "kill-leader", "pause"];
+const NEMESES: [&str; 7] =
+    ["kill", "kill-leader", "pause", "partition", "partition-leader", "partition-ring", "partition-bridge"];
 
 struct Rng(u64);
 
@@ -254,6 +256,50 @@ async fn client(
     }
 }
 
+/// The groups of a partition nemesis (nodes in different groups cannot talk).
+/// `ring` is a majorities ring expressed as groups of cut pairs.
+fn partition_groups(kind: &str, ids: &[u64], leader: u64, rng: &mut Rng) -> Vec<std::collections::BTreeSet<u64>> {
+    use std::collections::BTreeSet;
+    let mut shuffled = ids.to_vec();
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let half = shuffled.len() / 2;
+    match kind {
+        "partition-leader" => {
+            vec![BTreeSet::from([leader]), ids.iter().copied().filter(|i| *i != leader).collect()]
+        }
+        "partition-bridge" => {
+            // Two sides that only the middle node joins.
+            let left: BTreeSet<u64> = shuffled[..half].iter().copied().collect();
+            let right: BTreeSet<u64> = shuffled[half + 1..].iter().copied().collect();
+            vec![left, right]
+        }
+        _ => vec![shuffled[..half].iter().copied().collect(), shuffled[half..].iter().copied().collect()],
+    }
+}
+
+/// A ring of majorities: nodes in a ring, each cut from the nodes more than n/4 steps
+/// away, so every node sees a majority but no two majorities are the same (for 5
+/// nodes: each node keeps its two neighbours; for 3: one link is cut).
+fn ring_cuts(ids: &[u64]) -> Vec<(u64, u64)> {
+    let n = ids.len();
+    let keep = (n / 2).max(1) / 2 + usize::from(n / 2 == 1);
+    let mut cuts = Vec::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let d = (j - i).min(n - (j - i));
+            if d > keep.max(1) {
+                cuts.push((ids[i], ids[j]));
+            }
+        }
+    }
+    if cuts.is_empty() && n >= 3 {
+        cuts.push((ids[0], ids[n - 1]));
+    }
+    cuts
+}
+
 /// The nemesis: a fault every few seconds, healed before the next; all healed at the end.
 async fn nemesis(
     cluster: Arc<Mutex<Cluster>>,
@@ -273,7 +319,7 @@ async fn nemesis(
         let kind = kinds[rng.below(kinds.len() as u64) as usize].clone();
         let ids: Vec<u64> = cluster.lock().unwrap().nodes.keys().copied().collect();
         let target = match kind.as_str() {
-            "kill-leader" => {
+            "kill-leader" | "partition-leader" => {
                 let c = cluster.lock().unwrap().clone_view();
                 c.leader(&http).await.unwrap_or(ids[0])
             }
@@ -286,6 +332,27 @@ async fn nemesis(
                 cluster.lock().unwrap().kill(target);
                 tokio::time::sleep(hold).await;
                 let _ = cluster.lock().unwrap().spawn(target);
+            }
+            p if p.starts_with("partition") => {
+                let groups = partition_groups(p, &ids, target, &mut rng);
+                let applied = {
+                    let c = cluster.lock().unwrap();
+                    match &c.net {
+                        Some(net) if p == "partition-ring" => {
+                            ring_cuts(&ids).into_iter().try_for_each(|(a, b)| net.cut(a, b)).map_err(|e| e.to_string())
+                        }
+                        Some(net) => net.partition(&groups).map_err(|e| e.to_string()),
+                        None => Err("partitions need namespaces".into()),
+                    }
+                };
+                if let Err(e) = applied {
+                    eprintln!("nemesis {p}: {e}");
+                }
+                tokio::time::sleep(hold).await;
+                let c = cluster.lock().unwrap();
+                if let Some(net) = &c.net {
+                    let _ = net.heal();
+                }
             }
             "pause" => {
                 let pid = cluster.lock().unwrap().pid(target);
@@ -318,7 +385,17 @@ async fn final_read(http: &reqwest::Client, urls: &[String], path: &str) -> Opti
 }
 
 async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> Result<Vec<Verdict>> {
-    let cluster = Cluster::start(args.nodes, &["--snapshot-logs", "200"])?;
+    let namespaces = match berth_jepsen::netns::unavailable() {
+        None => true,
+        Some(why) => {
+            if nemeses.iter().any(|n| n.starts_with("partition")) {
+                bail!("partition nemeses need network namespaces: {why}");
+            }
+            eprintln!("berth-jepsen: nodes on loopback ({why}); faults: kill, pause");
+            false
+        }
+    };
+    let cluster = Cluster::start_in(args.nodes, &["--snapshot-logs", "200"], namespaces)?;
     let http = reqwest::Client::new();
     cluster.wait_leader(&http, Duration::from_secs(30)).await?;
     let urls: Vec<String> = cluster.nodes.keys().map(|id| cluster.url(*id)).collect();
@@ -411,7 +488,7 @@ async fn main() -> Result<()> {
     let mut args = Args::parse();
     for n in &args.nemesis {
         if n != "none" && !NEMESES.contains(&n.as_str()) {
-            bail!("nemesis {n:?} is not available here (available: kill, kill-leader, pause; partitions need the namespace mode)");
+            bail!("unknown nemesis {n:?} (available: {})", NEMESES.join(", "));
         }
     }
     let seed = args.seed.unwrap_or_else(|| {
@@ -425,7 +502,12 @@ async fn main() -> Result<()> {
         args.nodes = 3;
         args.clients = 4;
         for w in ["ipam", "register", "set"] {
-            verdicts.extend(run_one(&args, w, &["kill".into(), "kill-leader".into(), "pause".into()], seed).await?);
+            let all: Vec<String> = if berth_jepsen::netns::unavailable().is_none() {
+                NEMESES.iter().map(|s| s.to_string()).collect()
+            } else {
+                vec!["kill".into(), "kill-leader".into(), "pause".into()]
+            };
+            verdicts.extend(run_one(&args, w, &all, seed).await?);
         }
     } else {
         for w in args.workload.clone() {
