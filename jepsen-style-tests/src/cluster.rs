@@ -75,7 +75,32 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Adds node `id` (not part of the initial cluster), started with `peers` (the
+    /// cluster's members and itself), so it waits to be added rather than bootstrap.
+    pub fn add_node(&mut self, id: u64, members: &str) -> Result<String> {
+        let (grpc, http) = match &self.net {
+            Some(net) => (format!("{}:7401", net.ip(id)), format!("{}:7481", net.ip(id))),
+            None => (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)),
+        };
+        let data_dir = self.dir.path().join(format!("node{id}"));
+        self.nodes.insert(id, Proc { id, grpc: grpc.clone(), http, data_dir, child: None });
+        let peers = format!("{members},{id}={grpc}");
+        self.spawn_with(id, &peers)?;
+        Ok(grpc)
+    }
+
+    /// Forgets node `id` (it was removed from the cluster), killing it.
+    pub fn remove_node(&mut self, id: u64) {
+        self.kill(id);
+        self.nodes.remove(&id);
+    }
+
     pub fn spawn(&mut self, id: u64) -> Result<()> {
+        let peers = self.peers.clone();
+        self.spawn_with(id, &peers)
+    }
+
+    fn spawn_with(&mut self, id: u64, peers: &str) -> Result<()> {
         let log_path = self.dir.path().join(format!("node{id}.log"));
         let p = self.nodes.get_mut(&id).context("no such node")?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
@@ -93,7 +118,7 @@ impl Cluster {
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
             .arg(&p.data_dir)
-            .args(["--listen", &p.grpc, "--http", &p.http, "--peers", &self.peers])
+            .args(["--listen", &p.grpc, "--http", &p.http, "--peers", peers])
             .args(&self.extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -29,8 +29,9 @@ struct Args {
     /// Workloads, comma separated: ipam, register, set.
     #[arg(long, default_value = "ipam", value_delimiter = ',')]
     workload: Vec<String>,
-    /// Nemeses, comma separated: kill, kill-leader, pause, partition, partition-leader,
-    /// partition-ring, partition-bridge (or none). Partitions need root (namespaces).
+    /// Nemeses, comma separated: kill, kill-leader, pause, restart-all, partition,
+    /// partition-leader, partition-ring, partition-bridge (or none). Partitions need
+    /// root (namespaces).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seconds of workload (and faults) per workload.
@@ -54,8 +55,17 @@ struct Args {
     seed: Option<u64>,
 }
 
-const NEMESES: [&str; 7] =
-    ["kill", "kill-leader", "pause", "partition", "partition-leader", "partition-ring", "partition-bridge"];
+const NEMESES: [&str; 9] = [
+    "kill",
+    "kill-leader",
+    "pause",
+    "restart-all",
+    "membership",
+    "partition",
+    "partition-leader",
+    "partition-ring",
+    "partition-bridge",
+];
 
 struct Rng(u64);
 
@@ -354,6 +364,71 @@ async fn nemesis(
                     let _ = net.heal();
                 }
             }
+            "membership" => {
+                // Remove a member for good, then add a new node under a new id as a
+                // learner and promote it (ids are never reused).
+                let view = cluster.lock().unwrap().clone_view();
+                let Some(via) = view.urls.keys().copied().find(|i| *i != target) else { continue };
+                let url = view.urls[&via].clone();
+                let (s, _) =
+                    request(&http, reqwest::Method::DELETE, format!("{url}/v1/cluster/members/{target}"), None).await;
+                if s == 200 {
+                    cluster.lock().unwrap().remove_node(target);
+                    let (s, v) = request(&http, reqwest::Method::GET, format!("{url}/v1/cluster"), None).await;
+                    let members: Vec<String> = if s == 200 {
+                        v["members"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter().map(|m| format!("{}={}", m["id"], m["grpc"].as_str().unwrap_or(""))).collect()
+                            })
+                            .unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    let new_id = view.urls.keys().max().copied().unwrap_or(0).max(target) + 1;
+                    let spare = cluster
+                        .lock()
+                        .unwrap()
+                        .net
+                        .as_ref()
+                        .is_none_or(|n| new_id <= n.nodes.keys().max().copied().unwrap_or(0));
+                    if !members.is_empty() && spare {
+                        let grpc = cluster.lock().unwrap().add_node(new_id, &members.join(","));
+                        if let Ok(grpc) = grpc {
+                            for voter in [false, true] {
+                                let (s, v) = request(
+                                    &http,
+                                    reqwest::Method::POST,
+                                    format!("{url}/v1/cluster/members"),
+                                    Some(json!({"id": new_id, "grpc": grpc, "voter": voter})),
+                                )
+                                .await;
+                                if s != 200 {
+                                    eprintln!("nemesis membership: adding {new_id} (voter {voter}): {s} {v}");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    eprintln!("nemesis membership: removing {target} answered {s}");
+                }
+                tokio::time::sleep(hold).await;
+            }
+            "restart-all" => {
+                // Every node at once (a power cut): they come back from their disks.
+                {
+                    let mut c = cluster.lock().unwrap();
+                    for id in &ids {
+                        c.kill(*id);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut c = cluster.lock().unwrap();
+                for id in &ids {
+                    let _ = c.spawn(*id);
+                }
+            }
             "pause" => {
                 let pid = cluster.lock().unwrap().pid(target);
                 if let Some(pid) = pid {
@@ -505,7 +580,7 @@ async fn main() -> Result<()> {
             let all: Vec<String> = if berth_jepsen::netns::unavailable().is_none() {
                 NEMESES.iter().map(|s| s.to_string()).collect()
             } else {
-                vec!["kill".into(), "kill-leader".into(), "pause".into()]
+                vec!["kill".into(), "kill-leader".into(), "pause".into(), "restart-all".into()]
             };
             verdicts.extend(run_one(&args, w, &all, seed).await?);
         }

@@ -30,6 +30,9 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Namespaces made ready for nodes added during a run.
+pub const SPARE: u64 = 6;
+
 /// The namespaces, veths and bridge of one run; removed on drop.
 pub struct Net {
     pub tag: u32,
@@ -46,8 +49,12 @@ impl Net {
         format!("198.19.{}.{id}", self.tag)
     }
 
-    /// Builds the bridge and one namespace per node id (ids 1..=250).
+    /// Builds the bridge and one namespace per node id (ids 1..=250), plus spares for
+    /// nodes added later (membership changes).
     pub fn create(ids: &[u64]) -> Result<Net> {
+        let max = ids.iter().copied().max().unwrap_or(0);
+        let ids: Vec<u64> = ids.iter().copied().chain(max + 1..=max + SPARE).collect();
+        let ids = &ids[..];
         let tag = 20 + std::process::id() % 200;
         let bridge = format!("bj{tag}");
         let mut net = Net { tag, bridge: bridge.clone(), nodes: BTreeMap::new() };

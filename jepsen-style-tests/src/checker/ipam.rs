@@ -30,21 +30,36 @@ pub fn check(calls: &[Call]) -> Verdict {
             by_ip.entry(ip).or_default().push(a);
         }
     }
-    // Releases of an address, by when they were invoked.
-    let released_at = |ip: &str| -> Vec<u64> {
-        releases.iter().filter(|r| ip_of(&r.input).as_deref() == Some(ip)).map(|r| r.invoke_ns).collect()
-    };
+    // Per address: releases by invocation time, allocations by invocation time.
+    let mut rel_by_ip: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in &releases {
+        if let Some(ip) = ip_of(&r.input) {
+            rel_by_ip.entry(ip).or_default().push(r.invoke_ns);
+        }
+    }
+    for v in rel_by_ip.values_mut() {
+        v.sort_unstable();
+    }
+    for list in by_ip.values_mut() {
+        list.sort_by_key(|c| c.invoke_ns);
+    }
     for (ip, list) in &by_ip {
-        let rel = released_at(ip);
-        for a in list {
-            let a_done = a.complete_ns.unwrap_or(u64::MAX);
-            for b in list {
-                if std::ptr::eq(*a, *b) || b.invoke_ns <= a_done {
-                    continue;
+        let rel: &[u64] = rel_by_ip.get(ip).map(Vec::as_slice).unwrap_or(&[]);
+        for b in list {
+            let b_done = b.complete_ns.unwrap_or(u64::MAX);
+            // The last release invoked before B completed: an allocation A invoked
+            // after it, and completed before B began, held the address with B.
+            let last_release = rel.partition_point(|t| *t <= b_done).checked_sub(1).map(|i| rel[i]);
+            let from = match last_release {
+                Some(r) => list.partition_point(|a| a.invoke_ns <= r),
+                None => 0,
+            };
+            for a in &list[from..] {
+                if a.invoke_ns >= b.invoke_ns {
+                    break;
                 }
-                let b_done = b.complete_ns.unwrap_or(u64::MAX);
-                let released_between = rel.iter().any(|t| *t >= a.invoke_ns && *t <= b_done);
-                if !released_between {
+                let a_done = a.complete_ns.unwrap_or(u64::MAX);
+                if a_done < b.invoke_ns {
                     return Verdict::bad(
                         "ipam-unique",
                         checked,
@@ -70,8 +85,8 @@ pub fn check(calls: &[Call]) -> Verdict {
     for a in &allocs {
         let Some(ip) = ip_of(&a.output) else { continue };
         let owner = a.output["owner"].as_str().unwrap_or("");
-        let maybe_released = released_at(&ip).iter().any(|t| *t >= a.invoke_ns);
-        let taken_again = by_ip[&ip].iter().any(|b| b.invoke_ns > a.invoke_ns);
+        let maybe_released = rel_by_ip.get(&ip).and_then(|r| r.last()).is_some_and(|t| *t >= a.invoke_ns);
+        let taken_again = by_ip[&ip].last().is_some_and(|b| b.invoke_ns > a.invoke_ns);
         if !maybe_released && !taken_again && present.get(&ip).map(String::as_str) != Some(owner) {
             return Verdict::bad(
                 "ipam-unique",

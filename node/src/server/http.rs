@@ -355,6 +355,30 @@ mod apps {
         Ok(Json(node.cancel_deployment(id, request_id(&headers)?).await?))
     }
 
+    /// Where instance `id` runs: None when on this node, else the HTTP address of its
+    /// host, to proxy to. A request already proxied once is never proxied again (the
+    /// replicas may briefly disagree about where an instance is).
+    fn remote_host(node: &Node, id: &str, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+        let (inst, http) = node.instance_location(id)?;
+        let Some(host) = inst.host else {
+            return Err(ApiError::conflict(
+                "instance_not_placed",
+                format!("instance {id} runs on no host (it is {:?})", inst.state),
+            ));
+        };
+        if host == node.id {
+            return Ok(None);
+        }
+        if headers.contains_key("x-berth-proxied") {
+            return Err(ApiError::conflict(
+                "instance_moved",
+                format!("instance {id} is not on node {} any more", node.id),
+            ));
+        }
+        http.map(Some)
+            .ok_or_else(|| ApiError::unavailable("host_unknown", format!("host {host} has not registered its address")))
+    }
+
     /// Runs a command in the instance; proxied to the host that runs it.
     pub async fn exec(
         State(node): Ctx,
@@ -363,25 +387,9 @@ mod apps {
         RawBody(body): RawBody,
     ) -> Result<Response, ApiError> {
         let input: crate::server::workloads::ExecInput = parse_json(&body)?;
-        let (inst, http) = node.instance_location(&id)?;
-        let Some(host) = inst.host else {
-            return Err(ApiError::conflict(
-                "instance_not_placed",
-                format!("instance {id} runs on no host (it is {:?})", inst.state),
-            ));
-        };
-        if host == node.id {
+        let Some(http) = remote_host(&node, &id, &headers)? else {
             return Ok(Json(node.exec_here(&id, &input).await?).into_response());
-        }
-        if headers.contains_key("x-berth-proxied") {
-            return Err(ApiError::conflict(
-                "instance_moved",
-                format!("instance {id} is not on node {} any more", node.id),
-            ));
-        }
-        let http = http.ok_or_else(|| {
-            ApiError::unavailable("host_unknown", format!("host {host} has not registered its address"))
-        })?;
+        };
         let resp = node
             .http_client
             .post(format!("http://{http}/v1/instances/{id}/exec"))
@@ -390,7 +398,7 @@ mod apps {
             .send()
             .await
             .map_err(|e| {
-                ApiError::unavailable("host_unreachable", format!("host {host} ({http}) does not answer: {e}"))
+                ApiError::unavailable("host_unreachable", format!("the host at {http} does not answer: {e}"))
             })?;
         let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let bytes = resp.bytes().await.unwrap_or_default();
@@ -411,31 +419,15 @@ mod apps {
                 t.parse().map_err(|_| ApiError::invalid("invalid_request", format!("tail: {t:?} is not a number")))?
             }
         };
-        let (inst, http) = node.instance_location(&id)?;
-        let Some(host) = inst.host else {
-            return Err(ApiError::conflict(
-                "instance_not_placed",
-                format!("instance {id} runs on no host (it is {:?})", inst.state),
-            ));
-        };
         let text = [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-        if host == node.id {
+        let Some(http) = remote_host(&node, &id, &headers)? else {
             let stream = node.runtime.logs(&id, tail, follow).await.map_err(|e| ApiError::internal(e.to_string()))?;
             return Ok((text, axum::body::Body::from_stream(stream)).into_response());
-        }
-        if headers.contains_key("x-berth-proxied") {
-            return Err(ApiError::conflict(
-                "instance_moved",
-                format!("instance {id} is not on node {} any more", node.id),
-            ));
-        }
-        let http = http.ok_or_else(|| {
-            ApiError::unavailable("host_unknown", format!("host {host} has not registered its address"))
-        })?;
+        };
         let url = format!("http://{http}/v1/instances/{id}/logs?{}", q.unwrap_or_default());
         let resp =
             node.http_client.get(&url).header("x-berth-proxied", node.id.to_string()).send().await.map_err(|e| {
-                ApiError::unavailable("host_unreachable", format!("host {host} ({http}) does not answer: {e}"))
+                ApiError::unavailable("host_unreachable", format!("the host at {http} does not answer: {e}"))
             })?;
         let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let body = axum::body::Body::from_stream(resp.bytes_stream());

@@ -163,7 +163,8 @@ fn outcome(r: Response) -> Result<Reply, ApiError> {
 }
 
 impl Node {
-    async fn read_barrier(&self, stale: bool) -> Result<(), ApiError> {
+    /// Waits for a linearizable read unless `stale` (read the local replica as it is).
+    pub(crate) async fn read_barrier(&self, stale: bool) -> Result<(), ApiError> {
         if stale {
             Ok(())
         } else {

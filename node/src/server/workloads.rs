@@ -194,14 +194,6 @@ pub fn parse_spec(id: &str, body: &[u8]) -> Result<AppSpec, ApiError> {
 }
 
 impl Node {
-    async fn barrier(&self, stale: bool) -> Result<(), ApiError> {
-        if stale {
-            Ok(())
-        } else {
-            self.proposer.linearize().await
-        }
-    }
-
     fn read_app(&self, id: &str) -> Result<AppView, ApiError> {
         let r = self.state.read();
         let app = r.state.apps.apps.get(id).ok_or_else(|| app_not_found(id))?;
@@ -253,18 +245,18 @@ impl Node {
     }
 
     pub async fn get_app(&self, id: &str, stale: bool) -> Result<AppView, ApiError> {
-        self.barrier(stale).await?;
+        self.read_barrier(stale).await?;
         self.read_app(id)
     }
 
     pub async fn list_apps(&self, stale: bool) -> Result<Vec<AppView>, ApiError> {
-        self.barrier(stale).await?;
+        self.read_barrier(stale).await?;
         let r = self.state.read();
         Ok(r.state.apps.apps.values().map(|a| app_view(&r.state, a)).collect())
     }
 
     pub async fn app_versions(&self, id: &str, stale: bool) -> Result<Vec<VersionView>, ApiError> {
-        self.barrier(stale).await?;
+        self.read_barrier(stale).await?;
         let r = self.state.read();
         let app = r.state.apps.apps.get(id).ok_or_else(|| app_not_found(id))?;
         Ok(app
@@ -275,7 +267,7 @@ impl Node {
     }
 
     pub async fn list_instances(&self, app: Option<&str>, stale: bool) -> Result<Vec<InstanceView>, ApiError> {
-        self.barrier(stale).await?;
+        self.read_barrier(stale).await?;
         let r = self.state.read();
         let mut list: Vec<&Instance> = match app {
             Some(a) => {
@@ -291,7 +283,7 @@ impl Node {
     }
 
     pub async fn list_hosts(&self, stale: bool) -> Result<Vec<HostView>, ApiError> {
-        self.barrier(stale).await?;
+        self.read_barrier(stale).await?;
         let r = self.state.read();
         let s = &r.state;
         Ok(s.nodes
@@ -316,7 +308,7 @@ impl Node {
     }
 
     pub async fn list_deployments(&self, stale: bool) -> Result<Vec<DeploymentView>, ApiError> {
-        self.barrier(stale).await?;
+        self.read_barrier(stale).await?;
         let r = self.state.read();
         Ok(r.state
             .apps
