@@ -26,6 +26,8 @@ pub fn berth_binary() -> Result<PathBuf> {
 /// One node process.
 pub struct Proc {
     pub id: u64,
+    /// The `--peers` this node starts with (nodes added later list themselves too).
+    pub peers: Option<String>,
     pub grpc: String,
     pub http: String,
     pub data_dir: PathBuf,
@@ -65,7 +67,10 @@ impl Cluster {
                 Some(net) => (format!("{}:7401", net.ip(id)), format!("{}:7481", net.ip(id))),
                 None => (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)),
             };
-            nodes.insert(id, Proc { id, grpc, http, data_dir: dir.path().join(format!("node{id}")), child: None });
+            nodes.insert(
+                id,
+                Proc { id, peers: None, grpc, http, data_dir: dir.path().join(format!("node{id}")), child: None },
+            );
         }
         let peers = nodes.values().map(|p| format!("{}={}", p.id, p.grpc)).collect::<Vec<_>>().join(",");
         let mut c = Cluster { net, binary, dir, nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect() };
@@ -83,8 +88,8 @@ impl Cluster {
             None => (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)),
         };
         let data_dir = self.dir.path().join(format!("node{id}"));
-        self.nodes.insert(id, Proc { id, grpc: grpc.clone(), http, data_dir, child: None });
         let peers = format!("{members},{id}={grpc}");
+        self.nodes.insert(id, Proc { id, peers: Some(peers.clone()), grpc: grpc.clone(), http, data_dir, child: None });
         self.spawn_with(id, &peers)?;
         Ok(grpc)
     }
@@ -96,7 +101,7 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, id: u64) -> Result<()> {
-        let peers = self.peers.clone();
+        let peers = self.nodes.get(&id).and_then(|p| p.peers.clone()).unwrap_or_else(|| self.peers.clone());
         self.spawn_with(id, &peers)
     }
 

@@ -115,7 +115,17 @@ fn outcome(status: u16) -> Kind {
 }
 
 async fn request(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-    let mut r = http.request(method, url).timeout(Duration::from_secs(5));
+    request_within(http, method, url, body, Duration::from_secs(5)).await
+}
+
+async fn request_within(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+    timeout: Duration,
+) -> (u16, Value) {
+    let mut r = http.request(method, url).timeout(timeout);
     if let Some(b) = body {
         r = r.json(&b);
     }
@@ -142,7 +152,20 @@ async fn client(
     let mut held: Vec<String> = Vec::new();
     let mut n = 0u64;
     let mut last: Value = Value::Null;
+    let mut last_len = 0;
     while Instant::now() < deadline {
+        // A node that refuses connections (killed, removed) answers at once: pause a
+        // little after an unknown outcome instead of hammering it.
+        let backoff = {
+            let events = rec.events.lock().unwrap();
+            let b = events.len() > last_len
+                && events.iter().rev().find(|e| e.process == process).is_some_and(|e| e.kind == Kind::Info);
+            last_len = events.len();
+            b
+        };
+        if backoff {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         n += 1;
         let node = rng.below(urls.len() as u64);
         let base = &urls[node as usize];
@@ -370,8 +393,17 @@ async fn nemesis(
                 let view = cluster.lock().unwrap().clone_view();
                 let Some(via) = view.urls.keys().copied().find(|i| *i != target) else { continue };
                 let url = view.urls[&via].clone();
-                let (s, _) =
-                    request(&http, reqwest::Method::DELETE, format!("{url}/v1/cluster/members/{target}"), None).await;
+                // Membership changes wait for commits (and a learner's catch-up): the
+                // API allows them a minute.
+                let slow = Duration::from_secs(65);
+                let (s, _) = request_within(
+                    &http,
+                    reqwest::Method::DELETE,
+                    format!("{url}/v1/cluster/members/{target}"),
+                    None,
+                    slow,
+                )
+                .await;
                 if s == 200 {
                     cluster.lock().unwrap().remove_node(target);
                     let (s, v) = request(&http, reqwest::Method::GET, format!("{url}/v1/cluster"), None).await;
@@ -396,11 +428,12 @@ async fn nemesis(
                         let grpc = cluster.lock().unwrap().add_node(new_id, &members.join(","));
                         if let Ok(grpc) = grpc {
                             for voter in [false, true] {
-                                let (s, v) = request(
+                                let (s, v) = request_within(
                                     &http,
                                     reqwest::Method::POST,
                                     format!("{url}/v1/cluster/members"),
                                     Some(json!({"id": new_id, "grpc": grpc, "voter": voter})),
+                                    slow,
                                 )
                                 .await;
                                 if s != 200 {
