@@ -26,6 +26,17 @@ impl World {
         self.s.apply(self.index, Request { id: String::new(), at_ms: self.index, cmd })
     }
 
+    /// Creates pool `lan` (198.18.0.0/24).
+    fn lan(&mut self) {
+        let r = self.apply(Command::CreatePool {
+            name: "lan".into(),
+            subnet: "198.18.0.0/24".parse().unwrap(),
+            gateway: None,
+            range: None,
+        });
+        assert!(r.0.is_ok(), "{r:?}");
+    }
+
     fn host(&mut self, id: u64, runtime: &str, cpus: f64, mem_mb: u64, labels: &[(&str, &str)]) {
         let info = NodeInfo {
             id,
@@ -231,12 +242,7 @@ fn group_by_spreads_evenly_over_values() {
 #[test]
 fn scale_down_stops_the_youngest_first_and_releases_their_ips() {
     let mut w = World::new();
-    w.apply(Command::CreatePool {
-        name: "lan".into(),
-        subnet: "198.18.0.0/24".parse().unwrap(),
-        gateway: None,
-        range: None,
-    });
+    w.lan();
     w.host(1, "process", 8.0, 8192, &[]);
     w.deploy(&process_app("web", 4, r#","network":{"pool":"lan"}"#));
     w.settle(3);
@@ -256,12 +262,7 @@ fn scale_down_stops_the_youngest_first_and_releases_their_ips() {
 #[test]
 fn a_rollout_keeps_ids_and_ips_and_never_drops_below_min_healthy() {
     let mut w = World::new();
-    w.apply(Command::CreatePool {
-        name: "lan".into(),
-        subnet: "198.18.0.0/24".parse().unwrap(),
-        gateway: None,
-        range: None,
-    });
+    w.lan();
     for h in 1..=3 {
         w.host(h, "process", 8.0, 8192, &[]);
     }
@@ -293,12 +294,7 @@ fn a_rollout_keeps_ids_and_ips_and_never_drops_below_min_healthy() {
 #[test]
 fn a_lost_host_moves_instances_with_their_ips() {
     let mut w = World::new();
-    w.apply(Command::CreatePool {
-        name: "lan".into(),
-        subnet: "198.18.0.0/24".parse().unwrap(),
-        gateway: None,
-        range: None,
-    });
+    w.lan();
     w.host(1, "process", 8.0, 8192, &[]);
     w.host(2, "process", 8.0, 8192, &[]);
     w.deploy(&process_app("web", 2, r#","network":{"pool":"lan"}"#));
@@ -358,12 +354,7 @@ fn reports_for_an_older_placement_are_ignored() {
 #[test]
 fn delete_stops_everything_then_releases_every_ip() {
     let mut w = World::new();
-    w.apply(Command::CreatePool {
-        name: "lan".into(),
-        subnet: "198.18.0.0/24".parse().unwrap(),
-        gateway: None,
-        range: None,
-    });
+    w.lan();
     w.host(1, "process", 8.0, 8192, &[]);
     w.deploy(&process_app("web", 3, r#","network":{"pool":"lan"}"#));
     w.settle(3);
