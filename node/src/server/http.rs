@@ -155,6 +155,12 @@ pub fn router(node: Arc<Node>) -> Router {
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
     let app = router(node);
+    // No Nagle: a small response held back for a delayed ACK costs 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
