@@ -82,8 +82,18 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Raft timing and snapshot tuning (`[raft]` in the file). Defaults are openraft's
-/// timing (heartbeat 50 ms, election timeout 150–300 ms) and a snapshot every 5000
+/// Raft heartbeat interval by default, in ms.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 40;
+/// Raft election timeout range by default, in ms. A follower refuses votes for
+/// `election_timeout_max` after its leader's last heartbeat (openraft's leader lease),
+/// so the first candidate after a leader dies usually loses and the second wins: a
+/// failover takes about two timeouts. 100–200 ms keeps that under 400 ms at the
+/// median (docs/benchmarks.md); pre-vote and the lease keep a follower that misses a
+/// few heartbeats from disturbing a healthy leader.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: (u64, u64) = (100, 200);
+
+/// Raft timing and snapshot tuning (`[raft]` in the file). Defaults:
+/// [`DEFAULT_HEARTBEAT_MS`], [`DEFAULT_ELECTION_TIMEOUT_MS`] and a snapshot every 5000
 /// entries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -300,9 +310,9 @@ impl NodeConfig {
             }
         }
         let raft = self.raft.unwrap_or_default();
-        let min = raft.election_timeout_min_ms.unwrap_or(150);
-        let max = raft.election_timeout_max_ms.unwrap_or(300);
-        let hb = raft.heartbeat_ms.unwrap_or(50);
+        let min = raft.election_timeout_min_ms.unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS.0);
+        let max = raft.election_timeout_max_ms.unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS.1);
+        let hb = raft.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS);
         if hb == 0 || min <= hb || max <= min {
             return Err(invalid(
                 "raft",

@@ -56,7 +56,7 @@ pub struct AgentArgs {
     /// Raft heartbeat interval in ms.
     #[arg(long)]
     heartbeat_ms: Option<u64>,
-    /// Raft election timeout range in ms, MIN-MAX (e.g. 150-300).
+    /// Raft election timeout range in ms, MIN-MAX (default 100-200).
     #[arg(long, value_parser = parse_range)]
     election_timeout_ms: Option<(u64, u64)>,
     /// Stop every instance when this agent exits (default: leave them running; the

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_cluster_config::ValidConfig;
+use berth_cluster_config::{ValidConfig, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
 use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
 use berth_raft::openraft::{Config as RaftConfig, SnapshotPolicy};
 use berth_raft::{kv, typ, Connections, LogStore, Network, RaftService, SmStore, StateHandle};
@@ -85,9 +85,9 @@ fn raft_config(cfg: &ValidConfig) -> Result<RaftConfig, StartError> {
     let snapshot_logs = cfg.raft.snapshot_logs.unwrap_or(5000);
     RaftConfig {
         cluster_name: "berth".into(),
-        heartbeat_interval: cfg.raft.heartbeat_ms.unwrap_or(50),
-        election_timeout_min: cfg.raft.election_timeout_min_ms.unwrap_or(150),
-        election_timeout_max: cfg.raft.election_timeout_max_ms.unwrap_or(300),
+        heartbeat_interval: cfg.raft.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS),
+        election_timeout_min: cfg.raft.election_timeout_min_ms.unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS.0),
+        election_timeout_max: cfg.raft.election_timeout_max_ms.unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS.1),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
         // Keep some log behind a snapshot so a briefly lagging follower catches up from
         // the log, not a whole snapshot; but less than the snapshot interval so that a
