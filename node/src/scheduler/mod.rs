@@ -141,6 +141,73 @@ fn choose_host(
     }
 }
 
+/// The hosts that can take one more instance of a constraint-free app, in the order
+/// [`choose_host`] ranks them — fewest instances of the app, least loaded (cpu share),
+/// lowest id — so placing is O(log hosts) instead of a scan of every host (what makes
+/// a million placements on 5,000 hosts take seconds, not minutes). It picks exactly
+/// what the scan would: within a plan resources only shrink, so a host that cannot
+/// take an instance now cannot take a later one either, and is simply left out.
+struct Ranked {
+    /// (instances of the app, cpu share as ordered bits, host id). Shares are
+    /// non-negative, and non-negative f64s order like their bit patterns.
+    order: BTreeSet<(u32, u64, u64)>,
+}
+
+impl Ranked {
+    fn key(hosts: &Hosts<'_>, counts: &BTreeMap<u64, u32>, id: u64) -> (u32, u64, u64) {
+        let share = hosts.used[&id].0 / hosts.info[&id].cpus.max(1e-9);
+        (counts.get(&id).copied().unwrap_or(0), share.max(0.0).to_bits(), id)
+    }
+
+    fn fits(hosts: &Hosts<'_>, id: u64, cpus: f64, mem_mb: u64) -> bool {
+        let (info, (c, m)) = (hosts.info[&id], hosts.used[&id]);
+        c + cpus <= info.cpus + 1e-9 && m + mem_mb <= info.mem_mb
+    }
+
+    fn new(hosts: &Hosts<'_>, app: &App, counts: &BTreeMap<u64, u32>) -> Ranked {
+        let spec = app.spec();
+        let order = hosts
+            .info
+            .iter()
+            .filter(|(id, info)| info.runs(spec.runtime()) && Self::fits(hosts, **id, spec.cpus, spec.mem_mb))
+            .map(|(id, _)| Self::key(hosts, counts, *id))
+            .collect();
+        Ranked { order }
+    }
+
+    /// The best host, updated as taken; None when no host fits.
+    fn take(&mut self, hosts: &mut Hosts<'_>, app: &App, counts: &mut BTreeMap<u64, u32>) -> Option<u64> {
+        let spec = app.spec();
+        let (_, _, id) = self.order.pop_first()?;
+        *counts.entry(id).or_default() += 1;
+        let u = hosts.used.get_mut(&id).expect("ranked hosts are up");
+        u.0 += spec.cpus;
+        u.1 += spec.mem_mb;
+        if Self::fits(hosts, id, spec.cpus, spec.mem_mb) {
+            self.order.insert(Self::key(hosts, counts, id));
+        }
+        Some(id)
+    }
+}
+
+/// Chooses a host for one instance: through `ranked` for apps without constraints
+/// (built on first use), else by [`choose_host`]'s scan, which also explains a refusal.
+fn pick(
+    hosts: &mut Hosts<'_>,
+    app: &App,
+    constraints: &[constraints::Compiled],
+    counts: &mut BTreeMap<u64, u32>,
+    ranked: &mut Option<Ranked>,
+) -> Result<u64, String> {
+    if constraints.is_empty() {
+        let r = ranked.get_or_insert_with(|| Ranked::new(hosts, app, counts));
+        if let Some(h) = r.take(hosts, app, counts) {
+            return Ok(h);
+        }
+    }
+    choose_host(hosts, app, constraints, counts)
+}
+
 /// Computes what should change, from one view of the committed state.
 pub fn plan(state: &State) -> Plan {
     plan_limited(state, usize::MAX)
@@ -240,6 +307,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
 
     // Placement: instances without a host, then new ones.
     let mut reason = None;
+    let mut ranked = None;
     let unplaced: Vec<&Instance> = live
         .iter()
         .copied()
@@ -250,7 +318,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         if plan.places.len() >= max {
             break;
         }
-        match choose_host(hosts, app, &compiled, &mut counts) {
+        match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
             Ok(h) => plan.places.push((i.id.clone(), h)),
             Err(r) => {
                 reason = Some(r);
@@ -267,7 +335,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
             break;
         }
         if reason.is_none() {
-            match choose_host(hosts, app, &compiled, &mut counts) {
+            match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
                 Ok(h) => n.host = Some(h),
                 Err(r) => reason = Some(r),
             }

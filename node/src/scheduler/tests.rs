@@ -380,3 +380,29 @@ fn rollback_restores_the_previous_spec_as_a_new_version() {
     let r = w.apply(Command::RollbackApp { id: "web".into(), version: Some(9) });
     assert_eq!(r.0.unwrap_err().code, "version_not_found");
 }
+
+#[test]
+fn the_ranked_fast_path_places_exactly_as_the_scan_does() {
+    // The same world twice: an app without constraints takes the ranked path; the same
+    // app with a constraint every host passes takes the scan. Hosts differ in size and
+    // start with uneven load, so every tie-breaker (count, cpu share, id) matters, and
+    // some hosts fill up along the way.
+    let build = |constraint: &str| {
+        let mut w = World::new();
+        for h in 1..=12u64 {
+            let runtime = if h % 4 == 0 { "docker" } else { "process" };
+            w.host(h, runtime, 1.0 + (h % 3) as f64, 300 + 100 * (h % 5), &[]);
+        }
+        w.deploy(&process_app("base", 7, ""));
+        w.settle(3);
+        w.deploy(&format!(r#"{{"id":"web","cmd":["sleep","1"],"instances":90,"cpus":0.25,"mem_mb":60{constraint}}}"#));
+        w.settle(3);
+        w
+    };
+    let ranked = build("");
+    let scanned = build(r#","constraints":[["hostname","UNLIKE","none"]]"#);
+    assert_eq!(ranked.hosts_of("web"), scanned.hosts_of("web"));
+    assert_eq!(ranked.reason("web"), scanned.reason("web"));
+    assert!(ranked.reason("web").is_some(), "the hosts are meant to fill up");
+    assert!(ranked.hosts_of("web").iter().filter(|h| h.is_some()).count() > 10);
+}

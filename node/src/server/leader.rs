@@ -26,7 +26,7 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Silence after which the leader marks a host down.
 pub const HOST_DEADLINE: Duration = Duration::from_secs(10);
 /// At most this many new (and this many moved) instances per proposed plan.
-const MAX_PLAN_ITEMS: usize = 5_000;
+const MAX_PLAN_ITEMS: usize = 20_000;
 /// The scheduler runs on every applied change, and at least this often.
 const TICK: Duration = Duration::from_millis(500);
 

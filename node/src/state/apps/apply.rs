@@ -13,6 +13,20 @@ fn app_not_found(id: &str) -> DomainError {
 /// Floating point slack when adding up cpus.
 const EPS: f64 = 1e-9;
 
+/// Resources reserved per host while one plan's placements are applied: a host's
+/// usage is summed once, on its first placement, then kept up to date as the plan
+/// places more there — not re-summed over every instance on the host for each
+/// placement (200 instances a host × a million placements is what made C1M slow).
+/// Every replica applies the same plan to the same state in the same order, so the
+/// figures, and the verdicts, are the same everywhere.
+#[derive(Default)]
+struct Reserved(std::collections::HashMap<u64, (f64, u64)>);
+
+/// What placing an instance of a version needs: (runtime, cpus, mem_mb).
+fn needs(spec: &AppSpec) -> (&'static str, f64, u64) {
+    (spec.runtime(), spec.cpus, spec.mem_mb)
+}
+
 impl State {
     /// Resources reserved on `host`: (cpus, mem_mb).
     pub fn host_usage(&self, host: u64) -> (f64, u64) {
@@ -166,18 +180,26 @@ impl State {
     }
 
     /// Places `id` on `host` if the host can take it now.
-    fn place(&mut self, id: &str, host: u64) -> bool {
+    fn place(&mut self, id: &str, host: u64, reserved: &mut Reserved) -> bool {
         let Some(inst) = self.apps.instances.get(id) else {
             return false;
         };
         if inst.host.is_some() || inst.desired != Desired::Run {
             return false;
         }
-        let Some(spec) = self.apps.apps.get(&inst.app).and_then(|a| a.version(inst.version)).map(|v| v.spec.clone())
+        let Some((runtime, cpus, mem_mb)) =
+            self.apps.apps.get(&inst.app).and_then(|a| a.version(inst.version)).map(|v| needs(&v.spec))
         else {
             return false;
         };
-        if !self.host_fits(host, spec.runtime(), spec.cpus, spec.mem_mb) {
+        let Some(info) = self.nodes.registered.get(&host) else {
+            return false;
+        };
+        if self.nodes.state(host) != HostState::Up || !info.runs(runtime) {
+            return false;
+        }
+        let used = *reserved.0.entry(host).or_insert_with(|| self.host_usage(host));
+        if used.0 + cpus > info.cpus + EPS || used.1 + mem_mb > info.mem_mb {
             return false;
         }
         if let Err(reason) = self.ensure_ip(id) {
@@ -188,22 +210,25 @@ impl State {
         }
         let now = self.clock_ms;
         self.apps.set_host(id, Some(host));
+        let r = reserved.0.get_mut(&host).expect("summed above");
+        r.0 += cpus;
+        r.1 += mem_mb;
         let inst = self.apps.instances.get_mut(id).expect("checked above");
         inst.epoch += 1;
         inst.state = InstanceState::Starting;
         inst.health = Health::Unknown;
-        inst.cpus = spec.cpus;
-        inst.mem_mb = spec.mem_mb;
+        inst.cpus = cpus;
+        inst.mem_mb = mem_mb;
         inst.message = None;
         inst.updated_at = now;
         true
     }
 
-    fn create(&mut self, n: &NewInstance) {
+    fn create(&mut self, n: &NewInstance, reserved: &mut Reserved) {
         let Some(app) = self.apps.apps.get(&n.app) else {
             return;
         };
-        let Some(spec) = app.version(n.version).map(|v| v.spec.clone()) else {
+        let Some((_, cpus, mem_mb)) = app.version(n.version).map(|v| needs(&v.spec)) else {
             return;
         };
         let (id, index) = self.apps.next_instance_id(&n.app);
@@ -227,13 +252,13 @@ impl State {
                 updated_at: now,
                 message: None,
                 restarts: 0,
-                cpus: spec.cpus,
-                mem_mb: spec.mem_mb,
+                cpus,
+                mem_mb,
             },
         );
         match n.host {
             Some(h) => {
-                self.place(&id, h);
+                self.place(&id, h, reserved);
             }
             None => {
                 // Pending; the IP is taken now so the instance shows it from the start.
@@ -307,11 +332,13 @@ impl State {
         for (id, v) in &plan.upgrades {
             self.upgrade(id, *v);
         }
+        // Stops and upgrades above change usage; from here on only placements do.
+        let mut reserved = Reserved::default();
         for (id, h) in &plan.places {
-            self.place(id, *h);
+            self.place(id, *h, &mut reserved);
         }
         for n in &plan.creates {
-            self.create(n);
+            self.create(n, &mut reserved);
         }
         for (app, reason) in plan.reasons {
             if let Some(a) = self.apps.apps.get_mut(&app) {
