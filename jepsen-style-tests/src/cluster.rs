@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench::free_port;
+
 /// The `berth` binary next to this one (same cargo profile), or `$BERTH_BIN`.
 pub fn berth_binary() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("BERTH_BIN") {
@@ -45,10 +47,6 @@ pub struct Cluster {
     pub extra: Vec<String>,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Cluster {
     /// Starts `n` nodes with `extra` flags each, on loopback.
     pub fn start(n: u64, extra: &[&str]) -> Result<Cluster> {
@@ -83,6 +81,9 @@ impl Cluster {
     /// Adds node `id` (not part of the initial cluster), started with `peers` (the
     /// cluster's members and itself), so it waits to be added rather than bootstrap.
     pub fn add_node(&mut self, id: u64, members: &str) -> Result<String> {
+        if let Some(net) = &mut self.net {
+            net.add(id)?;
+        }
         let (grpc, http) = match &self.net {
             Some(net) => (format!("{}:7401", net.ip(id)), format!("{}:7481", net.ip(id))),
             None => (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)),
@@ -233,11 +234,4 @@ impl Drop for Cluster {
         }
         // `net` drops after the processes: namespaces go last.
     }
-}
-
-/// Resident memory of a process, in MiB.
-pub fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }

@@ -141,7 +141,7 @@ async fn request_within(
 async fn client(
     workload: String,
     process: u64,
-    urls: Vec<String>,
+    cluster: Arc<Mutex<Cluster>>,
     rec: Recorder,
     deadline: Instant,
     seed: u64,
@@ -167,9 +167,9 @@ async fn client(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         n += 1;
-        let node = rng.below(urls.len() as u64);
-        let base = &urls[node as usize];
-        let node_id = node + 1;
+        // A random current member: membership changes add and remove nodes.
+        let urls = cluster.lock().unwrap().clone_view().urls;
+        let (&node_id, base) = urls.iter().nth(rng.below(urls.len() as u64) as usize).expect("a cluster has members");
         match workload.as_str() {
             "ipam" => {
                 if held.is_empty() || rng.below(10) < 7 {
@@ -336,6 +336,7 @@ fn ring_cuts(ids: &[u64]) -> Vec<(u64, u64)> {
 /// The nemesis: a fault every few seconds, healed before the next; all healed at the end.
 async fn nemesis(
     cluster: Arc<Mutex<Cluster>>,
+    size: u64,
     kinds: Vec<String>,
     rec: Recorder,
     deadline: Instant,
@@ -344,6 +345,8 @@ async fn nemesis(
 ) -> Vec<Fault> {
     let mut rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut faults = Vec::new();
+    // Ids are never reused: nodes added by membership changes take the next one.
+    let mut next_id = size + 1;
     if kinds.is_empty() {
         return faults;
     }
@@ -389,23 +392,32 @@ async fn nemesis(
             }
             "membership" => {
                 // Remove a member for good, then add a new node under a new id as a
-                // learner and promote it (ids are never reused).
+                // learner and promote it (ids are never reused). A cluster left short
+                // by an earlier change that failed half-way only gets its node back.
                 let view = cluster.lock().unwrap().clone_view();
                 let Some(via) = view.urls.keys().copied().find(|i| *i != target) else { continue };
                 let url = view.urls[&via].clone();
                 // Membership changes wait for commits (and a learner's catch-up): the
                 // API allows them a minute.
                 let slow = Duration::from_secs(65);
-                let (s, _) = request_within(
-                    &http,
-                    reqwest::Method::DELETE,
-                    format!("{url}/v1/cluster/members/{target}"),
-                    None,
-                    slow,
-                )
-                .await;
+                let short = (view.urls.len() as u64) < size;
+                let s = if short {
+                    200
+                } else {
+                    request_within(
+                        &http,
+                        reqwest::Method::DELETE,
+                        format!("{url}/v1/cluster/members/{target}"),
+                        None,
+                        slow,
+                    )
+                    .await
+                    .0
+                };
                 if s == 200 {
-                    cluster.lock().unwrap().remove_node(target);
+                    if !short {
+                        cluster.lock().unwrap().remove_node(target);
+                    }
                     let (s, v) = request(&http, reqwest::Method::GET, format!("{url}/v1/cluster"), None).await;
                     let members: Vec<String> = if s == 200 {
                         v["members"]
@@ -417,15 +429,13 @@ async fn nemesis(
                     } else {
                         Vec::new()
                     };
-                    let new_id = view.urls.keys().max().copied().unwrap_or(0).max(target) + 1;
-                    let spare = cluster
-                        .lock()
-                        .unwrap()
-                        .net
-                        .as_ref()
-                        .is_none_or(|n| new_id <= n.nodes.keys().max().copied().unwrap_or(0));
-                    if !members.is_empty() && spare {
+                    let new_id = next_id;
+                    next_id += 1;
+                    if !members.is_empty() {
                         let grpc = cluster.lock().unwrap().add_node(new_id, &members.join(","));
+                        if let Err(e) = &grpc {
+                            eprintln!("nemesis membership: starting {new_id}: {e:#}");
+                        }
                         if let Ok(grpc) = grpc {
                             for voter in [false, true] {
                                 let (s, v) = request_within(
@@ -479,9 +489,9 @@ async fn nemesis(
     faults
 }
 
-async fn final_read(http: &reqwest::Client, urls: &[String], path: &str) -> Option<Value> {
+async fn final_read(http: &reqwest::Client, view: &berth_jepsen::cluster::View, path: &str) -> Option<Value> {
     for _ in 0..60 {
-        for u in urls {
+        for u in view.urls.values() {
             let (s, v) = request(http, reqwest::Method::GET, format!("{u}{path}"), None).await;
             if s == 200 {
                 return Some(v);
@@ -522,13 +532,14 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
     let rec = Recorder { start: Instant::now(), events: Default::default() };
     let deadline = Instant::now() + Duration::from_secs(args.time);
     let cluster = Arc::new(Mutex::new(cluster));
-    let nem = tokio::spawn(nemesis(cluster.clone(), nemeses.to_vec(), rec.clone(), deadline, seed, http.clone()));
+    let nem =
+        tokio::spawn(nemesis(cluster.clone(), args.nodes, nemeses.to_vec(), rec.clone(), deadline, seed, http.clone()));
     let clients: Vec<_> = (0..args.clients)
         .map(|p| {
             tokio::spawn(client(
                 workload.to_string(),
                 p,
-                urls.clone(),
+                cluster.clone(),
                 rec.clone(),
                 deadline,
                 seed.wrapping_add(p * 7919),
@@ -556,8 +567,8 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
     view.leader(&http).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let fin = match workload {
-        "ipam" => final_read(&http, &urls, "/v1/ipam/pools/chaos/allocations").await,
-        "set" => final_read(&http, &urls, "/v1/apps").await.map(|v| {
+        "ipam" => final_read(&http, &view, "/v1/ipam/pools/chaos/allocations").await,
+        "set" => final_read(&http, &view, "/v1/apps").await.map(|v| {
             json!(v.as_array().map(|a| a.iter().map(|x| x["id"].clone()).collect::<Vec<_>>()).unwrap_or_default())
         }),
         _ => Some(Value::Null),

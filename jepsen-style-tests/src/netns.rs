@@ -30,9 +30,6 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-/// Namespaces made ready for nodes added during a run.
-pub const SPARE: u64 = 6;
-
 /// The namespaces, veths and bridge of one run; removed on drop.
 pub struct Net {
     pub tag: u32,
@@ -49,12 +46,8 @@ impl Net {
         format!("198.19.{}.{id}", self.tag)
     }
 
-    /// Builds the bridge and one namespace per node id (ids 1..=250), plus spares for
-    /// nodes added later (membership changes).
+    /// Builds the bridge and one namespace per node id (ids 1..=250).
     pub fn create(ids: &[u64]) -> Result<Net> {
-        let max = ids.iter().copied().max().unwrap_or(0);
-        let ids: Vec<u64> = ids.iter().copied().chain(max + 1..=max + SPARE).collect();
-        let ids = &ids[..];
         let tag = 20 + std::process::id() % 200;
         let bridge = format!("bj{tag}");
         let mut net = Net { tag, bridge: bridge.clone(), nodes: BTreeMap::new() };
@@ -65,17 +58,30 @@ impl Net {
         // Docker sets FORWARD to DROP, and bridged frames go through iptables.
         sh(&format!("iptables -I FORWARD -i {bridge} -o {bridge} -j ACCEPT"))?;
         for &id in ids {
-            let ns = net.ns(id);
-            let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
-            sh(&format!(
-                "ip netns add {ns} && ip link add bj{tag}v{id} type veth peer name bj{tag}p{id} && \
-                 ip link set bj{tag}v{id} master {bridge} up && ip link set bj{tag}p{id} netns {ns} && \
-                 ip -n {ns} link set bj{tag}p{id} name eth0 && ip -n {ns} addr add 198.19.{tag}.{id}/24 dev eth0 && \
-                 ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"
-            ))?;
-            net.nodes.insert(id, ns);
+            net.add(id)?;
         }
         Ok(net)
+    }
+
+    /// Adds the host of node `id` (a namespace with its veth into the bridge), unless
+    /// it exists: nodes added by membership changes get theirs on demand.
+    pub fn add(&mut self, id: u64) -> Result<()> {
+        if self.nodes.contains_key(&id) {
+            return Ok(());
+        }
+        if !(1..=250).contains(&id) {
+            bail!("node id {id} has no address in 198.19.{}.0/24 (ids 1..=250)", self.tag);
+        }
+        let (ns, tag, bridge) = (self.ns(id), self.tag, &self.bridge);
+        let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+        sh(&format!(
+            "ip netns add {ns} && ip link add bj{tag}v{id} type veth peer name bj{tag}p{id} && \
+             ip link set bj{tag}v{id} master {bridge} up && ip link set bj{tag}p{id} netns {ns} && \
+             ip -n {ns} link set bj{tag}p{id} name eth0 && ip -n {ns} addr add 198.19.{tag}.{id}/24 dev eth0 && \
+             ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"
+        ))?;
+        self.nodes.insert(id, ns);
+        Ok(())
     }
 
     /// Cuts every link between `a` and `b` (both directions, in both namespaces).

@@ -1,26 +1,11 @@
-//! berth-bench: measured figures, printed as one JSON object per line.
+//! berth-bench: measured figures, side by side with an anchor, printed as one JSON
+//! object per line (see `berth_jepsen::bench` and `docs/benchmarks.md`).
 //!
-//! `cargo build --release --bin berth && cargo run --release -p berth-jepsen --bin berth-bench -- SCENARIO`
-//!
-//! Scenarios:
-//! - `placement`: a 3-node cluster; `--hosts` simulated hosts registered through the
-//!   leader (resources and heartbeats only, no runtime); one app of `--instances`
-//!   instances, each with an IP; time until every placement is committed.
+//! `cargo build --release --bin berth && cargo run --release -p berth-jepsen --bin berth-bench -- SCENARIO [--vs etcd]`
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Context, Result};
-use berth_jepsen::cluster::{rss_mb, Cluster};
-use berth_node::server::proposer::LeaderCall;
-use berth_node::state::nodes::NodeInfo;
-use berth_node::state::{Command, Request};
-use berth_proto::berth::internal_client::InternalClient;
-use berth_proto::berth::{HeartbeatRequest, ProposeRequest};
-use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use serde_json::json;
+use anyhow::{bail, Result};
+use berth_jepsen::bench;
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "berth-bench")]
@@ -29,148 +14,70 @@ struct Args {
     scenario: Scenario,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Anchor {
+    Etcd,
+}
+
 #[derive(Subcommand)]
 enum Scenario {
-    /// Scheduler throughput: placements per second committed through Raft.
+    /// IP allocations per second, latency and CPU per allocation (anchor: etcd).
+    Ipam {
+        /// Concurrent clients, comma separated; each count is one measured configuration.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        /// Seconds per configuration.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Measure the anchor in the same run.
+        #[arg(long)]
+        vs: Option<Anchor>,
+    },
+    /// Leader kill -9, unavailability per kill (anchor: etcd); then elections while idle.
+    Failover {
+        #[arg(long, default_value_t = 30)]
+        kills: usize,
+        /// Then this many seconds without faults, counting elections (0: skip).
+        #[arg(long, default_value_t = 0)]
+        idle: u64,
+        #[arg(long)]
+        vs: Option<Anchor>,
+        /// Extra flags for every berth node (e.g. `--election-timeout-ms=100-200`).
+        #[arg(long, allow_hyphen_values = true)]
+        berth_flag: Vec<String>,
+    },
+    /// Scheduler throughput: placements per second committed through Raft (anchor:
+    /// Nomad's published C1M figure).
     Placement {
         /// Simulated hosts.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 5000)]
         hosts: u64,
         /// Instances of the one app.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         instances: u32,
+    },
+    /// Latency from PUT /v1/apps of a 1-instance app on a macvlan pool to the container
+    /// running with its IP (anchor: `docker run` of the same image on the same network).
+    Deploy {
+        /// Deploys with each (at least 30 for the record).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
     },
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     match Args::parse().scenario {
-        Scenario::Placement { hosts, instances } => placement(hosts, instances).await,
-    }
-}
-
-async fn internal(addr: &str) -> Result<InternalClient<tonic::transport::Channel>> {
-    Ok(InternalClient::connect(format!("http://{addr}")).await?.max_decoding_message_size(64 << 20))
-}
-
-async fn placement(hosts: u64, instances: u32) -> Result<()> {
-    // The real nodes offer next to nothing, so every instance lands on a simulated host.
-    let cluster = Cluster::start(3, &["--cpus", "0.001", "--mem-mb", "1"])?;
-    let http = reqwest::Client::new();
-    let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
-    let leader_grpc = cluster.nodes[&leader].grpc.clone();
-    let url = cluster.url(leader);
-    let (subnet, size) = if instances < 100_000 { ("198.18.0.0/15", 1u64 << 17) } else { ("100.64.0.0/10", 1 << 22) };
-    if u64::from(instances) + 2 > size {
-        bail!("{instances} instances do not fit {subnet}");
-    }
-    let r = http.post(format!("{url}/v1/ipam/pools")).json(&json!({"name": "bench", "subnet": subnet})).send().await?;
-    if !r.status().is_success() {
-        bail!("cannot create the pool: {}", r.text().await?);
-    }
-
-    // Register the simulated hosts through the leader, 32 at a time.
-    let started = Instant::now();
-    let ids: Vec<u64> = (1..=hosts).map(|i| 1000 + i).collect();
-    let client = internal(&leader_grpc).await?;
-    futures::stream::iter(ids.clone())
-        .map(|id| {
-            let mut client = client.clone();
-            async move {
-                let info = NodeInfo {
-                    id,
-                    grpc: format!("sim-{id}:7401"),
-                    http: format!("sim-{id}:7481"),
-                    runtime: "process".into(),
-                    cpus: 64.0,
-                    mem_mb: 256 * 1024,
-                    labels: [("rack".to_string(), format!("r{}", id % 20))].into(),
-                };
-                let call = LeaderCall::Write(Box::new(Request {
-                    id: format!("sim-register-{id}"),
-                    at_ms: 0,
-                    cmd: Command::RegisterNode(info),
-                }));
-                let command = berth_raft::codec::encode(&call)?;
-                client.propose(ProposeRequest { command }).await?;
-                anyhow::Ok(())
+        Scenario::Ipam { clients, secs, vs } => {
+            if clients.is_empty() || clients.contains(&0) {
+                bail!("--clients needs positive counts");
             }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
-    let register_s = started.elapsed().as_secs_f64();
-
-    // Their heartbeats, every second, until the run ends.
-    let done = Arc::new(AtomicBool::new(false));
-    let beats = {
-        let done = done.clone();
-        let client = client.clone();
-        let ids = ids.clone();
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                let round = Instant::now();
-                futures::stream::iter(ids.clone())
-                    .map(|host| {
-                        let mut c = client.clone();
-                        async move {
-                            let _ = c.heartbeat(HeartbeatRequest { host }).await;
-                        }
-                    })
-                    .buffer_unordered(64)
-                    .collect::<Vec<_>>()
-                    .await;
-                tokio::time::sleep(Duration::from_secs(1).saturating_sub(round.elapsed())).await;
-            }
-        })
-    };
-
-    let spec = json!({
-        "id": "bench",
-        "cmd": ["/bin/true"],
-        "instances": instances,
-        "cpus": 0.01,
-        "mem_mb": 1,
-        "network": {"pool": "bench"},
-    });
-    let t0 = Instant::now();
-    let r = http.put(format!("{url}/v1/apps/bench")).json(&spec).send().await?;
-    if !r.status().is_success() {
-        bail!("deploy failed: {}", r.text().await?);
+            bench::ipam::run(&clients, secs, vs == Some(Anchor::Etcd)).await
+        }
+        Scenario::Failover { kills, idle, vs, berth_flag } => {
+            bench::failover::run(kills, idle, vs == Some(Anchor::Etcd), &berth_flag).await
+        }
+        Scenario::Placement { hosts, instances } => bench::placement::run(hosts, instances).await.map(drop),
+        Scenario::Deploy { runs } => bench::deploy::run(runs).await,
     }
-    let placed = loop {
-        let v: serde_json::Value = http.get(format!("{url}/v1/apps/bench?stale=true")).send().await?.json().await?;
-        let placed = v["placed"].as_u64().context("no placed count")?;
-        if placed >= u64::from(instances) {
-            break placed;
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            bail!("only {placed} of {instances} placed after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let secs = t0.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    let _ = beats.await;
-    let rss = cluster.pid(leader).and_then(rss_mb).unwrap_or(0.0);
-    let per_s = placed as f64 / secs;
-    println!(
-        "{}",
-        json!({
-            "scenario": "placement", "system": "berth", "nodes": 3, "hosts": hosts, "instances": instances,
-            "register_hosts_s": (register_s * 100.0).round() / 100.0,
-            "seconds": (secs * 1000.0).round() / 1000.0, "placements_per_s": per_s.round(),
-            "leader_rss_mb": rss.round(),
-        })
-    );
-    // Anchor: Nomad's C1M placed 1,000,000 containers on 5,000 hosts in under 5 minutes
-    // (3,750/s) with 5 servers (published figure; not re-run here).
-    println!(
-        "{}",
-        json!({"scenario": "placement", "anchor": "nomad-c1m (published)", "anchor_placements_per_s": 3750,
-               "ratio": (per_s / 3750.0 * 100.0).round() / 100.0})
-    );
-    Ok(())
 }

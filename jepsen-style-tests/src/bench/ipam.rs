@@ -1,0 +1,264 @@
+//! `ipam`: allocations per second, latency and CPU per committed allocation, berth
+//! side by side with etcd doing the job the way etcd-backed IPAM plugins do.
+//!
+//! berth: `POST /v1/ipam/pools/{pool}/allocations` on a 3-node cluster (redb, fsync
+//! on), each client pinned to one node (followers forward to the leader).
+//!
+//! etcd: 3 members, default durability. An allocation is the classic optimistic
+//! claim of CNI/libnetwork-style plugins: read the pool's "last allocated" hint, then
+//! a transaction that creates `ip/<n>` only if it does not exist (create revision 0)
+//! and moves the hint; on conflict the transaction's else branch returns the current
+//! hint and the client tries the next free candidate. Every client chases the same
+//! next address, so under concurrency most claims conflict — that is the design being
+//! measured. As a best case for etcd, `etcd-random` claims random addresses instead
+//! (almost no conflicts, at the price of no lowest-free order), with the same
+//! transaction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use super::etcd::{pb, Etcd, EtcdCluster};
+use super::{cpu_total, emit, round, Latencies};
+use crate::cluster::Cluster;
+
+/// Addresses per pool (a /14): more than any run allocates.
+const POOL_SIZE: u64 = 1 << 18;
+
+/// What one configuration measured.
+struct Measured {
+    ops: u64,
+    failed: u64,
+    conflicts: u64,
+    secs: f64,
+    cpu_s: f64,
+    lat: Latencies,
+}
+
+impl Measured {
+    fn line(&self, system: &str, clients: usize) -> serde_json::Value {
+        let ops = self.ops.max(1) as f64;
+        json!({
+            "scenario": "ipam", "system": system, "clients": clients, "ops": self.ops, "failed": self.failed,
+            "ops_per_s": round(self.ops as f64 / self.secs, 0),
+            "p50_ms": round(self.lat.quantile(0.5), 2), "p99_ms": round(self.lat.quantile(0.99), 2),
+            "cpu_ms_per_op": round(self.cpu_s * 1000.0 / ops, 3),
+            "conflicts_per_op": round(self.conflicts as f64 / ops, 2),
+        })
+    }
+}
+
+/// Runs `clients` loops of `op` for `secs`; `op(client, seq)` returns the conflicts it
+/// met, or an error for a failed allocation.
+async fn drive<F, Fut>(clients: usize, secs: f64, pids: &[u32], op: F) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64>> + Send,
+{
+    let conflicts = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_total(pids);
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (op, conflicts, failed) = (op.clone(), conflicts.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            let mut seq = 0;
+            while Instant::now() < end {
+                seq += 1;
+                let t = Instant::now();
+                match op(c, seq).await {
+                    Ok(n) => {
+                        lat.push(t.elapsed());
+                        conflicts.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Latencies::default();
+    for t in tasks {
+        if let Ok(l) = t.await {
+            lat.extend(l);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Measured {
+        ops: lat.len() as u64,
+        failed: failed.load(Ordering::Relaxed),
+        conflicts: conflicts.load(Ordering::Relaxed),
+        secs,
+        cpu_s: cpu_total(pids) - cpu0,
+        lat,
+    }
+}
+
+/// Subnet of the `i`th configuration's pool: 10.64.0.0/14, 10.68.0.0/14, ...
+fn subnet(i: usize) -> String {
+    format!("10.{}.0.0/14", 64 + 4 * (i % 32))
+}
+
+async fn berth_level(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    i: usize,
+    clients: usize,
+    secs: f64,
+) -> Result<Measured> {
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
+    let pool = format!("b{i}-{clients}");
+    let r = http
+        .post(format!("{}/v1/ipam/pools", cluster.url(leader)))
+        .json(&json!({"name": pool, "subnet": subnet(i)}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("cannot create pool {pool}: {}", r.text().await?);
+    }
+    let urls: Vec<String> = cluster.nodes.keys().map(|id| cluster.url(*id)).collect();
+    let pids: Vec<u32> = cluster.nodes.keys().filter_map(|id| cluster.pid(*id)).collect();
+    let http = http.clone();
+    Ok(drive(clients, secs, &pids, move |c, seq| {
+        let url = format!("{}/v1/ipam/pools/{pool}/allocations", urls[c % urls.len()]);
+        let http = http.clone();
+        async move {
+            let r = http.post(url).json(&json!({"owner": format!("c{c}-{seq}")})).send().await?;
+            if r.status().as_u16() != 201 {
+                bail!("allocation failed: {}", r.status());
+            }
+            Ok(0)
+        }
+    })
+    .await)
+}
+
+/// How an etcd client picks the address it tries to claim.
+#[derive(Clone, Copy)]
+enum Probe {
+    /// The address after the pool's "last allocated" hint (CNI host-local style).
+    Hint,
+    /// A random address, seeded per client and operation.
+    Random(u64),
+}
+
+/// One etcd allocation: pick a candidate, claim it if still free, else pick again.
+async fn etcd_allocate(client: &mut Etcd, pool: &str, owner: String, probe: Probe) -> Result<u64> {
+    let hint_key = format!("/ipam/{pool}/last").into_bytes();
+    let mut last: u64 = match probe {
+        Probe::Hint => match client.get(&hint_key).await? {
+            Some(kv) => std::str::from_utf8(&kv.value)?.parse()?,
+            None => 0,
+        },
+        Probe::Random(_) => 0,
+    };
+    let mut rng = match probe {
+        Probe::Random(seed) => seed | 1,
+        Probe::Hint => 0,
+    };
+    for conflicts in 0..POOL_SIZE {
+        let n = match probe {
+            Probe::Hint => last % POOL_SIZE + 1,
+            Probe::Random(_) => {
+                // xorshift64
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % POOL_SIZE + 1
+            }
+        };
+        let key = format!("/ipam/{pool}/ip/{n}").into_bytes();
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::RESULT_EQUAL,
+                target: pb::TARGET_CREATE,
+                key: key.clone(),
+                target_union: Some(pb::TargetUnion::CreateRevision(0)),
+            }],
+            success: vec![
+                pb::RequestOp { request: Some(pb::Request::Put(pb::PutRequest { key, value: owner.clone().into() })) },
+                pb::RequestOp {
+                    request: Some(pb::Request::Put(pb::PutRequest {
+                        key: hint_key.clone(),
+                        value: n.to_string().into_bytes(),
+                    })),
+                },
+            ],
+            failure: vec![pb::RequestOp {
+                request: Some(pb::Request::Range(pb::RangeRequest { key: hint_key.clone(), ..Default::default() })),
+            }],
+        };
+        let r = client.txn(req).await?;
+        if r.succeeded {
+            return Ok(conflicts);
+        }
+        // Taken: move past both it and the hint someone else has advanced.
+        let hint = r.responses.into_iter().find_map(|op| match op.response {
+            Some(pb::Response::Range(rr)) => rr.kvs.into_iter().next(),
+            _ => None,
+        });
+        let hint: u64 = hint.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()).unwrap_or(0);
+        last = n.max(hint);
+    }
+    bail!("pool {pool} exhausted")
+}
+
+async fn etcd_level(etcd: &EtcdCluster, i: usize, clients: usize, secs: f64, random: bool) -> Result<Measured> {
+    let ids = etcd.ids();
+    let mut conns = Vec::new();
+    for id in &ids {
+        conns.push(etcd.client(*id).await?);
+    }
+    let pool = format!("e{i}-{clients}-{random}");
+    let pids = etcd.pids();
+    Ok(drive(clients, secs, &pids, move |c, seq| {
+        // gRPC multiplexes: one channel per member, shared by the clients pinned to it.
+        let mut client = conns[c % conns.len()].clone();
+        let pool = pool.clone();
+        let probe = if random { Probe::Random((c as u64) << 32 | seq) } else { Probe::Hint };
+        async move { etcd_allocate(&mut client, &pool, format!("c{c}-{seq}"), probe).await }
+    })
+    .await)
+}
+
+/// The scenario: each client count in turn, berth then etcd.
+pub async fn run(levels: &[usize], secs: f64, vs_etcd: bool) -> Result<()> {
+    let cluster = Cluster::start(3, &[])?;
+    let etcd = if vs_etcd { Some(EtcdCluster::start(3).await?) } else { None };
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let mut ratios = Vec::new();
+    for (i, &clients) in levels.iter().enumerate() {
+        let b = berth_level(&cluster, &http, i, clients, secs).await?;
+        emit(b.line("berth", clients));
+        if let Some(etcd) = &etcd {
+            let e = etcd_level(etcd, i, clients, secs, false).await?;
+            emit(e.line("etcd", clients));
+            let r = etcd_level(etcd, i, clients, secs, true).await?;
+            emit(r.line("etcd-random", clients));
+            let per_s = |m: &Measured| m.ops as f64 / m.secs;
+            let cpu = |m: &Measured| round(m.cpu_s * 1000.0 / m.ops.max(1) as f64, 3);
+            ratios.push(json!({
+                "clients": clients,
+                "throughput_ratio": round(per_s(&b) / per_s(&e).max(f64::MIN_POSITIVE), 2),
+                "throughput_ratio_vs_random": round(per_s(&b) / per_s(&r).max(f64::MIN_POSITIVE), 2),
+                "p99_ms": {"berth": round(b.lat.quantile(0.99), 2), "etcd": round(e.lat.quantile(0.99), 2),
+                           "etcd-random": round(r.lat.quantile(0.99), 2)},
+                "cpu_ms_per_op": {"berth": cpu(&b), "etcd": cpu(&e), "etcd-random": cpu(&r)},
+            }));
+        }
+    }
+    if vs_etcd {
+        emit(json!({"scenario": "ipam", "anchor": "etcd", "goal": "berth >= 3x etcd throughput at equal or lower p99",
+                    "ratios": ratios}));
+    }
+    Ok(())
+}
