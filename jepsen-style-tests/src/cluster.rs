@@ -126,7 +126,7 @@ impl Cluster {
             .arg(&p.data_dir)
             .args(["--listen", &p.grpc, "--http", &p.http, "--peers", peers])
             .args(&self.extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("BERTH_NODE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

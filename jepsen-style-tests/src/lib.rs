@@ -3,7 +3,7 @@
 //! - [`cluster`]: starts a cluster of real `berth agent` processes on loopback and
 //!   controls them (kill, stop, pause). The chaos suite (issue 5) adds network
 //!   namespaces and partitions on top.
-//! - [`bench`] and `berth-bench` (src/bin): benchmarks that print one JSON line per
+//! - [`mod@bench`] and `berth-bench` (src/bin): benchmarks that print one JSON line per
 //!   measured system and configuration, side by side with their anchor (etcd for IPAM
 //!   and failover) (`docs/benchmarks.md`).
 //! - [`history`] and [`checker`]: histories of invoke/ok/fail/info events and the

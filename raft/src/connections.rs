@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 /// The largest gRPC message berth sends or accepts (Raft batches, snapshot chunks).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How long a connection attempt to a peer may take before the peer counts as
 /// unreachable.

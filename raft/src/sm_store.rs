@@ -75,8 +75,19 @@ impl<SM: StateMachine> Clone for StateHandle<SM> {
 
 impl<SM: StateMachine> StateHandle<SM> {
     /// Locks the replica for reading. Keep the guard short: apply waits for it.
+    ///
+    /// When the lock is taken (an apply of a large batch), the wait happens off the
+    /// async worker ([`blocking::run`]): with two cores, two readers parked on the lock
+    /// would otherwise stall every task of the node — Raft heartbeats included — and
+    /// cost the cluster its leader.
     pub fn read(&self) -> RwLockReadGuard<'_, Replica<SM>> {
-        self.shared.replica.read().unwrap_or_else(|p| p.into_inner())
+        match self.shared.replica.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                blocking::run(|| self.shared.replica.read().unwrap_or_else(|p| p.into_inner()))
+            }
+        }
     }
 
     /// The index of the last applied entry.
@@ -181,9 +192,12 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut replies = Vec::with_capacity(batch.len());
-        let last_index;
-        {
+        // A batch with a heavy entry (a plan placing thousands of instances) is applied
+        // off the async worker, so the node's other tasks — Raft heartbeats — go on;
+        // the rest inline, which costs no thread hand-over.
+        let heavy = batch.iter().any(|(e, _)| matches!(&e.payload, EntryPayload::Normal(c) if SM::is_heavy(c)));
+        let apply = || {
+            let mut replies = Vec::with_capacity(batch.len());
             let mut replica = self.write_lock();
             for (entry, responder) in batch {
                 let index = entry.log_id.index;
@@ -200,8 +214,9 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
                     replies.push((r, response));
                 }
             }
-            last_index = replica.applied_index();
-        }
+            (replies, replica.applied_index())
+        };
+        let (replies, last_index) = if heavy { blocking::run(apply) } else { apply() };
         self.shared.applied.send_replace(last_index);
         for (responder, response) in replies {
             responder.send(response);

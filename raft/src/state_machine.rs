@@ -31,6 +31,13 @@ pub trait StateMachine: Default + Send + Sync + 'static {
     /// Applies one committed command at log position `index`.
     fn apply(&mut self, index: u64, command: Self::Command) -> Self::Response;
 
+    /// Whether applying `command` may take long (milliseconds or more): such entries
+    /// are applied off the async worker, so the node's Raft heartbeats go on; the
+    /// others inline, which is cheaper. Default: none is.
+    fn is_heavy(_command: &Self::Command) -> bool {
+        false
+    }
+
     /// Serializes the whole state.
     fn snapshot(&self) -> io::Result<Vec<u8>>;
 

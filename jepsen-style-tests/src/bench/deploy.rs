@@ -16,6 +16,11 @@ use super::{emit, round, Latencies};
 use crate::cluster::Cluster;
 
 const IMAGE: &str = "berth-bench/busybox:1";
+/// The resources of both containers: berth turns an app's `cpus`/`mem_mb` into Docker's
+/// CPU quota and memory limit, and `docker run` gets the same flags. (The quota
+/// matters: under `cpus: 0.01` the container's own start-up is throttled to seconds.)
+const CPUS: f64 = 0.5;
+const MEM_MB: u64 = 32;
 
 fn sh(cmd: &str) -> Result<String> {
     let out = Command::new("sh").args(["-c", cmd]).output()?;
@@ -98,13 +103,16 @@ async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body
 async fn berth_once(http: &reqwest::Client, url: &str, app: &str, pool: &str) -> Result<Duration> {
     let spec = json!({
         "id": app, "image": IMAGE, "cmd": ["/bin/sleep", "3600"], "instances": 1,
-        "cpus": 0.01, "mem_mb": 8, "network": {"pool": pool}, "stop_grace_s": 1,
+        "cpus": CPUS, "mem_mb": MEM_MB, "network": {"pool": pool}, "stop_grace_s": 1,
     });
     let t0 = Instant::now();
     call(http, reqwest::Method::PUT, format!("{url}/v1/apps/{app}"), Some(spec)).await?;
     loop {
         let v = call(http, reqwest::Method::GET, format!("{url}/v1/instances?app={app}&stale=true"), None).await?;
         if let Some(i) = v.as_array().and_then(|a| a.first()) {
+            if std::env::var_os("BENCH_TRACE").is_some() {
+                eprintln!("{:?} {} host={} ip={}", t0.elapsed(), i["state"], i["host"], i["ip"]);
+            }
             if i["state"] == "running" && i["ip"].is_string() {
                 return Ok(t0.elapsed());
             }
@@ -132,7 +140,8 @@ async fn docker_once(http: &reqwest::Client, url: &str, pool: &str, i: usize) ->
     let name = format!("berth-bench-run-{i}");
     let t0 = Instant::now();
     let run = tokio::process::Command::new("docker")
-        .args(["run", "-d", "--network", &format!("berth-{pool}"), "--ip", &ip, "--name", &name, IMAGE])
+        .args(["run", "-d", "--network", &format!("berth-{pool}"), "--ip", &ip, "--name", &name])
+        .args(["--cpus", &CPUS.to_string(), "--memory", &format!("{MEM_MB}m"), IMAGE])
         .args(["/bin/sleep", "3600"])
         .output()
         .await?;

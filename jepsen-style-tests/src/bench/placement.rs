@@ -78,21 +78,32 @@ pub async fn run(hosts: u64, instances: u32) -> Result<Cluster> {
     let done = Arc::new(AtomicBool::new(false));
     let beats = {
         let done = done.clone();
-        let client = client.clone();
+        let mut client = client.clone();
         let ids = ids.clone();
+        let view = cluster.clone_view();
+        let grpc: std::collections::BTreeMap<u64, String> =
+            cluster.nodes.iter().map(|(id, p)| (*id, p.grpc.clone())).collect();
+        let http = http.clone();
         tokio::spawn(async move {
             while !done.load(Ordering::Relaxed) {
                 let round = Instant::now();
-                futures::stream::iter(ids.clone())
+                let refused = futures::stream::iter(ids.clone())
                     .map(|host| {
                         let mut c = client.clone();
-                        async move {
-                            let _ = c.heartbeat(HeartbeatRequest { host }).await;
-                        }
+                        async move { c.heartbeat(HeartbeatRequest { host }).await.is_err() }
                     })
                     .buffer_unordered(64)
-                    .collect::<Vec<_>>()
+                    .filter(|refused| futures::future::ready(*refused))
+                    .count()
                     .await;
+                // Agents follow the leader; so do the simulated hosts.
+                if refused > 0 {
+                    if let Some(l) = view.leader(&http).await {
+                        if let Ok(c) = internal(&grpc[&l]).await {
+                            client = c;
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(1).saturating_sub(round.elapsed())).await;
             }
         })

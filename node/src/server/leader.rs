@@ -92,10 +92,11 @@ async fn lead(node: &Arc<Node>) {
                 tracing::debug!(error = %e, "cannot record host state");
             }
         }
-        let plan = {
+        // Planning a large round takes a while: off the async worker (see blocking::run).
+        let plan = berth_raft::blocking::run(|| {
             let replica = node.state.read();
             scheduler::plan_limited(&replica.state, MAX_PLAN_ITEMS)
-        };
+        });
         // The same plan again right away means apply refused part of it (state moved
         // under the scheduler): propose it again only after a pause.
         let repeat = last_plan.as_ref().is_some_and(|(p, at)| p == &plan && at.elapsed() < Duration::from_secs(2));

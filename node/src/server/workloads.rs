@@ -194,10 +194,14 @@ pub fn parse_spec(id: &str, body: &[u8]) -> Result<AppSpec, ApiError> {
 }
 
 impl Node {
+    /// Views count over every instance of the app: off the async worker (see
+    /// `berth_raft::blocking::run`), as a million instances take a while.
     fn read_app(&self, id: &str) -> Result<AppView, ApiError> {
-        let r = self.state.read();
-        let app = r.state.apps.apps.get(id).ok_or_else(|| app_not_found(id))?;
-        Ok(app_view(&r.state, app))
+        berth_raft::blocking::run(|| {
+            let r = self.state.read();
+            let app = r.state.apps.apps.get(id).ok_or_else(|| app_not_found(id))?;
+            Ok(app_view(&r.state, app))
+        })
     }
 
     /// Runs an app command through the leader, then answers with the app as this
@@ -251,8 +255,10 @@ impl Node {
 
     pub async fn list_apps(&self, stale: bool) -> Result<Vec<AppView>, ApiError> {
         self.read_barrier(stale).await?;
-        let r = self.state.read();
-        Ok(r.state.apps.apps.values().map(|a| app_view(&r.state, a)).collect())
+        berth_raft::blocking::run(|| {
+            let r = self.state.read();
+            Ok(r.state.apps.apps.values().map(|a| app_view(&r.state, a)).collect())
+        })
     }
 
     pub async fn app_versions(&self, id: &str, stale: bool) -> Result<Vec<VersionView>, ApiError> {
@@ -268,18 +274,20 @@ impl Node {
 
     pub async fn list_instances(&self, app: Option<&str>, stale: bool) -> Result<Vec<InstanceView>, ApiError> {
         self.read_barrier(stale).await?;
-        let r = self.state.read();
-        let mut list: Vec<&Instance> = match app {
-            Some(a) => {
-                if !r.state.apps.apps.contains_key(a) && r.state.apps.instances_of(a).next().is_none() {
-                    return Err(app_not_found(a));
+        berth_raft::blocking::run(|| {
+            let r = self.state.read();
+            let mut list: Vec<&Instance> = match app {
+                Some(a) => {
+                    if !r.state.apps.apps.contains_key(a) && r.state.apps.instances_of(a).next().is_none() {
+                        return Err(app_not_found(a));
+                    }
+                    r.state.apps.instances_of(a).collect()
                 }
-                r.state.apps.instances_of(a).collect()
-            }
-            None => r.state.apps.instances.values().collect(),
-        };
-        list.sort_by(|a, b| (&a.app, a.index).cmp(&(&b.app, b.index)));
-        Ok(list.into_iter().map(instance_view).collect())
+                None => r.state.apps.instances.values().collect(),
+            };
+            list.sort_by(|a, b| (&a.app, a.index).cmp(&(&b.app, b.index)));
+            Ok(list.into_iter().map(instance_view).collect())
+        })
     }
 
     pub async fn list_hosts(&self, stale: bool) -> Result<Vec<HostView>, ApiError> {

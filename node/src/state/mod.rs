@@ -97,6 +97,14 @@ impl StateMachine for State {
     type Command = Request;
     type Response = Response;
 
+    /// Plans that place or change many instances.
+    fn is_heavy(req: &Request) -> bool {
+        match &req.cmd {
+            Command::ApplyPlan(p) => p.places.len() + p.creates.len() + p.stops.len() + p.upgrades.len() > 256,
+            _ => false,
+        }
+    }
+
     fn apply(&mut self, index: u64, req: Request) -> Response {
         self.clock_ms = self.clock_ms.max(req.at_ms);
         self.applied_index = index;
