@@ -124,17 +124,8 @@ where
         self.put_meta(keys::VOTE, vote)
     }
 
-    /// Lazily (no fsync): openraft awaits this on its core loop before every apply, so
-    /// a durable write here would put one more fsync in every commit's path. Losing the
-    /// latest value in a crash is harmless — the pointer only lets a restarted node
-    /// re-apply without waiting for the leader, and an older committed index is still a
-    /// committed index; the entries it points to were appended durably before.
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        let mut batch = WriteBatch::new();
-        batch.put(keys::COMMITTED.to_vec(), codec::encode(&committed)?);
-        let kv = self.kv.clone();
-        blocking::run(move || kv.write_lazy(batch))?;
-        Ok(())
+        self.put_meta(keys::COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {

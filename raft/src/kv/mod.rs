@@ -96,14 +96,6 @@ pub trait KvStore: Send + Sync + 'static {
     /// Applies `batch` atomically and durably: when this returns `Ok`, every operation is
     /// on disk; after a crash, either all of them are there or none.
     fn write(&self, batch: WriteBatch) -> Result<(), KvError>;
-    /// Applies `batch` atomically but without waiting for the disk: it becomes durable
-    /// with the next [`KvStore::write`] (or a clean close). After a crash the store holds
-    /// a prefix of all writes in order — a lazy batch may be lost only together with
-    /// every write after it. For data whose loss is harmless but whose fsync is not
-    /// (the committed pointer). The default is the durable write.
-    fn write_lazy(&self, batch: WriteBatch) -> Result<(), KvError> {
-        self.write(batch)
-    }
     /// Bytes the store occupies on disk (0 in memory).
     fn disk_usage(&self) -> u64 {
         0

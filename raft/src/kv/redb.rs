@@ -2,16 +2,14 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::{KvError, KvStore, Op, Pair, WriteBatch};
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("berth");
 
 /// A [`KvStore`] on redb. Every [`write`](KvStore::write) is one write transaction
-/// committed with redb's default durability (`Immediate`: fsync before commit returns);
-/// [`write_lazy`](KvStore::write_lazy) commits with `Durability::None`, which redb
-/// persists with the next durable commit.
+/// committed with redb's default durability (`Immediate`: fsync before commit returns).
 pub struct RedbStore {
     db: Database,
     path: std::path::PathBuf,
@@ -31,31 +29,6 @@ impl RedbStore {
         tx.open_table(TABLE).map_err(io)?;
         tx.commit().map_err(io)?;
         Ok(Self { db, path: path.to_path_buf() })
-    }
-
-    /// One write transaction with `durability`.
-    fn commit(&self, batch: WriteBatch, durability: Durability) -> Result<(), KvError> {
-        let mut tx = self.db.begin_write().map_err(io)?;
-        tx.set_durability(durability).map_err(io)?;
-        {
-            let mut table = tx.open_table(TABLE).map_err(io)?;
-            for op in batch.ops {
-                match op {
-                    Op::Put(k, v) => {
-                        table.insert(k.as_slice(), v.as_slice()).map_err(io)?;
-                    }
-                    Op::Delete(k) => {
-                        table.remove(k.as_slice()).map_err(io)?;
-                    }
-                    Op::DeleteRange(start, end) => {
-                        if start < end {
-                            table.retain_in(start.as_slice()..end.as_slice(), |_, _| false).map_err(io)?;
-                        }
-                    }
-                }
-            }
-        }
-        tx.commit().map_err(io)
     }
 }
 
@@ -97,11 +70,26 @@ impl KvStore for RedbStore {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
-        self.commit(batch, Durability::Immediate)
-    }
-
-    fn write_lazy(&self, batch: WriteBatch) -> Result<(), KvError> {
-        self.commit(batch, Durability::None)
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut table = tx.open_table(TABLE).map_err(io)?;
+            for op in batch.ops {
+                match op {
+                    Op::Put(k, v) => {
+                        table.insert(k.as_slice(), v.as_slice()).map_err(io)?;
+                    }
+                    Op::Delete(k) => {
+                        table.remove(k.as_slice()).map_err(io)?;
+                    }
+                    Op::DeleteRange(start, end) => {
+                        if start < end {
+                            table.retain_in(start.as_slice()..end.as_slice(), |_, _| false).map_err(io)?;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(io)
     }
 
     fn disk_usage(&self) -> u64 {

@@ -54,14 +54,6 @@ impl KvStore for SledStore {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
-        self.write_lazy(batch)?;
-        self.db.flush().map_err(io)?;
-        Ok(())
-    }
-
-    /// sled's batches are applied in order and its log is flushed in order: a flush
-    /// persists every batch before it.
-    fn write_lazy(&self, batch: WriteBatch) -> Result<(), KvError> {
         let mut b = sled::Batch::default();
         for op in batch.ops {
             match op {
@@ -79,7 +71,9 @@ impl KvStore for SledStore {
                 }
             }
         }
-        self.db.apply_batch(b).map_err(io)
+        self.db.apply_batch(b).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
     }
 
     fn disk_usage(&self) -> u64 {

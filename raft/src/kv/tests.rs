@@ -64,27 +64,6 @@ fn durable_backends_keep_data_across_reopen() {
 }
 
 #[test]
-fn lazy_writes_are_visible_at_once_and_persisted_by_the_next_durable_write() {
-    for (backend, dir) in backends() {
-        {
-            let kv = open(backend, dir.path()).unwrap();
-            let mut b = WriteBatch::new();
-            b.put(b"lazy".to_vec(), b"1".to_vec());
-            kv.write_lazy(b).unwrap();
-            assert_eq!(kv.get(b"lazy").unwrap(), Some(b"1".to_vec()), "{backend}");
-            let mut b = WriteBatch::new();
-            b.put(b"durable".to_vec(), b"2".to_vec());
-            kv.write(b).unwrap();
-        }
-        if backend != Backend::Memory {
-            let kv = open(backend, dir.path()).unwrap();
-            assert_eq!(kv.get(b"lazy").unwrap(), Some(b"1".to_vec()), "{backend}");
-            assert_eq!(kv.get(b"durable").unwrap(), Some(b"2".to_vec()), "{backend}");
-        }
-    }
-}
-
-#[test]
 fn backend_names_parse_and_print() {
     for b in [Backend::Redb, Backend::Sled, Backend::Memory] {
         assert_eq!(b.to_string().parse::<Backend>().unwrap(), b);
