@@ -8,12 +8,13 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-fn sh(cmd: &str) -> Result<()> {
+/// Runs a shell command; its trimmed stdout, or an error with its stderr.
+pub fn sh(cmd: &str) -> Result<String> {
     let out = Command::new("sh").args(["-c", cmd]).output().with_context(|| cmd.to_string())?;
     if !out.status.success() {
         bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Why namespaces cannot be used here, if they cannot.

@@ -6,7 +6,6 @@
 //! `docker import` (no pulls); the macvlan parent is one end of a veth pair on a bridge
 //! of its own. berth runs as a 3-node cluster with the docker runtime.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::{emit, round, Latencies};
 use crate::cluster::Cluster;
+use crate::netns::sh;
 
 const IMAGE: &str = "berth-bench/busybox:1";
 /// The resources of both containers: berth turns an app's `cpus`/`mem_mb` into Docker's
@@ -21,14 +21,6 @@ const IMAGE: &str = "berth-bench/busybox:1";
 /// matters: under `cpus: 0.01` the container's own start-up is throttled to seconds.)
 const CPUS: f64 = 0.5;
 const MEM_MB: u64 = 32;
-
-fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh").args(["-c", cmd]).output()?;
-    if !out.status.success() {
-        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 /// Why the scenario cannot run here, if it cannot.
 fn missing() -> Option<String> {
@@ -110,9 +102,6 @@ async fn berth_once(http: &reqwest::Client, url: &str, app: &str, pool: &str) ->
     loop {
         let v = call(http, reqwest::Method::GET, format!("{url}/v1/instances?app={app}&stale=true"), None).await?;
         if let Some(i) = v.as_array().and_then(|a| a.first()) {
-            if std::env::var_os("BENCH_TRACE").is_some() {
-                eprintln!("{:?} {} host={} ip={}", t0.elapsed(), i["state"], i["host"], i["ip"]);
-            }
             if i["state"] == "running" && i["ip"].is_string() {
                 return Ok(t0.elapsed());
             }
