@@ -124,6 +124,15 @@ where
         self.put_meta(keys::VOTE, vote)
     }
 
+    /// Durable, like every other write here — and it must be, though Raft calls the
+    /// commit index volatile. openraft lets a leader that restarts with its vote still
+    /// committed resume its term without an election, and then reuses its first entry
+    /// of the term as the "noop": a linearizable read waits for
+    /// `max(noop, committed)`, so after a crash of every node the persisted committed
+    /// pointer is the only lower bound of the read index. Written lazily (an experiment
+    /// with redb `Durability::None`), it came back stale after a power cut and reads
+    /// missed acknowledged writes — the chaos suite's restart-all nemesis found it
+    /// within seconds (docs/chaos.md, "Anomalies found").
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         self.put_meta(keys::COMMITTED, &committed)
     }

@@ -29,7 +29,7 @@ pub mod constraints;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::state::apps::spec::parse_constraints;
-use crate::state::apps::{App, Desired, Instance, InstanceState};
+use crate::state::apps::{App, Desired, Instance, InstanceState, Usage};
 use crate::state::nodes::{HostState, NodeInfo};
 use crate::state::{NewInstance, Plan, State};
 
@@ -37,8 +37,8 @@ use crate::state::{NewInstance, Plan, State};
 struct Hosts<'a> {
     /// Up hosts, by id.
     info: BTreeMap<u64, &'a NodeInfo>,
-    /// (cpus, mem_mb) reserved, including what this plan already placed.
-    used: BTreeMap<u64, (f64, u64)>,
+    /// Reserved, including what this plan already placed.
+    used: BTreeMap<u64, Usage>,
 }
 
 impl<'a> Hosts<'a> {
@@ -50,15 +50,7 @@ impl<'a> Hosts<'a> {
             .filter(|(id, _)| state.nodes.state(**id) == HostState::Up)
             .map(|(id, i)| (*id, i))
             .collect();
-        let mut used: BTreeMap<u64, (f64, u64)> = info.keys().map(|h| (*h, (0.0, 0))).collect();
-        for i in state.apps.instances.values() {
-            if let (Some(h), true) = (i.host, i.reserves()) {
-                if let Some(u) = used.get_mut(&h) {
-                    u.0 += i.cpus;
-                    u.1 += i.mem_mb;
-                }
-            }
-        }
+        let used = info.keys().map(|h| (*h, state.apps.usage(*h))).collect();
         Hosts { info, used }
     }
 }
@@ -104,6 +96,7 @@ fn choose_host(
 ) -> Result<u64, String> {
     let spec = app.spec();
     let runtime = spec.runtime();
+    let need = Usage::of(spec.cpus, spec.mem_mb);
     let mut refusals = Refusals::default();
     let mut best: Option<(u32, f64, u64)> = None;
     for (id, info) in &hosts.info {
@@ -111,12 +104,12 @@ fn choose_host(
             refusals.runtime += 1;
             continue;
         }
-        let (c, m) = hosts.used[id];
-        if c + spec.cpus > info.cpus + 1e-9 {
+        let used = hosts.used[id];
+        if !used.cpus_fit(need, info.cpus) {
             refusals.cpus += 1;
             continue;
         }
-        if m + spec.mem_mb > info.mem_mb {
+        if !used.mem_fits(need, info.mem_mb) {
             refusals.mem += 1;
             continue;
         }
@@ -124,7 +117,7 @@ fn choose_host(
             *refusals.constraint.entry(failed.describe()).or_default() += 1;
             continue;
         }
-        let key = (counts.get(id).copied().unwrap_or(0), c / info.cpus.max(1e-9), *id);
+        let key = (counts.get(id).copied().unwrap_or(0), used.cpus() / info.cpus.max(1e-9), *id);
         if best.is_none_or(|b| key.0 < b.0 || (key.0 == b.0 && (key.1 < b.1 || (key.1 == b.1 && key.2 < b.2)))) {
             best = Some(key);
         }
@@ -132,9 +125,7 @@ fn choose_host(
     match best {
         Some((_, _, h)) => {
             *counts.entry(h).or_default() += 1;
-            let u = hosts.used.get_mut(&h).expect("candidate is up");
-            u.0 += spec.cpus;
-            u.1 += spec.mem_mb;
+            hosts.used.get_mut(&h).expect("candidate is up").add(need);
             Ok(h)
         }
         None => Err(refusals.explain(&app.id, runtime, spec.cpus, spec.mem_mb, hosts.info.len())),
@@ -155,13 +146,13 @@ struct Ranked {
 
 impl Ranked {
     fn key(hosts: &Hosts<'_>, counts: &BTreeMap<u64, u32>, id: u64) -> (u32, u64, u64) {
-        let share = hosts.used[&id].0 / hosts.info[&id].cpus.max(1e-9);
+        let share = hosts.used[&id].cpus() / hosts.info[&id].cpus.max(1e-9);
         (counts.get(&id).copied().unwrap_or(0), share.max(0.0).to_bits(), id)
     }
 
     fn fits(hosts: &Hosts<'_>, id: u64, cpus: f64, mem_mb: u64) -> bool {
-        let (info, (c, m)) = (hosts.info[&id], hosts.used[&id]);
-        c + cpus <= info.cpus + 1e-9 && m + mem_mb <= info.mem_mb
+        let info = hosts.info[&id];
+        hosts.used[&id].fits(Usage::of(cpus, mem_mb), info.cpus, info.mem_mb)
     }
 
     fn new(hosts: &Hosts<'_>, app: &App, counts: &BTreeMap<u64, u32>) -> Ranked {
@@ -180,9 +171,7 @@ impl Ranked {
         let spec = app.spec();
         let (_, _, id) = self.order.pop_first()?;
         *counts.entry(id).or_default() += 1;
-        let u = hosts.used.get_mut(&id).expect("ranked hosts are up");
-        u.0 += spec.cpus;
-        u.1 += spec.mem_mb;
+        hosts.used.get_mut(&id).expect("ranked hosts are up").add(Usage::of(spec.cpus, spec.mem_mb));
         if Self::fits(hosts, id, spec.cpus, spec.mem_mb) {
             self.order.insert(Self::key(hosts, counts, id));
         }
@@ -232,8 +221,8 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     let compiled: Vec<constraints::Compiled> =
         parse_constraints(&spec.constraints).unwrap_or_default().iter().map(constraints::Compiled::new).collect();
 
-    let mut live: Vec<&Instance> = state.apps.instances_of(&app.id).filter(|i| i.desired == Desired::Run).collect();
-    live.sort_by_key(|i| i.index);
+    // In index order (oldest first), as the state keeps them.
+    let live: Vec<&Instance> = state.apps.instances_of(&app.id).filter(|i| i.desired == Desired::Run).collect();
     let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
     for i in &live {
         if let Some(h) = i.host {
@@ -248,7 +237,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         let youngest = core.pop().expect("len > want >= 0");
         stopping.insert(youngest.id.clone());
     }
-    let mut creates = want.saturating_sub(core.len());
+    let creates = want.saturating_sub(core.len());
 
     // Rollout.
     let old: Vec<&Instance> = core.iter().copied().filter(|i| i.version != target).collect();
@@ -295,7 +284,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         }
     }
     for id in &stopping {
-        if let Some(i) = state.apps.instances.get(id) {
+        if let Some(i) = state.apps.instance(id) {
             if let Some(h) = i.host {
                 if let Some(c) = counts.get_mut(&h) {
                     *c = c.saturating_sub(1);
@@ -326,10 +315,14 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
             }
         }
     }
-    while creates > 0 {
-        new.push(NewInstance { app: app.id.clone(), version: target, host: None, surge: false });
-        creates -= 1;
-    }
+    // Only what this round can take (a million-instance deploy creates 20k a round).
+    let room = max.saturating_sub(plan.creates.len() + new.len());
+    new.extend((0..creates.min(room)).map(|_| NewInstance {
+        app: app.id.clone(),
+        version: target,
+        host: None,
+        surge: false,
+    }));
     for mut n in new {
         if plan.creates.len() >= max {
             break;

@@ -23,7 +23,9 @@ impl World {
 
     fn apply(&mut self, cmd: Command) -> crate::state::Response {
         self.index += 1;
-        self.s.apply(self.index, Request { id: String::new(), at_ms: self.index, cmd })
+        let r = self.s.apply(self.index, Request { id: String::new(), at_ms: self.index, cmd });
+        assert!(self.s.apps.indexes_are_exact(), "the derived indexes drifted at entry {}", self.index);
+        r
     }
 
     /// Creates pool `lan` (198.18.0.0/24).
@@ -73,8 +75,7 @@ impl World {
         let reports: Vec<Report> = self
             .s
             .apps
-            .instances
-            .values()
+            .instances()
             .filter(|i| i.host.is_some())
             .map(|i| Report {
                 id: i.id.clone(),
@@ -96,9 +97,7 @@ impl World {
     }
 
     fn hosts_of(&self, app: &str) -> Vec<Option<u64>> {
-        let mut v: Vec<_> = self.s.apps.instances_of(app).map(|i| (i.index, i.host)).collect();
-        v.sort();
-        v.into_iter().map(|(_, h)| h).collect()
+        self.s.apps.instances_of(app).map(|i| i.host).collect()
     }
 
     fn per_host(&self, app: &str) -> BTreeMap<u64, usize> {
@@ -116,6 +115,25 @@ impl World {
 
 fn process_app(id: &str, n: u32, extra: &str) -> String {
     format!(r#"{{"id":"{id}","cmd":["sleep","100"],"instances":{n},"cpus":0.5,"mem_mb":100{extra}}}"#)
+}
+
+#[test]
+fn instances_are_found_by_id_and_listed_in_creation_order() {
+    let mut w = World::new();
+    w.host(1, "process", 64.0, 65536, &[]);
+    // Dashed app ids whose names are prefixes of one another.
+    w.deploy(&process_app("my-app", 12, ""));
+    w.deploy(&process_app("my-app-2", 1, ""));
+    w.settle(3);
+    let indexes: Vec<u64> = w.s.apps.instances_of("my-app").map(|i| i.index).collect();
+    assert_eq!(indexes, (1..=12).collect::<Vec<_>>());
+    assert_eq!(w.s.apps.instances_of("my-app-2").count(), 1);
+    assert_eq!(w.s.apps.instance("my-app-10").map(|i| i.app.as_str()), Some("my-app"));
+    assert_eq!(w.s.apps.instance("my-app-2-1").map(|i| i.app.as_str()), Some("my-app-2"));
+    for id in ["my-app-010", "my-app-13", "my-app", "my-app-", "other-1", "my-app-x", ""] {
+        assert!(w.s.apps.instance(id).is_none(), "{id:?} is no instance");
+    }
+    assert_eq!(w.s.apps.instances().count(), 13);
 }
 
 #[test]
@@ -302,10 +320,10 @@ fn a_lost_host_moves_instances_with_their_ips() {
     w.run_all();
     let on_1 = w.s.apps.instances_of("web").find(|i| i.host == Some(1)).unwrap().clone();
     w.apply(Command::SetHostState { id: 1, state: HostState::Down });
-    let lost = &w.s.apps.instances[&on_1.id];
+    let lost = w.s.apps.instance(&on_1.id).unwrap();
     assert_eq!((lost.state, lost.host), (InstanceState::Lost, None));
     w.settle(3);
-    let moved = &w.s.apps.instances[&on_1.id];
+    let moved = w.s.apps.instance(&on_1.id).unwrap();
     assert_eq!(moved.host, Some(2));
     assert_eq!(moved.ip, on_1.ip, "the sticky IP follows the instance");
     assert!(moved.epoch > on_1.epoch);
@@ -333,7 +351,7 @@ fn reports_for_an_older_placement_are_ignored() {
     w.host(2, "process", 8.0, 8192, &[]);
     w.deploy(&process_app("web", 1, ""));
     w.settle(3);
-    let i = w.s.apps.instances["web-1"].clone();
+    let i = w.s.apps.instance("web-1").unwrap().clone();
     w.apply(Command::SetHostState { id: i.host.unwrap(), state: HostState::Down });
     w.settle(3);
     // The old host's agent, late, reports the instance running under the old epoch.
@@ -346,7 +364,7 @@ fn reports_for_an_older_placement_are_ignored() {
         message: None,
         restarts: 0,
     }));
-    let now = &w.s.apps.instances["web-1"];
+    let now = w.s.apps.instance("web-1").unwrap();
     assert_ne!(now.host, i.host);
     assert_eq!(now.state, InstanceState::Starting);
 }

@@ -283,7 +283,7 @@ impl Node {
                     }
                     r.state.apps.instances_of(a).collect()
                 }
-                None => r.state.apps.instances.values().collect(),
+                None => r.state.apps.instances().collect(),
             };
             list.sort_by(|a, b| (&a.app, a.index).cmp(&(&b.app, b.index)));
             Ok(list.into_iter().map(instance_view).collect())
@@ -352,8 +352,7 @@ impl Node {
             let i = r
                 .state
                 .apps
-                .instances
-                .get(id)
+                .instance(id)
                 .ok_or_else(|| ApiError::not_found("instance_not_found", format!("no instance {id:?}")))?;
             crate::agent::task_for(&r.state, i)
         };
@@ -371,8 +370,7 @@ impl Node {
         let i = r
             .state
             .apps
-            .instances
-            .get(id)
+            .instance(id)
             .cloned()
             .ok_or_else(|| ApiError::not_found("instance_not_found", format!("no instance {id:?}")))?;
         let http = i.host.and_then(|h| r.state.nodes.registered.get(&h)).map(|n| n.http.clone());

@@ -1,7 +1,7 @@
 //! Applying the app commands. Each function is deterministic: time comes from
 //! `State::clock_ms`, and every check uses only the replicated state.
 
-use super::{AppSpec, Desired, Health, Instance, InstanceState};
+use super::{AppSpec, Desired, Health, Instance, InstanceState, Usage};
 use crate::state::command::{DomainError, NewInstance, Plan, Reply, Report, Response};
 use crate::state::nodes::HostState;
 use crate::state::State;
@@ -9,18 +9,6 @@ use crate::state::State;
 fn app_not_found(id: &str) -> DomainError {
     DomainError::not_found("app_not_found", format!("no app named {id:?}"))
 }
-
-/// Floating point slack when adding up cpus.
-const EPS: f64 = 1e-9;
-
-/// Resources reserved per host while one plan's placements are applied: a host's
-/// usage is summed once, on its first placement, then kept up to date as the plan
-/// places more there — not re-summed over every instance on the host for each
-/// placement (200 instances a host × a million placements is what made C1M slow).
-/// Every replica applies the same plan to the same state in the same order, so the
-/// figures, and the verdicts, are the same everywhere.
-#[derive(Default)]
-struct Reserved(std::collections::HashMap<u64, (f64, u64)>);
 
 /// What placing an instance of a version needs: (runtime, cpus, mem_mb).
 fn needs(spec: &AppSpec) -> (&'static str, f64, u64) {
@@ -30,19 +18,18 @@ fn needs(spec: &AppSpec) -> (&'static str, f64, u64) {
 impl State {
     /// Resources reserved on `host`: (cpus, mem_mb).
     pub fn host_usage(&self, host: u64) -> (f64, u64) {
-        self.apps.on_host(host).filter(|i| i.reserves()).fold((0.0, 0), |(c, m), i| (c + i.cpus, m + i.mem_mb))
+        let u = self.apps.usage(host);
+        (u.cpus(), u.mem_mb)
     }
 
-    /// Whether `host` can take `cpus`/`mem_mb` more for an app of `runtime`.
+    /// Whether `host` is up, runs `runtime` and can take `cpus`/`mem_mb` more.
     pub fn host_fits(&self, host: u64, runtime: &str, cpus: f64, mem_mb: u64) -> bool {
         let Some(info) = self.nodes.registered.get(&host) else {
             return false;
         };
-        if self.nodes.state(host) != HostState::Up || !info.runs(runtime) {
-            return false;
-        }
-        let (c, m) = self.host_usage(host);
-        c + cpus <= info.cpus + EPS && m + mem_mb <= info.mem_mb
+        self.nodes.state(host) == HostState::Up
+            && info.runs(runtime)
+            && self.apps.usage(host).fits(Usage::of(cpus, mem_mb), info.cpus, info.mem_mb)
     }
 
     pub(crate) fn put_app(&mut self, spec: AppSpec) -> Response {
@@ -133,15 +120,17 @@ impl State {
 
     /// Asks an instance to stop; one that never ran is removed at once.
     fn stop_instance(&mut self, id: &str) {
-        let Some(inst) = self.apps.instances.get_mut(id) else {
-            return;
-        };
-        inst.desired = Desired::Stop;
-        inst.updated_at = self.clock_ms;
-        if inst.host.is_none() {
+        let now = self.clock_ms;
+        let placed = self.apps.update(id, |inst| {
+            inst.desired = Desired::Stop;
+            inst.updated_at = now;
+            if inst.host.is_some() {
+                inst.state = InstanceState::Stopping;
+            }
+            inst.host.is_some()
+        });
+        if placed == Some(false) {
             self.remove_instance(id);
-        } else {
-            inst.state = InstanceState::Stopping;
         }
     }
 
@@ -157,7 +146,7 @@ impl State {
     /// Gives an instance its sticky IP if its app wants one and it has none yet.
     fn ensure_ip(&mut self, id: &str) -> Result<(), String> {
         let now = self.clock_ms;
-        let Some(inst) = self.apps.instances.get(id) else {
+        let Some(inst) = self.apps.instance(id) else {
             return Ok(());
         };
         if inst.ip.is_some() {
@@ -173,15 +162,16 @@ impl State {
         let owner = format!("instance:{id}");
         let ip =
             self.ipam.pool_mut_for_apply(&pool).and_then(|p| p.allocate(&owner, None, now)).map_err(|e| e.message)?;
-        let inst = self.apps.instances.get_mut(id).expect("checked above");
-        inst.ip = Some(ip);
-        inst.pool = Some(pool);
+        self.apps.update(id, |inst| {
+            inst.ip = Some(ip);
+            inst.pool = Some(pool);
+        });
         Ok(())
     }
 
     /// Places `id` on `host` if the host can take it now.
-    fn place(&mut self, id: &str, host: u64, reserved: &mut Reserved) -> bool {
-        let Some(inst) = self.apps.instances.get(id) else {
+    fn place(&mut self, id: &str, host: u64) -> bool {
+        let Some(inst) = self.apps.instance(id) else {
             return false;
         };
         if inst.host.is_some() || inst.desired != Desired::Run {
@@ -192,39 +182,28 @@ impl State {
         else {
             return false;
         };
-        let Some(info) = self.nodes.registered.get(&host) else {
-            return false;
-        };
-        if self.nodes.state(host) != HostState::Up || !info.runs(runtime) {
-            return false;
-        }
-        let used = *reserved.0.entry(host).or_insert_with(|| self.host_usage(host));
-        if used.0 + cpus > info.cpus + EPS || used.1 + mem_mb > info.mem_mb {
+        if !self.host_fits(host, runtime, cpus, mem_mb) {
             return false;
         }
         if let Err(reason) = self.ensure_ip(id) {
-            if let Some(i) = self.apps.instances.get_mut(id) {
-                i.message = Some(reason);
-            }
+            self.apps.update(id, |i| i.message = Some(reason));
             return false;
         }
         let now = self.clock_ms;
-        self.apps.set_host(id, Some(host));
-        let r = reserved.0.get_mut(&host).expect("summed above");
-        r.0 += cpus;
-        r.1 += mem_mb;
-        let inst = self.apps.instances.get_mut(id).expect("checked above");
-        inst.epoch += 1;
-        inst.state = InstanceState::Starting;
-        inst.health = Health::Unknown;
-        inst.cpus = cpus;
-        inst.mem_mb = mem_mb;
-        inst.message = None;
-        inst.updated_at = now;
+        self.apps.update(id, |inst| {
+            inst.host = Some(host);
+            inst.epoch += 1;
+            inst.state = InstanceState::Starting;
+            inst.health = Health::Unknown;
+            inst.cpus = cpus;
+            inst.mem_mb = mem_mb;
+            inst.message = None;
+            inst.updated_at = now;
+        });
         true
     }
 
-    fn create(&mut self, n: &NewInstance, reserved: &mut Reserved) {
+    fn create(&mut self, n: &NewInstance) {
         let Some(app) = self.apps.apps.get(&n.app) else {
             return;
         };
@@ -233,46 +212,41 @@ impl State {
         };
         let (id, index) = self.apps.next_instance_id(&n.app);
         let now = self.clock_ms;
-        self.apps.instances.insert(
-            id.clone(),
-            Instance {
-                id: id.clone(),
-                app: n.app.clone(),
-                index,
-                version: n.version,
-                host: None,
-                ip: None,
-                pool: None,
-                state: InstanceState::Pending,
-                health: Health::Unknown,
-                desired: Desired::Run,
-                epoch: 0,
-                surge: n.surge,
-                created_at: now,
-                updated_at: now,
-                message: None,
-                restarts: 0,
-                cpus,
-                mem_mb,
-            },
-        );
+        self.apps.insert(Instance {
+            id: id.clone(),
+            app: n.app.clone(),
+            index,
+            version: n.version,
+            host: None,
+            ip: None,
+            pool: None,
+            state: InstanceState::Pending,
+            health: Health::Unknown,
+            desired: Desired::Run,
+            epoch: 0,
+            surge: n.surge,
+            created_at: now,
+            updated_at: now,
+            message: None,
+            restarts: 0,
+            cpus,
+            mem_mb,
+        });
         match n.host {
             Some(h) => {
-                self.place(&id, h, reserved);
+                self.place(&id, h);
             }
             None => {
                 // Pending; the IP is taken now so the instance shows it from the start.
                 if let Err(reason) = self.ensure_ip(&id) {
-                    if let Some(i) = self.apps.instances.get_mut(&id) {
-                        i.message = Some(reason);
-                    }
+                    self.apps.update(&id, |i| i.message = Some(reason));
                 }
             }
         }
     }
 
     fn upgrade(&mut self, id: &str, version: u64) {
-        let Some(inst) = self.apps.instances.get(id) else {
+        let Some(inst) = self.apps.instance(id) else {
             return;
         };
         if inst.desired != Desired::Run || inst.version == version {
@@ -283,42 +257,45 @@ impl State {
         };
         let host = inst.host;
         let now = self.clock_ms;
-        let inst = self.apps.instances.get_mut(id).expect("checked above");
-        inst.version = version;
-        inst.epoch += 1;
-        inst.health = Health::Unknown;
-        inst.updated_at = now;
-        inst.restarts = 0;
         // Detached, the instance reserves nothing; it goes back on its host if the new
         // spec fits there, else it moves (keeping its id and IP).
-        inst.state = InstanceState::Pending;
-        inst.cpus = spec.cpus;
-        inst.mem_mb = spec.mem_mb;
-        self.apps.set_host(id, None);
+        self.apps.update(id, |inst| {
+            inst.version = version;
+            inst.epoch += 1;
+            inst.health = Health::Unknown;
+            inst.updated_at = now;
+            inst.restarts = 0;
+            inst.state = InstanceState::Pending;
+            inst.cpus = spec.cpus;
+            inst.mem_mb = spec.mem_mb;
+            inst.host = None;
+        });
         if let Some(h) = host {
             if self.host_fits(h, spec.runtime(), spec.cpus, spec.mem_mb) {
-                self.apps.set_host(id, Some(h));
-                let inst = self.apps.instances.get_mut(id).expect("checked above");
-                inst.state = InstanceState::Starting;
+                self.apps.update(id, |inst| {
+                    inst.host = Some(h);
+                    inst.state = InstanceState::Starting;
+                });
             }
         }
         // A new pool in the new version: the instance gets an address from it.
         let wants_pool = spec.network.as_ref().map(|n| n.pool.clone());
-        let inst = self.apps.instances.get(id).expect("checked above");
+        let Some(inst) = self.apps.instance(id) else { return };
         if inst.pool != wants_pool {
             if let (Some(pool), Some(ip)) = (inst.pool.clone(), inst.ip) {
                 let _ = self.ipam.release(&pool, ip);
             }
-            let inst = self.apps.instances.get_mut(id).expect("checked above");
-            inst.pool = None;
-            inst.ip = None;
+            self.apps.update(id, |inst| {
+                inst.pool = None;
+                inst.ip = None;
+            });
             let _ = self.ensure_ip(id);
         }
     }
 
     pub(crate) fn apply_plan(&mut self, plan: Plan) -> Response {
         for id in &plan.removes {
-            if let Some(i) = self.apps.instances.get(id) {
+            if let Some(i) = self.apps.instance(id) {
                 // Only instances that hold nothing on a live host may go at once.
                 let host_down = i.host.is_none_or(|h| self.nodes.state(h) == HostState::Down);
                 if host_down {
@@ -332,13 +309,11 @@ impl State {
         for (id, v) in &plan.upgrades {
             self.upgrade(id, *v);
         }
-        // Stops and upgrades above change usage; from here on only placements do.
-        let mut reserved = Reserved::default();
         for (id, h) in &plan.places {
-            self.place(id, *h, &mut reserved);
+            self.place(id, *h);
         }
         for n in &plan.creates {
-            self.create(n, &mut reserved);
+            self.create(n);
         }
         for (app, reason) in plan.reasons {
             if let Some(a) = self.apps.apps.get_mut(&app) {
@@ -357,7 +332,7 @@ impl State {
 
     pub(crate) fn report_instance(&mut self, r: Report) -> Response {
         let now = self.clock_ms;
-        let Some(inst) = self.apps.instances.get_mut(&r.id) else {
+        let Some(inst) = self.apps.instance(&r.id) else {
             return Response(Ok(Reply::Done));
         };
         if inst.epoch != r.epoch || inst.host != Some(r.host) {
@@ -368,17 +343,17 @@ impl State {
             self.remove_instance(&r.id);
             return Response(Ok(Reply::Done));
         }
-        if inst.desired == Desired::Stop && r.state != InstanceState::Stopped {
-            // Keep showing `stopping` until the agent says it stopped.
+        let stopping = inst.desired == Desired::Stop && r.state != InstanceState::Stopped;
+        self.apps.update(&r.id, |inst| {
             inst.health = r.health;
             inst.updated_at = now;
-            return Response(Ok(Reply::Done));
-        }
-        inst.state = r.state;
-        inst.health = r.health;
-        inst.message = r.message;
-        inst.restarts = r.restarts;
-        inst.updated_at = now;
+            if !stopping {
+                // (Stopping ones keep showing `stopping` until the agent says it stopped.)
+                inst.state = r.state;
+                inst.message = r.message;
+                inst.restarts = r.restarts;
+            }
+        });
         Response(Ok(Reply::Done))
     }
 
@@ -391,17 +366,19 @@ impl State {
             let now = self.clock_ms;
             let on_host: Vec<String> = self.apps.on_host(id).map(|i| i.id.clone()).collect();
             for iid in on_host {
-                let inst = self.apps.instances.get_mut(&iid).expect("listed above");
-                if inst.desired == Desired::Stop {
+                let stopped = self.apps.instance(&iid).is_some_and(|i| i.desired == Desired::Stop);
+                if stopped {
                     self.remove_instance(&iid);
                 } else {
                     // Lost: the scheduler places it again, with the same id and IP.
-                    inst.state = InstanceState::Lost;
-                    inst.health = Health::Unknown;
-                    inst.epoch += 1;
-                    inst.message = Some(format!("host {id} went down"));
-                    inst.updated_at = now;
-                    self.apps.set_host(&iid, None);
+                    self.apps.update(&iid, |inst| {
+                        inst.state = InstanceState::Lost;
+                        inst.health = Health::Unknown;
+                        inst.epoch += 1;
+                        inst.message = Some(format!("host {id} went down"));
+                        inst.updated_at = now;
+                        inst.host = None;
+                    });
                 }
             }
         }

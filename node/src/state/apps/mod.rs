@@ -14,7 +14,7 @@
 pub mod apply;
 pub mod spec;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -147,13 +147,73 @@ impl Instance {
     pub fn reserves(&self) -> bool {
         self.host.is_some() && !matches!(self.state, InstanceState::Stopped | InstanceState::Lost)
     }
+
+    /// The host it holds resources on, and how much.
+    fn reservation(&self) -> Option<(u64, Usage)> {
+        let host = self.host.filter(|_| self.reserves())?;
+        Some((host, Usage::of(self.cpus, self.mem_mb)))
+    }
+}
+
+/// Resources reserved on a host. Cpus are counted in integer millionths, so the sum
+/// kept up to date change by change and the sum rebuilt from a snapshot are exactly
+/// equal: with floating point, a replica restored from a snapshot (summing in another
+/// order) could differ in the last bit from one that followed every entry, and judge
+/// a placement at the boundary differently — replicas must never diverge.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub micro_cpus: u64,
+    pub mem_mb: u64,
+}
+
+/// `cpus` in millionths (the unit every capacity check uses).
+pub fn micro_cpus(cpus: f64) -> u64 {
+    (cpus.max(0.0) * 1e6).round() as u64
+}
+
+impl Usage {
+    pub fn of(cpus: f64, mem_mb: u64) -> Usage {
+        Usage { micro_cpus: micro_cpus(cpus), mem_mb }
+    }
+
+    pub fn cpus(&self) -> f64 {
+        self.micro_cpus as f64 / 1e6
+    }
+
+    /// Whether a host of `cpus`/`mem_mb` with this usage can take `need` more.
+    pub fn fits(&self, need: Usage, cpus: f64, mem_mb: u64) -> bool {
+        self.cpus_fit(need, cpus) && self.mem_fits(need, mem_mb)
+    }
+
+    pub fn cpus_fit(&self, need: Usage, cpus: f64) -> bool {
+        self.micro_cpus.saturating_add(need.micro_cpus) <= micro_cpus(cpus)
+    }
+
+    pub fn mem_fits(&self, need: Usage, mem_mb: u64) -> bool {
+        self.mem_mb.saturating_add(need.mem_mb) <= mem_mb
+    }
+
+    pub fn add(&mut self, u: Usage) {
+        self.micro_cpus += u.micro_cpus;
+        self.mem_mb += u.mem_mb;
+    }
+
+    fn sub(&mut self, u: Usage) {
+        self.micro_cpus = self.micro_cpus.saturating_sub(u.micro_cpus);
+        self.mem_mb = self.mem_mb.saturating_sub(u.mem_mb);
+    }
 }
 
 /// Apps, instances and the counters that make instance ids unique forever.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Apps {
     pub apps: BTreeMap<String, App>,
-    pub instances: BTreeMap<String, Instance>,
+    /// Every instance, by app id, then by its index (`web-12` is `["web"][12]`): a
+    /// lookup compares the few app ids as strings, then integers, and an app's
+    /// instances come in creation order without sorting — what a million instances
+    /// need. Private: every change goes through [`Apps::insert`], [`Apps::update`]
+    /// and [`Apps::remove`], which keep the derived indexes below exact.
+    instances: BTreeMap<String, BTreeMap<u64, Instance>>,
     /// Per app id: instances ever created (survives deletion of the app).
     pub counters: BTreeMap<String, u64>,
     pub next_deployment: u64,
@@ -161,6 +221,10 @@ pub struct Apps {
     /// rebuilt on restore), so a host's usage costs its own instances, not all.
     #[serde(skip)]
     by_host: BTreeMap<u64, BTreeSet<String>>,
+    /// Resources reserved per host: derived from `instances` like `by_host`, so a
+    /// placement's capacity check is O(1), not a sum over the host's instances.
+    #[serde(skip)]
+    usage: HashMap<u64, Usage>,
 }
 
 impl Apps {
@@ -208,41 +272,126 @@ impl Apps {
         }
     }
 
-    /// Moves instance `id` to `host` (None: off any host), keeping the index current.
-    /// Every change of an instance's host goes through here.
-    pub fn set_host(&mut self, id: &str, host: Option<u64>) {
-        let Some(inst) = self.instances.get_mut(id) else { return };
-        if let Some(old) = inst.host {
-            if let Some(set) = self.by_host.get_mut(&old) {
-                set.remove(id);
-                if set.is_empty() {
-                    self.by_host.remove(&old);
-                }
-            }
-        }
-        inst.host = host;
-        if let Some(h) = host {
-            self.by_host.entry(h).or_default().insert(id.to_string());
-        }
+    /// Every instance, by app id, then in creation order.
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.values().flat_map(|of_app| of_app.values())
     }
 
-    /// Removes instance `id` (and its index entry).
+    /// Instance `id` (`APP-INDEX`).
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        let (app, index) = split_id(id)?;
+        self.instances.get(app)?.get(&index).filter(|i| i.id == id)
+    }
+
+    fn instance_mut(&mut self, id: &str) -> Option<&mut Instance> {
+        let (app, index) = split_id(id)?;
+        self.instances.get_mut(app)?.get_mut(&index).filter(|i| i.id == id)
+    }
+
+    /// Adds an instance (replacing one of the same id). Its id must be
+    /// `{app}-{index}`, as [`Apps::next_instance_id`] makes them.
+    pub fn insert(&mut self, inst: Instance) {
+        debug_assert_eq!(split_id(&inst.id), Some((inst.app.as_str(), inst.index)), "instance id is app-index");
+        self.remove(&inst.id);
+        self.index(&inst.id, None, inst.host, None, inst.reservation());
+        self.instances.entry(inst.app.clone()).or_default().insert(inst.index, inst);
+    }
+
+    /// Changes instance `id` through `f`, keeping the indexes current; None if there is
+    /// no such instance. Every change of an instance goes through here.
+    pub fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut Instance) -> R) -> Option<R> {
+        let inst = self.instance_mut(id)?;
+        let (host, reservation) = (inst.host, inst.reservation());
+        let r = f(inst);
+        let (new_host, new_reservation) = (inst.host, inst.reservation());
+        self.index(id, host, new_host, reservation, new_reservation);
+        Some(r)
+    }
+
+    /// Moves instance `id` to `host` (None: off any host).
+    pub fn set_host(&mut self, id: &str, host: Option<u64>) {
+        self.update(id, |i| i.host = host);
+    }
+
+    /// Removes instance `id`.
     pub fn remove(&mut self, id: &str) -> Option<Instance> {
-        self.set_host(id, None);
-        self.instances.remove(id)
+        let (app, index) = split_id(id)?;
+        let of_app = self.instances.get_mut(app)?;
+        if of_app.get(&index)?.id != id {
+            return None;
+        }
+        let inst = of_app.remove(&index)?;
+        if of_app.is_empty() {
+            self.instances.remove(app);
+        }
+        self.index(id, inst.host, None, inst.reservation(), None);
+        Some(inst)
+    }
+
+    /// Moves `id` in the indexes from its old host and reservation to its new ones.
+    fn index(
+        &mut self,
+        id: &str,
+        host: Option<u64>,
+        new_host: Option<u64>,
+        reservation: Option<(u64, Usage)>,
+        new_reservation: Option<(u64, Usage)>,
+    ) {
+        if host != new_host {
+            if let Some(old) = host {
+                if let Some(set) = self.by_host.get_mut(&old) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.by_host.remove(&old);
+                    }
+                }
+            }
+            if let Some(h) = new_host {
+                self.by_host.entry(h).or_default().insert(id.to_string());
+            }
+        }
+        if reservation != new_reservation {
+            if let Some((h, u)) = reservation {
+                let used = self.usage.entry(h).or_default();
+                used.sub(u);
+                if *used == Usage::default() {
+                    self.usage.remove(&h);
+                }
+            }
+            if let Some((h, u)) = new_reservation {
+                self.usage.entry(h).or_default().add(u);
+            }
+        }
     }
 
     /// Instances placed on `host`.
     pub fn on_host(&self, host: u64) -> impl Iterator<Item = &Instance> {
-        self.by_host.get(&host).into_iter().flatten().filter_map(|id| self.instances.get(id))
+        self.by_host.get(&host).into_iter().flatten().filter_map(|id| self.instance(id))
     }
 
-    /// Rebuilds the derived index (after a snapshot was restored).
+    /// Resources reserved on `host`.
+    pub fn usage(&self, host: u64) -> Usage {
+        self.usage.get(&host).copied().unwrap_or_default()
+    }
+
+    /// Whether the indexes kept up to date change by change equal rebuilt ones.
+    #[cfg(test)]
+    pub fn indexes_are_exact(&self) -> bool {
+        let mut fresh = self.clone();
+        fresh.rebuild_index();
+        fresh.by_host == self.by_host && fresh.usage == self.usage
+    }
+
+    /// Rebuilds the derived indexes (after a snapshot was restored).
     pub fn rebuild_index(&mut self) {
         self.by_host.clear();
-        for (id, i) in &self.instances {
+        self.usage.clear();
+        for i in self.instances.values().flat_map(|of_app| of_app.values()) {
             if let Some(h) = i.host {
-                self.by_host.entry(h).or_default().insert(id.clone());
+                self.by_host.entry(h).or_default().insert(i.id.clone());
+            }
+            if let Some((h, u)) = i.reservation() {
+                self.usage.entry(h).or_default().add(u);
             }
         }
     }
@@ -254,13 +403,14 @@ impl Apps {
         (format!("{app}-{n}"), *n)
     }
 
-    /// Instances of `app` in index order.
+    /// Instances of `app` in index (creation) order.
     pub fn instances_of<'a>(&'a self, app: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
-        let prefix = format!("{app}-");
-        self.instances
-            .range(prefix.clone()..)
-            .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(_, i)| i)
-            .filter(move |i| i.app == app)
+        self.instances.get(app).into_iter().flat_map(|of_app| of_app.values())
     }
+}
+
+/// `web-12` → (`web`, 12). App ids may hold dashes; the index follows the last one.
+fn split_id(id: &str) -> Option<(&str, u64)> {
+    let (app, index) = id.rsplit_once('-')?;
+    Some((app, index.parse().ok()?))
 }
