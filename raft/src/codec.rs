@@ -12,6 +12,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, std::io::Erro
     bincode::serialize(value).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// The length [`encode`] would produce, without encoding.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<u64, std::io::Error> {
+    bincode::serialized_size(value).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Decodes a `T`; malformed bytes are an `InvalidData` error naming what was expected.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
     bincode::deserialize(bytes).map_err(|e| {

@@ -31,6 +31,50 @@ use crate::type_config::{Node, NodeId, TypeConfig};
 /// Bytes of snapshot data per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Bytes of entries per AppendEntries message: a quarter of [`MAX_MESSAGE_BYTES`].
+/// openraft bounds a message by entry count only; one scheduler plan can be tens of
+/// megabytes, so a catching-up follower could be sent more than the limit allows.
+pub const APPEND_BUDGET_BYTES: u64 = MAX_MESSAGE_BYTES as u64 / 4;
+
+/// Bytes per second a peer is assumed to take in and make durable, at the least.
+const MIN_THROUGHPUT_BYTES_PER_S: f64 = 50e6;
+
+/// Time allowed for `bytes` on top of openraft's deadline. openraft gives an
+/// AppendEntries the heartbeat interval (40 ms); a follower that is behind by a few
+/// scheduler plans must receive and fsync megabytes, which takes longer — with the bare
+/// deadline every attempt can time out and the follower never catch up (the likely
+/// cause of C1M runs whose watched follower showed no placement for ten minutes).
+fn transfer_time(bytes: usize) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / MIN_THROUGHPUT_BYTES_PER_S)
+}
+
+/// Cuts `rpc`'s entries to the longest prefix (never empty) whose encoding fits
+/// `budget` bytes; returns the last log id sent when it cut. The caller reports a
+/// `PartialSuccess` up to it, and openraft sends the rest next: a follower's commit
+/// index is bounded by what it holds, so a cut never commits an entry it lacks.
+pub fn fit_entries<SM: StateMachine>(
+    rpc: &mut AppendEntriesRequest<TypeConfig<SM>>,
+    budget: u64,
+) -> Result<Option<crate::type_config::typ::LogId<SM>>, std::io::Error> {
+    if codec::encoded_len(&*rpc)? <= budget {
+        return Ok(None);
+    }
+    let mut total = 0;
+    let mut keep = 0;
+    for e in &rpc.entries {
+        total += codec::encoded_len(e)?;
+        if keep > 0 && total > budget {
+            break;
+        }
+        keep += 1;
+    }
+    if keep == rpc.entries.len() {
+        return Ok(None);
+    }
+    rpc.entries.truncate(keep);
+    Ok(rpc.entries.last().map(|e| e.log_id))
+}
+
 /// Creates [`Connection`]s to peers, sharing one channel per address.
 pub struct Network<SM> {
     id: NodeId,
@@ -112,7 +156,7 @@ impl<SM: StateMachine> Connection<SM> {
     {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let client = self.client()?;
-        let ttl = option.hard_ttl();
+        let ttl = option.hard_ttl() + transfer_time(payload.len());
         let reply = match tokio::time::timeout(ttl, call(client, RaftMessage { payload })).await {
             Err(_) => return Err(RPCError::Timeout(self.timeout(action, ttl))),
             Ok(Err(status)) => return Err(classify::<SM>(status)),
@@ -130,10 +174,17 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig<SM>>,
+        mut rpc: AppendEntriesRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig<SM>>, RpcError<SM>> {
-        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move { c.append_entries(m).await }).await
+        let cut = fit_entries(&mut rpc, APPEND_BUDGET_BYTES).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let resp = self
+            .unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move { c.append_entries(m).await })
+            .await?;
+        Ok(match (resp, cut) {
+            (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
+            (resp, _) => resp,
+        })
     }
 
     async fn vote(

@@ -93,12 +93,9 @@ fn raft_config(cfg: &ValidConfig) -> Result<RaftConfig, StartError> {
         // the log, not a whole snapshot; but less than the snapshot interval so that a
         // long-lost one does need the snapshot path (exercised by tests).
         max_in_snapshot_log_to_keep: (snapshot_logs / 2).min(1000),
-        // A scheduler plan is one entry of up to 20k items (~0.6 MB, 4 MB with the
-        // longest app ids): at most 64 entries per AppendEntries keeps a catching-up
-        // follower's message under the 256 MiB gRPC limit, where openraft's default
-        // of 300 could exceed it. Fewer entries per message cost write throughput
-        // under heavy concurrency (32: -35% at 256 clients), so not fewer.
-        max_payload_entries: 64,
+        // openraft's default of 300 entries per AppendEntries: a message is also cut
+        // to a byte budget (`berth_raft::network::APPEND_BUDGET_BYTES`), since one
+        // scheduler plan can be tens of megabytes.
         // A node that was partitioned or restarted asks before it disrupts a leader.
         enable_pre_vote: Some(true),
         ..Default::default()
