@@ -288,3 +288,24 @@ async fn a_node_restarted_with_its_data_dir_rejoins_with_its_state() {
     c.wait_leader(FORM).await;
     assert_eq!(c.allocations(3, "lan").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_on_demand_covers_what_was_applied_and_a_restart_restores_it() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_leader(FORM).await;
+    c.create_pool(1, "lan", 6).await;
+    for i in 0..5 {
+        let (s, v) = allocate(&c, 2, "lan", &format!("o{i}"), None).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    // Snapshot on a follower or the leader alike; it covers every applied entry.
+    let (s, v) = c.post(3, "/v1/cluster/snapshot", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let index = v["index"].as_u64().unwrap();
+    assert!(index >= 7, "covers the pool and the five allocations: {v}");
+    assert!(v["ms"].is_u64(), "{v}");
+    c.kill(3);
+    c.spawn(3);
+    c.wait_leader(FORM).await;
+    assert_eq!(c.allocations(3, "lan").await.len(), 5);
+}

@@ -153,3 +153,61 @@ pub async fn run(hosts: u64, instances: u32) -> Result<Cluster> {
                 "ratio": round(per_s / 3750.0, 2), "goal": "1M instances on 5,000 hosts in under 60 s"}));
     Ok(cluster)
 }
+
+/// The footprint of the placed state, on a follower: a snapshot built on demand (time,
+/// size on disk), then kill -9 and restart — time until it serves the app with every
+/// placement again (it restores the snapshot and replays the log after it).
+pub async fn footprint(cluster: &mut Cluster, instances: u32) -> Result<()> {
+    let http = reqwest::Client::new();
+    let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
+    let follower = cluster.nodes.keys().copied().find(|id| *id != leader).context("three nodes")?;
+    let url = cluster.url(follower);
+    let r = http.post(format!("{url}/v1/cluster/snapshot")).send().await?;
+    if !r.status().is_success() {
+        bail!("snapshot failed: {}", r.text().await?);
+    }
+    let snap: serde_json::Value = r.json().await?;
+    let dir = cluster.data_dir().join(format!("node{follower}"));
+    let disk_mb = dir_bytes(&dir) as f64 / 1e6;
+    let rss = cluster.pid(follower).and_then(rss_mb).unwrap_or(0.0);
+
+    cluster.kill(follower);
+    let t0 = Instant::now();
+    cluster.spawn(follower)?;
+    loop {
+        let placed = async {
+            let v: serde_json::Value =
+                http.get(format!("{url}/v1/apps/bench?stale=true")).send().await.ok()?.json().await.ok()?;
+            v["placed"].as_u64()
+        }
+        .await;
+        if placed >= Some(u64::from(instances)) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("the restarted node does not serve the placed state after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let serving_s = t0.elapsed().as_secs_f64();
+    emit(json!({
+        "scenario": "footprint", "system": "berth", "instances": instances, "node": "follower",
+        "rss_mb": rss.round(), "snapshot_index": snap["index"], "snapshot_ms": snap["ms"],
+        "data_dir_mb": round(disk_mb, 1), "restart_to_serving_s": round(serving_s, 2),
+    }));
+    Ok(())
+}
+
+/// Bytes under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -55,6 +55,10 @@ enum Scenario {
         /// Instances of the one app.
         #[arg(long, default_value_t = 1_000_000)]
         instances: u32,
+        /// Then measure the footprint of the placed state: snapshot time and size,
+        /// restart-to-serving of a node from it.
+        #[arg(long)]
+        footprint: bool,
     },
     /// Latency from PUT /v1/apps of a 1-instance app on a macvlan pool to the container
     /// running with its IP (anchor: `docker run` of the same image on the same network).
@@ -77,7 +81,13 @@ async fn main() -> Result<()> {
         Scenario::Failover { kills, idle, vs, berth_flag } => {
             bench::failover::run(kills, idle, vs == Some(Anchor::Etcd), &berth_flag).await
         }
-        Scenario::Placement { hosts, instances } => bench::placement::run(hosts, instances).await.map(drop),
+        Scenario::Placement { hosts, instances, footprint } => {
+            let mut cluster = bench::placement::run(hosts, instances).await?;
+            if footprint {
+                bench::placement::footprint(&mut cluster, instances).await?;
+            }
+            Ok(())
+        }
         Scenario::Deploy { runs } => bench::deploy::run(runs).await,
     }
 }

@@ -127,6 +127,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/cluster", get(get_cluster))
         .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/snapshot", post(snapshot))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/ipam/pools", post(create_pool).get(list_pools))
         .route("/v1/ipam/pools/{pool}", delete(delete_pool))
@@ -178,6 +179,10 @@ async fn readyz(State(node): Ctx) -> Result<impl IntoResponse, ApiError> {
 
 async fn get_cluster(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.cluster_view(stale(&q)?).await?))
+}
+
+async fn snapshot(State(node): Ctx) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.snapshot_now().await?))
 }
 
 async fn add_member(State(node): Ctx, JsonBody(input): JsonBody<MemberInput>) -> Result<impl IntoResponse, ApiError> {
