@@ -303,6 +303,7 @@ impl Apps {
         let inst = self.instance_mut(id)?;
         let (host, reservation) = (inst.host, inst.reservation());
         let r = f(inst);
+        debug_assert_eq!(inst.id, id, "an instance's id (its key) never changes");
         let (new_host, new_reservation) = (inst.host, inst.reservation());
         self.index(id, host, new_host, reservation, new_reservation);
         Some(r)
