@@ -290,7 +290,7 @@ async fn a_node_restarted_with_its_data_dir_rejoins_with_its_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_on_demand_covers_what_was_applied_and_a_restart_restores_it() {
+async fn a_snapshot_on_demand_covers_what_was_applied_and_the_node_restarts_with_its_state() {
     let mut c = Cluster::start(3, &[]);
     c.wait_leader(FORM).await;
     c.create_pool(1, "lan", 6).await;

@@ -132,7 +132,7 @@ where
     /// pointer is the only lower bound of the read index. Written lazily (an experiment
     /// with redb `Durability::None`), it came back stale after a power cut and reads
     /// missed acknowledged writes — the chaos suite's restart-all nemesis found it
-    /// within seconds (docs/chaos.md, "Anomalies found").
+    /// within seconds (docs/chaos.md, "A bug the suite found").
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         self.put_meta(keys::COMMITTED, &committed)
     }

@@ -142,6 +142,8 @@ struct Ranked {
     /// (instances of the app, cpu share as ordered bits, host id). Shares are
     /// non-negative, and non-negative f64s order like their bit patterns.
     order: BTreeSet<(u32, u64, u64)>,
+    /// What one instance of the app reserves.
+    need: Usage,
 }
 
 impl Ranked {
@@ -150,29 +152,29 @@ impl Ranked {
         (counts.get(&id).copied().unwrap_or(0), share.max(0.0).to_bits(), id)
     }
 
-    fn fits(hosts: &Hosts<'_>, id: u64, cpus: f64, mem_mb: u64) -> bool {
+    fn fits(hosts: &Hosts<'_>, id: u64, need: Usage) -> bool {
         let info = hosts.info[&id];
-        hosts.used[&id].fits(Usage::of(cpus, mem_mb), info.cpus, info.mem_mb)
+        hosts.used[&id].fits(need, info.cpus, info.mem_mb)
     }
 
     fn new(hosts: &Hosts<'_>, app: &App, counts: &BTreeMap<u64, u32>) -> Ranked {
         let spec = app.spec();
+        let need = Usage::of(spec.cpus, spec.mem_mb);
         let order = hosts
             .info
             .iter()
-            .filter(|(id, info)| info.runs(spec.runtime()) && Self::fits(hosts, **id, spec.cpus, spec.mem_mb))
+            .filter(|(id, info)| info.runs(spec.runtime()) && Self::fits(hosts, **id, need))
             .map(|(id, _)| Self::key(hosts, counts, *id))
             .collect();
-        Ranked { order }
+        Ranked { order, need }
     }
 
     /// The best host, updated as taken; None when no host fits.
-    fn take(&mut self, hosts: &mut Hosts<'_>, app: &App, counts: &mut BTreeMap<u64, u32>) -> Option<u64> {
-        let spec = app.spec();
+    fn take(&mut self, hosts: &mut Hosts<'_>, counts: &mut BTreeMap<u64, u32>) -> Option<u64> {
         let (_, _, id) = self.order.pop_first()?;
         *counts.entry(id).or_default() += 1;
-        hosts.used.get_mut(&id).expect("ranked hosts are up").add(Usage::of(spec.cpus, spec.mem_mb));
-        if Self::fits(hosts, id, spec.cpus, spec.mem_mb) {
+        hosts.used.get_mut(&id).expect("ranked hosts are up").add(self.need);
+        if Self::fits(hosts, id, self.need) {
             self.order.insert(Self::key(hosts, counts, id));
         }
         Some(id)
@@ -190,7 +192,7 @@ fn pick(
 ) -> Result<u64, String> {
     if constraints.is_empty() {
         let r = ranked.get_or_insert_with(|| Ranked::new(hosts, app, counts));
-        if let Some(h) = r.take(hosts, app, counts) {
+        if let Some(h) = r.take(hosts, counts) {
             return Ok(h);
         }
     }
@@ -315,7 +317,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
             }
         }
     }
-    // Only what this round can take (a million-instance deploy creates 20k a round).
+    // Only what this round can take (a million-instance deploy creates `max` a round).
     let room = max.saturating_sub(plan.creates.len() + new.len());
     new.extend((0..creates.min(room)).map(|_| NewInstance {
         app: app.id.clone(),

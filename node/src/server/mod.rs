@@ -93,8 +93,8 @@ fn raft_config(cfg: &ValidConfig) -> Result<RaftConfig, StartError> {
         // the log, not a whole snapshot; but less than the snapshot interval so that a
         // long-lost one does need the snapshot path (exercised by tests).
         max_in_snapshot_log_to_keep: (snapshot_logs / 2).min(1000),
-        // openraft's default of 300 entries per AppendEntries: a message is also cut
-        // to a byte budget (`berth_raft::network::APPEND_BUDGET_BYTES`), since one
+        // `max_payload_entries` stays openraft's default (300 entries per AppendEntries):
+        // a message is also cut to a byte budget (`berth_raft::network::APPEND_BUDGET_BYTES`), since one
         // scheduler plan can be tens of megabytes.
         // A node that was partitioned or restarted asks before it disrupts a leader.
         enable_pre_vote: Some(true),

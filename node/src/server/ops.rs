@@ -190,8 +190,7 @@ impl Node {
     pub async fn snapshot_now(&self) -> Result<SnapshotView, ApiError> {
         let started = std::time::Instant::now();
         let target = self.state.applied_index();
-        let stopped = |e: String| ApiError::unavailable("raft_stopped", e);
-        self.raft.trigger().snapshot().await.map_err(|e| stopped(e.to_string()))?;
+        self.raft.trigger().snapshot().await.map_err(|e| ApiError::unavailable("raft_stopped", e.to_string()))?;
         let m = self
             .raft
             .wait(Some(SNAPSHOT_WAIT))

@@ -276,7 +276,8 @@ impl Node {
         self.read_barrier(stale).await?;
         berth_raft::blocking::run(|| {
             let r = self.state.read();
-            let mut list: Vec<&Instance> = match app {
+            // By app, then creation order: the order the state keeps them in.
+            let list: Vec<&Instance> = match app {
                 Some(a) => {
                     if !r.state.apps.apps.contains_key(a) && r.state.apps.instances_of(a).next().is_none() {
                         return Err(app_not_found(a));
@@ -285,7 +286,6 @@ impl Node {
                 }
                 None => r.state.apps.instances().collect(),
             };
-            list.sort_by(|a, b| (&a.app, a.index).cmp(&(&b.app, b.index)));
             Ok(list.into_iter().map(instance_view).collect())
         })
     }

@@ -218,7 +218,8 @@ pub struct Apps {
     pub counters: BTreeMap<String, u64>,
     pub next_deployment: u64,
     /// Instance ids per host: an index derived from `instances` (never serialized,
-    /// rebuilt on restore), so a host's usage costs its own instances, not all.
+    /// rebuilt on restore), so listing a host's instances (its agent, the host views)
+    /// costs its own instances, not all.
     #[serde(skip)]
     by_host: BTreeMap<u64, BTreeSet<String>>,
     /// Resources reserved per host: derived from `instances` like `by_host`, so a
@@ -307,11 +308,6 @@ impl Apps {
         let (new_host, new_reservation) = (inst.host, inst.reservation());
         self.index(id, host, new_host, reservation, new_reservation);
         Some(r)
-    }
-
-    /// Moves instance `id` to `host` (None: off any host).
-    pub fn set_host(&mut self, id: &str, host: Option<u64>) {
-        self.update(id, |i| i.host = host);
     }
 
     /// Removes instance `id`.
