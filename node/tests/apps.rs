@@ -369,3 +369,50 @@ async fn a_host_cut_off_from_the_majority_fences_its_sticky_ip_instances() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_starts_nothing_its_stale_replica_shows_until_it_caught_up() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_leader(FORM).await;
+    pool(&c, 1, 36).await;
+    put(&c, 1, &app("web", 2, json!({"network": {"pool": "lan"}, "constraints": [["hostname", "UNIQUE"]]}))).await;
+    let before = converged(&c, 1, "web", 2, 1).await;
+    // A host that holds an instance, and is not the leader (so the others keep a quorum).
+    let leader = c.wait_leader(FORM).await;
+    let moved = before.iter().find(|i| i["host"].as_u64() != Some(leader)).unwrap();
+    let (host, id, ip) =
+        (moved["host"].as_u64().unwrap(), moved["id"].as_str().unwrap().to_string(), moved["ip"].clone());
+    // The host crashes with its instance; the cluster moves the instance, IP and all.
+    let pids: Vec<i32> = c.instance_pids().into_iter().filter(|(n, _, _)| *n == host).map(|(_, _, p)| p).collect();
+    c.kill(host);
+    for pid in pids {
+        // SAFETY: kill(2) of a process group this test's cluster started.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    c.eventually(Duration::from_secs(40), "the instance runs elsewhere with its IP", || async {
+        let list = instances(&c, leader, "web").await;
+        let i = list.iter().find(|i| i["id"] == id.as_str())?;
+        (i["host"].as_u64() != Some(host) && i["state"] == "running" && i["ip"] == ip).then_some(())
+    })
+    .await;
+    // It restarts while it cannot reach the others: its replica still places the
+    // instance on it, and nothing may start on that word.
+    let others: Vec<u64> = c.ids().into_iter().filter(|n| *n != host).collect();
+    for n in &others {
+        c.pause(*n);
+    }
+    c.spawn(host);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = |c: &Cluster| c.instance_pids().iter().any(|(n, i, _)| *n == host && *i == id);
+    assert!(!started(&c), "a host out of contact since its start started an instance from its stale replica");
+    for n in &others {
+        c.resume(*n);
+    }
+    // Back in contact, it catches up: the instance stays where it moved.
+    let after = converged(&c, host, "web", 2, 1).await;
+    let i = after.iter().find(|i| i["id"] == id.as_str()).unwrap();
+    assert_ne!(i["host"].as_u64(), Some(host));
+    assert_eq!(i["ip"], ip);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!started(&c), "the moved instance was started on its old host");
+}

@@ -7,7 +7,7 @@
 //!   atomic batch, durable commit — with two real backends (redb, the default; sled)
 //!   and an in-memory twin for tests. Everything above runs on any of them.
 //! - [`log_store`]: openraft's log storage (entries, vote, commit pointer) over a
-//!   [`kv::KvStore`].
+//!   [`kv::KvStore`], written by one group-committing writer thread.
 //! - [`state_machine`]: the three-method trait an application implements
 //!   (apply / snapshot / restore), with its determinism contract.
 //! - [`sm_store`]: openraft's state-machine storage for any [`StateMachine`]: the state
@@ -21,8 +21,10 @@
 //!
 //! - A storage error is fatal: openraft stops the node (field notes; openraft's storage
 //!   contract). Nothing here retries a failed write.
-//! - `append` reports its entries flushed only once [`kv::KvStore::write`] returned,
-//!   i.e. after the durable commit.
+//! - `append` reports its entries flushed only once the durable commit that holds
+//!   them returned ([`log_store`]: one writer thread, group commit); the vote, a
+//!   truncation and a purge are durable before their calls return. The commit pointer
+//!   is written lazily, which is safe only with openraft's leader restore off.
 //! - Apply is deterministic and runs in log order; snapshot meta and data are written
 //!   in one atomic batch.
 //!

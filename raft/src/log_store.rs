@@ -1,10 +1,10 @@
 //! The Raft log, vote and commit pointer on a [`KvStore`].
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
-use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
@@ -13,47 +13,150 @@ use openraft::{OptionalSend, RaftLogReader, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::kv::{KvStore, WriteBatch};
-use crate::{blocking, codec, keys};
+use crate::kv::{KvError, KvStore, WriteBatch};
+use crate::{codec, keys};
 
-/// openraft's [`RaftLogStorage`] over any [`KvStore`].
+/// openraft's [`RaftLogStorage`] over any [`KvStore`], with a group-committing writer.
 ///
-/// Every mutation is one durable [`KvStore::write`], done inline (see
-/// [`blocking::run`]) so that I/O happens in exactly the order openraft issues it. An
-/// `append` reports completion through its callback only after the batch is on disk,
-/// as openraft's storage contract requires; openraft already hands us entries in
-/// batches, so under load one fsync covers many entries.
-pub struct LogStore<C> {
+/// Every write goes, in the order openraft issues it, to one writer thread, which takes
+/// whatever has queued up since its last commit and writes it as **one** transaction:
+/// under load one fsync covers many appends (group commit), and at any load the
+/// thread hand-over costs one wake-up, not the runtime hand-over of a blocking call on
+/// an async worker. What waits for what:
+///
+/// - [`append`](RaftLogStorage::append) returns as soon as its entries are queued and
+///   readable (they wait in [`Tail`] until written); its callback reports them flushed
+///   once the commit that holds them is durable. openraft replicates entries once they
+///   are submitted, so a leader's own fsync overlaps the round trip to its followers —
+///   as Raft allows (thesis §10.2.1) — instead of preceding it.
+/// - the vote, a truncation and a purge are durable before the call returns.
+/// - the commit pointer is written lazily (`KvStore::write_lazy`): it rides along with
+///   the next durable write. That is safe only because berth turns openraft's leader
+///   restore off (`enable_leader_restore`, see `save_committed`).
+///
+/// A write that fails fails every call of its group; openraft stops the node on a
+/// storage error, and nothing it was told is flushed was not.
+pub struct LogStore<C: RaftTypeConfig> {
     kv: Arc<dyn KvStore>,
-    _c: PhantomData<fn() -> C>,
+    tail: Arc<Mutex<Tail<C>>>,
+    writer: Arc<Writer>,
 }
 
-impl<C> Clone for LogStore<C> {
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self { kv: self.kv.clone(), _c: PhantomData }
+        Self { kv: self.kv.clone(), tail: self.tail.clone(), writer: self.writer.clone() }
     }
 }
 
-impl<C> LogStore<C> {
-    pub fn new(kv: Arc<dyn KvStore>) -> Self {
-        Self { kv, _c: PhantomData }
+/// The writer thread's queue, and the thread. Dropped with the last clone of the
+/// store: the queue is closed, written out, and the thread joined — so the store's
+/// file is closed when the store is gone, and can be opened again.
+struct Writer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
+}
+
+/// Entries appended but possibly not yet written, readable meanwhile.
+struct Tail<C: RaftTypeConfig> {
+    entries: BTreeMap<u64, C::Entry>,
+    /// While a truncation is on its way to the store: entries the store still holds
+    /// from this index on are gone.
+    cut: Option<u64>,
+}
+
+type Done = Box<dyn FnOnce(Result<(), KvError>) + Send>;
+
+/// One write, queued for the writer thread.
+struct Job {
+    batch: WriteBatch,
+    durable: bool,
+    done: Option<Done>,
+}
+
+/// At most this many bytes go into one group transaction (one scheduler plan can be
+/// tens of megabytes; a group of them should not hold every appender waiting).
+const GROUP_BYTES: usize = 64 * 1024 * 1024;
+
+/// The writer thread: one transaction per group of queued jobs, durable when any job
+/// of the group is; completions run in queue order after the commit.
+fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut bytes = first.batch.bytes();
+        let mut group = vec![first];
+        while bytes < GROUP_BYTES {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    bytes += job.batch.bytes();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let durable = group.iter().any(|j| j.durable);
+        let mut batch = WriteBatch::new();
+        for job in &mut group {
+            batch.append(&mut job.batch);
+        }
+        let result = if durable { kv.write(batch) } else { kv.write_lazy(batch) };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, jobs = group.len(), "the Raft log write failed");
+        }
+        for job in group {
+            if let Some(done) = job.done {
+                done(result.clone());
+            }
+        }
+    }
+}
+
+fn writer_stopped() -> io::Error {
+    io::Error::other("the Raft log writer has stopped")
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
+    /// A log store over `kv`, with its writer thread (which ends when the last clone of
+    /// the store is dropped, once the queue is written).
+    pub fn new(kv: Arc<dyn KvStore>) -> Self {
+        let (jobs, queue) = mpsc::channel();
+        let writer_kv = kv.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(writer_kv, queue))
+            .expect("cannot start the Raft log writer thread");
+        let writer = Arc::new(Writer { jobs: Some(jobs), thread: Some(thread) });
+        Self { kv, tail: Arc::new(Mutex::new(Tail { entries: BTreeMap::new(), cut: None })), writer }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail<C>> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn submit(&self, batch: WriteBatch, durable: bool, done: Option<Done>) -> io::Result<()> {
+        let jobs = self.writer.jobs.as_ref().ok_or_else(writer_stopped)?;
+        jobs.send(Job { batch, durable, done }).map_err(|_| writer_stopped())
+    }
+
+    /// Queues `batch` and waits until it is durable.
+    async fn write_durable(&self, batch: WriteBatch) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(batch, true, Some(Box::new(move |r| drop(tx.send(r)))))?;
+        rx.await.map_err(|_| writer_stopped())?.map_err(io::Error::from)
+    }
+
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
         match self.kv.get(key)? {
             None => Ok(None),
             Some(bytes) => codec::decode(&bytes).map(Some),
         }
-    }
-
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.put(key.to_vec(), codec::encode(value)?);
-        let kv = self.kv.clone();
-        blocking::run(move || kv.write(batch))?;
-        Ok(())
     }
 }
 
@@ -74,7 +177,7 @@ fn bounds(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
 impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    EntryOf<C>: Serialize + DeserializeOwned,
+    EntryOf<C>: Serialize + DeserializeOwned + Clone,
     VoteOf<C>: Serialize + DeserializeOwned,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
@@ -84,12 +187,40 @@ where
         let Some((start, end)) = bounds(&range) else {
             return Ok(Vec::new());
         };
+        // The tail first, then the store: an entry written in between is in both (the
+        // tail's copy wins), never in neither.
+        let (mut pending, cut) = {
+            let tail = self.tail();
+            let range = match end {
+                Some(e) if e <= start => return Ok(Vec::new()),
+                Some(e) => tail.entries.range(start..e),
+                None => tail.entries.range(start..),
+            };
+            (range.map(|(i, e)| (*i, e.clone())).collect::<BTreeMap<_, _>>(), tail.cut)
+        };
+        // Replication mostly reads what was just appended: all in the tail.
+        if let (Some(e), Some((&first, _))) = (end, pending.first_key_value()) {
+            if first == start && pending.len() as u64 == e - start {
+                return Ok(pending.into_values().collect());
+            }
+        }
         let end_key = match end {
             Some(e) => keys::log(e),
             None => keys::log_end(),
         };
-        let pairs = self.kv.scan(&keys::log(start), &end_key)?;
-        pairs.iter().map(|(_, v)| codec::decode::<EntryOf<C>>(v)).collect()
+        let mut out = Vec::new();
+        for (key, value) in self.kv.scan(&keys::log(start), &end_key)? {
+            let index = keys::log_index(&key);
+            if let Some(entry) = pending.remove(&index) {
+                out.push(entry);
+            } else if cut.is_none_or(|c| index < c) {
+                out.push(codec::decode::<EntryOf<C>>(&value)?);
+            }
+        }
+        // What the tail holds beyond the store.
+        out.extend(pending.into_values());
+        out.sort_by_key(|e| e.index());
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
@@ -100,7 +231,7 @@ where
 impl<C> RaftLogStorage<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    EntryOf<C>: Serialize + DeserializeOwned,
+    EntryOf<C>: Serialize + DeserializeOwned + Clone,
     VoteOf<C>: Serialize + DeserializeOwned,
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
@@ -108,10 +239,21 @@ where
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let last_purged_log_id: Option<LogIdOf<C>> = self.get_meta(keys::PURGED)?;
-        let last = self.kv.last(&keys::log(0), &keys::log_end())?;
-        let last_log_id = match last {
+        let (tail_last, cut) = {
+            let tail = self.tail();
+            (tail.entries.last_key_value().map(|(_, e)| e.log_id()), tail.cut)
+        };
+        let store_end = match cut {
+            Some(c) => keys::log(c),
+            None => keys::log_end(),
+        };
+        let stored_last = match self.kv.last(&keys::log(0), &store_end)? {
             Some((_, v)) => Some(codec::decode::<EntryOf<C>>(&v)?.log_id()),
-            None => last_purged_log_id.clone(),
+            None => None,
+        };
+        let last_log_id = match (tail_last, stored_last) {
+            (Some(t), Some(s)) => Some(if t.index() >= s.index() { t } else { s }),
+            (t, s) => t.or(s).or_else(|| last_purged_log_id.clone()),
         };
         Ok(LogState { last_purged_log_id, last_log_id })
     }
@@ -121,20 +263,30 @@ where
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
-        self.put_meta(keys::VOTE, vote)
+        let mut batch = WriteBatch::new();
+        batch.put(keys::VOTE.to_vec(), codec::encode(vote)?);
+        self.write_durable(batch).await
     }
 
-    /// Durable, like every other write here — and it must be, though Raft calls the
-    /// commit index volatile. openraft lets a leader that restarts with its vote still
-    /// committed resume its term without an election, and then reuses its first entry
-    /// of the term as the "noop": a linearizable read waits for
-    /// `max(noop, committed)`, so after a crash of every node the persisted committed
-    /// pointer is the only lower bound of the read index. Written lazily (an experiment
-    /// with redb `Durability::None`), it came back stale after a power cut and reads
-    /// missed acknowledged writes — the chaos suite's restart-all nemesis found it
-    /// within seconds (docs/chaos.md, "A bug the suite found").
+    /// Lazy: the pointer rides along with the next durable write, so after a power cut
+    /// it can come back older than it was. Raft treats the commit index as volatile, and
+    /// berth can too because it turns openraft's leader restore off
+    /// (`enable_leader_restore: false`, in the node's Raft config): with it on, a
+    /// leader that restarts with its vote still committed resumes its term without an
+    /// election and reuses its first entry of the term as the "noop", and a
+    /// linearizable read waits only for `max(noop, committed)` — the persisted pointer
+    /// is then the only lower bound of the read index, and a stale one serves stale
+    /// reads (the chaos suite's restart-all nemesis found exactly that; docs/chaos.md,
+    /// "A bug the suite found"). With restore off, a restarted leader is elected anew
+    /// and commits a noop of its new term, which bounds every read.
+    ///
+    /// What a stale pointer still costs: after a restart the replica starts further
+    /// back and catches up from the leader. The node's agent does not act on its
+    /// replica before it has caught up with the leader's commit (`agent::Agent`).
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        self.put_meta(keys::COMMITTED, &committed)
+        let mut batch = WriteBatch::new();
+        batch.put(keys::COMMITTED.to_vec(), codec::encode(&committed)?);
+        self.submit(batch, false, None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
@@ -146,22 +298,34 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
         let mut batch = WriteBatch::new();
-        for entry in entries {
-            batch.put(keys::log(entry.index()), codec::encode(&entry)?);
+        let mut ids = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            batch.put(keys::log(entry.index()), codec::encode(entry)?);
+            ids.push(entry.log_id());
         }
-        let kv = self.kv.clone();
-        let res = blocking::run(move || kv.write(batch)).map_err(io::Error::from);
-        match res {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
+        {
+            let mut tail = self.tail();
+            for entry in entries {
+                tail.entries.insert(entry.index(), entry);
             }
         }
+        let tail = self.tail.clone();
+        let done: Done = Box::new(move |result| {
+            if result.is_ok() {
+                // Written: the store serves them from now on. Only these very entries
+                // leave the tail (a later append may have replaced one).
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                for id in ids {
+                    if tail.entries.get(&id.index()).is_some_and(|e| e.log_id() == id) {
+                        tail.entries.remove(&id.index());
+                    }
+                }
+            }
+            callback.io_completed(result.map_err(io::Error::from));
+        });
+        self.submit(batch, true, Some(done))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -170,11 +334,16 @@ where
             None => 0,
         };
         tracing::debug!(from, "truncate log");
+        {
+            let mut tail = self.tail();
+            tail.entries.split_off(&from);
+            tail.cut = Some(tail.cut.map_or(from, |c| c.min(from)));
+        }
         let mut batch = WriteBatch::new();
         batch.delete_range(keys::log(from), keys::log_end());
-        let kv = self.kv.clone();
-        blocking::run(move || kv.write(batch))?;
-        Ok(())
+        let result = self.write_durable(batch).await;
+        self.tail().cut = None;
+        result
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
@@ -184,8 +353,10 @@ where
         let mut batch = WriteBatch::new();
         batch.put(keys::PURGED.to_vec(), codec::encode(&log_id)?);
         batch.delete_range(keys::log(0), keys::log(log_id.index() + 1));
-        let kv = self.kv.clone();
-        blocking::run(move || kv.write(batch))?;
+        self.write_durable(batch).await?;
+        let mut tail = self.tail();
+        let keep = tail.entries.split_off(&(log_id.index() + 1));
+        tail.entries = keep;
         Ok(())
     }
 }

@@ -47,6 +47,9 @@ struct Shared<SM: StateMachine> {
     replica: RwLock<Replica<SM>>,
     kv: Arc<dyn KvStore>,
     applied: watch::Sender<u64>,
+    /// The last applied index at which a command that is not
+    /// [quiet](StateMachine::is_quiet), a membership or a snapshot was applied.
+    changed: watch::Sender<u64>,
 }
 
 /// The state machine store handed to openraft, and (through [`SmStore::handle`]) the
@@ -101,6 +104,14 @@ impl<SM: StateMachine> StateHandle<SM> {
         self.shared.applied.subscribe()
     }
 
+    /// A receiver that changes when entries that are not all
+    /// [quiet](StateMachine::is_quiet) are applied (the value is the last applied index
+    /// then). For the node's long-running watchers — the agent, the scheduler — which
+    /// would otherwise wake for every IP allocation, each a few context switches.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
     /// Waits until the replica has applied `index`, or `timeout` passes. Returns
     /// whether it has.
     pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
@@ -125,8 +136,10 @@ impl<SM: StateMachine> SmStore<SM> {
             replica.membership = meta.last_membership.clone();
         }
         let applied = replica.applied_index();
-        let (tx, _) = watch::channel(applied);
-        Ok(Self { shared: Arc::new(Shared { replica: RwLock::new(replica), kv, applied: tx }) })
+        let (applied_tx, _) = watch::channel(applied);
+        let (changed_tx, _) = watch::channel(applied);
+        let shared = Shared { replica: RwLock::new(replica), kv, applied: applied_tx, changed: changed_tx };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// The read side of this store.
@@ -196,6 +209,11 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
         // off the async worker, so the node's other tasks — Raft heartbeats — go on;
         // the rest inline, which costs no thread hand-over.
         let heavy = batch.iter().any(|(e, _)| matches!(&e.payload, EntryPayload::Normal(c) if SM::is_heavy(c)));
+        let notable = batch.iter().any(|(e, _)| match &e.payload {
+            EntryPayload::Blank => false,
+            EntryPayload::Normal(c) => !SM::is_quiet(c),
+            EntryPayload::Membership(_) => true,
+        });
         let apply = || {
             let mut replies = Vec::with_capacity(batch.len());
             let mut replica = self.write_lock();
@@ -218,6 +236,9 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
         };
         let (replies, last_index) = if heavy { blocking::run(apply) } else { apply() };
         self.shared.applied.send_replace(last_index);
+        if notable {
+            self.shared.changed.send_replace(last_index);
+        }
         for (responder, response) in replies {
             responder.send(response);
         }
@@ -241,6 +262,7 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
         };
         tracing::info!(index, bytes = snapshot.len(), "snapshot installed");
         self.shared.applied.send_replace(index);
+        self.shared.changed.send_replace(index);
         Ok(())
     }
 

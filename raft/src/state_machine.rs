@@ -38,6 +38,13 @@ pub trait StateMachine: Default + Send + Sync + 'static {
         false
     }
 
+    /// Whether `command` is of no interest to the node's watchers of the state (see
+    /// [`StateHandle::subscribe_changes`](crate::StateHandle::subscribe_changes)): they
+    /// are not woken when only quiet commands were applied. Default: none is quiet.
+    fn is_quiet(_command: &Self::Command) -> bool {
+        false
+    }
+
     /// Serializes the whole state.
     fn snapshot(&self) -> io::Result<Vec<u8>>;
 

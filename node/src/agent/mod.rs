@@ -24,7 +24,7 @@ pub mod supervisor;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_raft::StateHandle;
 use tokio::sync::mpsc;
@@ -45,8 +45,48 @@ pub struct Agent {
     /// Stop every instance when the agent exits (`berth dev`); otherwise they keep
     /// running and the next agent adopts them.
     pub stop_instances_on_exit: bool,
-    /// When this node last knew a leader with a quorum (see [`FENCE_AFTER`]).
-    pub last_contact: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// When this node last knew a leader with a quorum, caught up with it (see
+    /// [`FENCE_AFTER`]).
+    pub contact: Arc<Contact>,
+}
+
+/// When this host was last **in contact**: a leader that a quorum follows answered it,
+/// and its replica had applied that leader's commit index by then (for the leader
+/// itself: a quorum acknowledged it, and it has applied its read index of the term).
+///
+/// The agent acts on its replica only while in contact. A replica that is behind — a
+/// node that restarts (its commit pointer is written lazily, so it may start further
+/// back than it was), or one whose partition just healed — could show an instance
+/// here that was moved away meanwhile; starting it would put its IP live twice.
+pub struct Contact {
+    started: Instant,
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Default for Contact {
+    fn default() -> Self {
+        Self { started: Instant::now(), last: std::sync::Mutex::new(None) }
+    }
+}
+
+impl Contact {
+    /// Records contact as of `at` (never moves back).
+    pub fn record(&self, at: Instant) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|l| at > l) {
+            *last = Some(at);
+        }
+    }
+
+    /// Whether there was contact since the node started.
+    pub fn ever(&self) -> bool {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// How long since the last contact (since the start, if none yet).
+    pub fn silent_for(&self) -> Duration {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(self.started).elapsed()
+    }
 }
 
 /// A host that has not been in contact with a leader (one that has a quorum) for this
@@ -116,6 +156,26 @@ impl Agent {
         });
     }
 
+    /// Kills the instances left running by an earlier agent that hold a sticky IP (or
+    /// that the replica does not know): fencing before this node was ever in contact.
+    async fn fence_adopted(&self, adoptable: &mut HashMap<String, Existing>) {
+        let doomed: Vec<String> = {
+            let replica = self.state.read();
+            adoptable
+                .keys()
+                .filter(|id| replica.state.apps.instance(id).is_none_or(|i| i.ip.is_some()))
+                .cloned()
+                .collect()
+        };
+        for id in doomed {
+            if let Some(e) = adoptable.remove(&id) {
+                tracing::warn!(instance = %id, "fencing an instance left running: no leader contact since start");
+                let _ = self.runtime.stop(&e.handle, Duration::ZERO).await;
+                self.runtime.remove(&id, &e.handle).await;
+            }
+        }
+    }
+
     /// Runs until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
         let mut adoptable: HashMap<String, Existing> = match self.runtime.existing().await {
@@ -130,11 +190,11 @@ impl Agent {
         }
         let mut sups: HashMap<String, Supervisor> = HashMap::new();
         let mut stopped_reported: HashSet<(String, u64)> = HashSet::new();
-        let mut applied = self.state.subscribe();
+        let mut applied = self.state.subscribe_changes();
         let mut first = true;
         let mut fenced = false;
         loop {
-            let silent = self.last_contact.lock().unwrap().elapsed();
+            let silent = self.contact.silent_for();
             if !fenced && silent > FENCE_AFTER {
                 tracing::warn!(
                     silent_ms = silent.as_millis() as u64,
@@ -144,6 +204,20 @@ impl Agent {
             } else if fenced && silent < FENCE_AFTER / 2 {
                 tracing::warn!("leader contact restored: unfencing");
                 fenced = false;
+            }
+            if !self.contact.ever() {
+                // Not caught up with the cluster since this node started: what the
+                // replica says may be stale, so nothing starts or stops on its word.
+                // Instances left running keep running — unless contact does not come,
+                // and then those with sticky IPs are fenced like any others.
+                if fenced {
+                    self.fence_adopted(&mut adoptable).await;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
             }
             let wanted = self.wanted();
             let ids: HashSet<&str> = wanted.iter().map(|w| w.instance.id.as_str()).collect();

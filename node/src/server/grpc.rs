@@ -101,7 +101,12 @@ impl Internal for Svc {
         self.0.liveness.record(r.get_ref().host);
         // Only a leader that a quorum still follows keeps hosts from fencing themselves.
         match super::leader::quorum_age(&self.0) {
-            Some(age) if age < super::leader::QUORUM_FRESH => Ok(Response::new(pb::HeartbeatReply {})),
+            Some(age) if age < super::leader::QUORUM_FRESH => {
+                use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+                let committed =
+                    self.0.raft.metrics().borrow_watched().cluster_committed.as_ref().map(|l| l.index).unwrap_or(0);
+                Ok(Response::new(pb::HeartbeatReply { committed }))
+            }
             Some(_) => Err(Status::unavailable("no_quorum: this leader has not heard from a quorum")),
             None => Err(Status::unavailable("not_leader: this node is not the leader")),
         }

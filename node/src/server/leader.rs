@@ -66,7 +66,9 @@ impl Liveness {
 
 /// Runs for the life of the node; leads whenever this node is leader.
 pub async fn run(node: Arc<Node>) {
-    let mut applied = node.state.subscribe();
+    use berth_raft::openraft::type_config::async_runtime::WatchReceiver as _;
+    // Role and leader changes only (not every applied entry).
+    let mut server = node.raft.server_metrics();
     loop {
         if node.raft.is_leader() {
             tracing::info!(id = node.id, "leader: scheduler and liveness started");
@@ -75,16 +77,45 @@ pub async fn run(node: Arc<Node>) {
         }
         tokio::select! {
             _ = node.stopping() => return,
-            _ = applied.changed() => {}
+            _ = server.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
 }
 
+/// Waits until this leader's replica has applied its read index — everything
+/// committed before its term included — and marks the term ready (see
+/// [`Node::leader_ready`]). False if it lost leadership or its quorum meanwhile.
+async fn catch_up(node: &Node) -> bool {
+    let term = {
+        use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+        node.raft.metrics().borrow_watched().current_term
+    };
+    let deadline = crate::server::proposer::READ_DEADLINE;
+    match node.proposer.read_index_here(deadline).await {
+        Ok(index) if node.state.wait_applied(index, deadline).await => {
+            node.leader_ready.store(term, std::sync::atomic::Ordering::SeqCst);
+            true
+        }
+        Ok(index) => {
+            tracing::warn!(index, "the new leader did not apply its read index in time");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the new leader cannot confirm its read index");
+            false
+        }
+    }
+}
+
 async fn lead(node: &Arc<Node>) {
+    // Plan only on a replica as new as the cluster's.
+    if !catch_up(node).await {
+        return;
+    }
     let hosts: Vec<u64> = node.state.read().state.nodes.registered.keys().copied().collect();
     node.liveness.reset(hosts.into_iter());
-    let mut applied = node.state.subscribe();
+    let mut applied = node.state.subscribe_changes();
     let mut last_plan: Option<(Plan, Instant)> = None;
     loop {
         if !node.raft.is_leader() {
@@ -155,21 +186,20 @@ pub async fn heartbeat(node: Arc<Node>) {
     use berth_proto::berth::HeartbeatRequest;
     use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
     loop {
-        let (leader, quorum_acked) = {
+        let (leader, quorum_acked, term) = {
             let m = node.raft.metrics();
             let m = m.borrow_watched();
-            (m.current_leader, m.last_quorum_acked.as_ref().map(|t| t.elapsed()))
+            (m.current_leader, m.last_quorum_acked.as_ref().map(|t| t.elapsed()), m.current_term)
         };
         match leader {
             Some(l) if l == node.id => {
                 node.liveness.record(node.id);
-                // A leader is in contact while a quorum acknowledges it.
-                if let Some(age) = quorum_acked {
-                    let at = std::time::Instant::now().checked_sub(age).unwrap_or_else(std::time::Instant::now);
-                    let mut c = node.last_contact.lock().unwrap();
-                    if at > *c {
-                        *c = at;
-                    }
+                // A leader is in contact while a quorum acknowledges it — once its
+                // replica caught up in this term.
+                let ready = node.leader_ready.load(std::sync::atomic::Ordering::SeqCst) == term;
+                if let (true, Some(age)) = (ready, quorum_acked) {
+                    let now = std::time::Instant::now();
+                    node.contact.record(now.checked_sub(age).unwrap_or(now));
                 }
             }
             Some(l) => {
@@ -181,8 +211,14 @@ pub async fn heartbeat(node: Arc<Node>) {
                 if let Some(ch) = addr.and_then(|a| node.connections.get(&a).ok()) {
                     let mut req = tonic::Request::new(HeartbeatRequest { host: node.id });
                     req.set_timeout(HEARTBEAT_INTERVAL);
-                    if InternalClient::new(ch).heartbeat(req).await.is_ok() {
-                        *node.last_contact.lock().unwrap() = std::time::Instant::now();
+                    let sent = std::time::Instant::now();
+                    if let Ok(reply) = InternalClient::new(ch).heartbeat(req).await {
+                        // In contact as of the request, once the replica has applied
+                        // what the leader had committed.
+                        let committed = reply.into_inner().committed;
+                        if node.state.wait_applied(committed, HEARTBEAT_INTERVAL).await {
+                            node.contact.record(sent);
+                        }
                     }
                 }
             }

@@ -71,8 +71,11 @@ pub struct Node {
     pub runtime: Arc<dyn Runtime>,
     /// For proxying (logs) to other nodes' HTTP APIs.
     pub http_client: reqwest::Client,
-    /// When this node last knew a leader with a quorum (for fencing).
-    pub last_contact: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// When this host was last in contact with a leader, caught up (for fencing).
+    pub contact: Arc<crate::agent::Contact>,
+    /// The term in which this node, as leader, has applied its read index (0: none):
+    /// its replica is then as new as the cluster's.
+    pub leader_ready: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     /// Stops the agent; cancelled before the servers so that instances stopping on
     /// exit can still report.
@@ -98,6 +101,9 @@ fn raft_config(cfg: &ValidConfig) -> Result<RaftConfig, StartError> {
         // scheduler plan can be tens of megabytes.
         // A node that was partitioned or restarted asks before it disrupts a leader.
         enable_pre_vote: Some(true),
+        // Standard Raft: a restarted leader is elected anew. Required by the lazily
+        // written commit pointer (see `berth_raft::LogStore::save_committed`).
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()
@@ -223,7 +229,8 @@ impl Node {
             liveness: Default::default(),
             runtime: runtime.clone(),
             http_client: reqwest::Client::new(),
-            last_contact: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            contact: Default::default(),
+            leader_ready: Default::default(),
             shutdown: CancellationToken::new(),
             agent_stop: CancellationToken::new(),
             tasks: Default::default(),
@@ -251,7 +258,7 @@ impl Node {
                     state: node.state.clone(),
                     reports: reports_tx,
                     stop_instances_on_exit: node.config.stop_instances_on_exit,
-                    last_contact: node.last_contact.clone(),
+                    contact: node.contact.clone(),
                 }
                 .run(node.agent_stop.clone()),
             ),
@@ -345,7 +352,7 @@ pub fn canonical_peers(peers: &BTreeMap<u64, String>) -> String {
 /// addresses and resources once a leader exists, and again if the state ever differs.
 async fn register(node: Arc<Node>) {
     let info = node.info();
-    let mut applied = node.state.subscribe();
+    let mut applied = node.state.subscribe_changes();
     let request_id = format!("register-{}-{}", node.id, node.proposer.new_request_id());
     loop {
         let current = node.state.read().state.nodes.registered.get(&node.id).cloned();

@@ -16,7 +16,7 @@ use crate::agent::shim;
 pub async fn run(node: Arc<Node>, parent: String) {
     let owner = format!("shim:node-{}", node.id);
     let mut ready: HashSet<String> = HashSet::new();
-    let mut applied = node.state.subscribe();
+    let mut applied = node.state.subscribe_changes();
     loop {
         let wanted: Vec<(String, Ipv4Net, Option<String>)> = {
             let r = node.state.read();

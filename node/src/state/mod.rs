@@ -105,6 +105,18 @@ impl StateMachine for State {
         }
     }
 
+    /// The IP ledger's and the registers' commands: no agent, scheduler or
+    /// registration loop acts on them (whoever allocates gets the address in the reply).
+    fn is_quiet(req: &Request) -> bool {
+        matches!(
+            req.cmd,
+            Command::Allocate { .. }
+                | Command::Release { .. }
+                | Command::RegisterWrite { .. }
+                | Command::RegisterCas { .. }
+        )
+    }
+
     fn apply(&mut self, index: u64, req: Request) -> Response {
         self.clock_ms = self.clock_ms.max(req.at_ms);
         self.applied_index = index;

@@ -237,20 +237,23 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let mut leaders = Vec::new();
+            let mut views = Vec::new();
             for id in among {
                 let (s, v) = self.get(*id, "/v1/cluster?stale=true").await;
-                if s == 200 {
-                    leaders.push(v["leader"].as_u64());
-                } else {
-                    leaders.push(None);
-                }
+                leaders.push(if s == 200 { v["leader"].as_u64() } else { None });
+                // Term and members of each node: what a failure needs to be understood.
+                views.push(format!("node {id}: {s} {v}"));
             }
             if let Some(Some(l)) = leaders.first() {
                 if leaders.iter().all(|x| *x == Some(*l)) && among.contains(l) {
                     return *l;
                 }
             }
-            assert!(Instant::now() < deadline, "no agreed leader among {among:?} within {within:?}: {leaders:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?} within {within:?}: {leaders:?}\n{}",
+                views.join("\n")
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -29,7 +29,7 @@ pub use self::sled::SledStore;
 
 /// An error of the storage backend. Raft treats every one as fatal: the node stops
 /// rather than carry on with a log it can no longer trust.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KvError {
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: String, reason: String },
@@ -77,6 +77,21 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// The bytes of keys and values the batch carries.
+    pub fn bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(k, v) => k.len() + v.len(),
+                Op::Delete(k) => k.len(),
+                Op::DeleteRange(a, b) => a.len() + b.len(),
+            })
+            .sum()
+    }
+    /// Moves `other`'s operations after this batch's.
+    pub fn append(&mut self, other: &mut WriteBatch) {
+        self.ops.append(&mut other.ops);
+    }
 }
 
 /// A key-value pair read from a store.
@@ -96,6 +111,13 @@ pub trait KvStore: Send + Sync + 'static {
     /// Applies `batch` atomically and durably: when this returns `Ok`, every operation is
     /// on disk; after a crash, either all of them are there or none.
     fn write(&self, batch: WriteBatch) -> Result<(), KvError>;
+    /// Applies `batch` atomically, visible to reads at once, without waiting for the
+    /// disk: it becomes durable with the next [`write`](Self::write). A crash may lose
+    /// it — whole, with any lazy batch after it — but never a durable batch, and never
+    /// part of one. Default: as durable as `write`.
+    fn write_lazy(&self, batch: WriteBatch) -> Result<(), KvError> {
+        self.write(batch)
+    }
     /// Bytes the store occupies on disk (0 in memory).
     fn disk_usage(&self) -> u64 {
         0

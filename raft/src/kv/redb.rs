@@ -2,14 +2,15 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::{KvError, KvStore, Op, Pair, WriteBatch};
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("berth");
 
 /// A [`KvStore`] on redb. Every [`write`](KvStore::write) is one write transaction
-/// committed with redb's default durability (`Immediate`: fsync before commit returns).
+/// committed with redb's default durability (`Immediate`: fsync before commit returns);
+/// a [`write_lazy`](KvStore::write_lazy) one committed with `Durability::None`.
 pub struct RedbStore {
     db: Database,
     path: std::path::PathBuf,
@@ -70,7 +71,24 @@ impl KvStore for RedbStore {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
-        let tx = self.db.begin_write().map_err(io)?;
+        self.commit(batch, Durability::Immediate)
+    }
+
+    /// redb's `Durability::None`: the transaction is visible at once and made durable
+    /// by the next `Immediate` commit.
+    fn write_lazy(&self, batch: WriteBatch) -> Result<(), KvError> {
+        self.commit(batch, Durability::None)
+    }
+
+    fn disk_usage(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl RedbStore {
+    fn commit(&self, batch: WriteBatch, durability: Durability) -> Result<(), KvError> {
+        let mut tx = self.db.begin_write().map_err(io)?;
+        tx.set_durability(durability).map_err(io)?;
         {
             let mut table = tx.open_table(TABLE).map_err(io)?;
             for op in batch.ops {
@@ -90,9 +108,5 @@ impl KvStore for RedbStore {
             }
         }
         tx.commit().map_err(io)
-    }
-
-    fn disk_usage(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
 }

@@ -54,6 +54,23 @@ impl KvStore for SledStore {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
+        self.apply(batch)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn write_lazy(&self, batch: WriteBatch) -> Result<(), KvError> {
+        self.apply(batch)
+    }
+
+    fn disk_usage(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl SledStore {
+    /// Applies `batch` atomically, without flushing.
+    fn apply(&self, batch: WriteBatch) -> Result<(), KvError> {
         let mut b = sled::Batch::default();
         for op in batch.ops {
             match op {
@@ -71,12 +88,6 @@ impl KvStore for SledStore {
                 }
             }
         }
-        self.db.apply_batch(b).map_err(io)?;
-        self.db.flush().map_err(io)?;
-        Ok(())
-    }
-
-    fn disk_usage(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.apply_batch(b).map_err(io)
     }
 }

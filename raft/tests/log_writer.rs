@@ -1,0 +1,183 @@
+//! The log store's writer thread, observed through a store whose writes wait at a gate:
+//! appended entries are readable before they are durable, and reported flushed only
+//! after; queued writes share one transaction; the commit pointer never waits for the
+//! disk; a truncation hides the entries it removes at once.
+
+mod common;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use berth_raft::kv::{KvError, KvStore, MemStore, Pair, WriteBatch};
+use berth_raft::openraft::storage::{IOFlushed, RaftLogStorage};
+use berth_raft::openraft::testing::log_id;
+use berth_raft::openraft::type_config::TypeConfigExt;
+use berth_raft::openraft::{Entry, EntryPayload, RaftLogReader};
+use berth_raft::{LogStore, TypeConfig};
+use common::{Journal, Put};
+
+type C = TypeConfig<Journal>;
+
+/// A [`MemStore`] whose writes wait while the gate is closed, and which counts the
+/// transactions it commits, durable and lazy.
+#[derive(Default)]
+struct Gated {
+    inner: MemStore,
+    closed: Mutex<bool>,
+    opened: Condvar,
+    durable: Mutex<Vec<usize>>,
+    lazy: Mutex<usize>,
+}
+
+impl Gated {
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+    fn wait_open(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+    }
+    /// The number of operations in each durable transaction so far.
+    fn durable_writes(&self) -> Vec<usize> {
+        self.durable.lock().unwrap().clone()
+    }
+}
+
+impl KvStore for Gated {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8]) -> Result<Vec<Pair>, KvError> {
+        self.inner.scan(start, end)
+    }
+    fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<Pair>, KvError> {
+        self.inner.last(start, end)
+    }
+    fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
+        self.wait_open();
+        self.durable.lock().unwrap().push(batch.ops.len());
+        self.inner.write(batch)
+    }
+    fn write_lazy(&self, batch: WriteBatch) -> Result<(), KvError> {
+        self.wait_open();
+        *self.lazy.lock().unwrap() += 1;
+        self.inner.write(batch)
+    }
+}
+
+fn entry(term: u64, index: u64) -> berth_raft::typ::Entry<Journal> {
+    Entry { log_id: log_id::<C>(term, 1, index), payload: EntryPayload::Normal(Put(format!("{term}-{index}"))) }
+}
+
+/// Appends `entries`; the task returned ends with the flush report.
+async fn append(
+    store: &mut LogStore<C>,
+    entries: Vec<berth_raft::typ::Entry<Journal>>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let (tx, rx) = C::oneshot();
+    store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+    tokio::spawn(async move { rx.await.expect("the flush report") })
+}
+
+async fn indexes(store: &mut LogStore<C>, range: std::ops::Range<u64>) -> Vec<(u64, String)> {
+    store
+        .try_get_log_entries(range)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.payload {
+            EntryPayload::Normal(Put(v)) => (e.log_id.index, v),
+            other => panic!("unexpected payload {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_readable_at_once_and_reported_flushed_only_once_written() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone());
+    kv.set_closed(true);
+    let flushed = append(&mut store, (1..=3).map(|i| entry(1, i)).collect()).await;
+    assert_eq!(indexes(&mut store, 1..4).await.len(), 3, "appended entries are readable before they are written");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!flushed.is_finished(), "not reported flushed while the write waits");
+    assert!(kv.durable_writes().is_empty());
+    kv.set_closed(false);
+    flushed.await.unwrap().unwrap();
+    assert_eq!(kv.durable_writes(), vec![3]);
+    // Now served by the store itself.
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id.map(|l| l.index()), Some(3));
+    assert_eq!(indexes(&mut store, 1..4).await, vec![(1, "1-1".into()), (2, "1-2".into()), (3, "1-3".into())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_behind_a_slow_one_share_one_transaction() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone());
+    kv.set_closed(true);
+    let first = append(&mut store, vec![entry(1, 1)]).await;
+    // The writer has taken the first append and waits at the gate; these queue up.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut rest = Vec::new();
+    for i in 2..=5 {
+        rest.push(append(&mut store, vec![entry(1, i)]).await);
+    }
+    store.save_committed(Some(log_id::<C>(1, 1, 1))).await.unwrap();
+    kv.set_closed(false);
+    first.await.unwrap().unwrap();
+    for r in rest {
+        r.await.unwrap().unwrap();
+    }
+    // One transaction for the first append; one for the four queued appends and the
+    // commit pointer, durable because appends are.
+    assert_eq!(kv.durable_writes(), vec![1, 5]);
+    assert_eq!(*kv.lazy.lock().unwrap(), 0);
+    assert_eq!(indexes(&mut store, 1..6).await.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_pointer_is_written_lazily_without_waiting() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone());
+    append(&mut store, vec![entry(1, 1)]).await.await.unwrap().unwrap();
+    kv.set_closed(true);
+    // Returns although the store cannot write now.
+    tokio::time::timeout(Duration::from_secs(1), store.save_committed(Some(log_id::<C>(1, 1, 1))))
+        .await
+        .expect("save_committed waits for nobody")
+        .unwrap();
+    // The writer has taken it and waits at the gate.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    kv.set_closed(false);
+    // A vote is durable on return, and is queued behind the pointer.
+    store.save_vote(&berth_raft::openraft::Vote::new(2, 1)).await.unwrap();
+    assert_eq!(*kv.lazy.lock().unwrap(), 1);
+    assert_eq!(kv.durable_writes(), vec![1, 1], "the append, then the vote");
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id::<C>(1, 1, 1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncation_hides_the_removed_entries_before_it_is_written() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone());
+    append(&mut store, (1..=5).map(|i| entry(1, i)).collect()).await.await.unwrap().unwrap();
+    kv.set_closed(true);
+    // Entries 6..=7 wait unwritten; then a new leader's log replaces everything after 4.
+    let _pending = append(&mut store, vec![entry(1, 6), entry(1, 7)]).await;
+    let mut truncating = store.clone();
+    let truncation = tokio::spawn(async move { truncating.truncate_after(Some(log_id::<C>(1, 1, 4))).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!truncation.is_finished(), "a truncation is durable before it returns");
+    let seen: Vec<u64> = indexes(&mut store, 1..10).await.into_iter().map(|(i, _)| i).collect();
+    assert_eq!(seen, vec![1, 2, 3, 4], "entry 5 (written) and 6..=7 (queued) are gone for readers at once");
+    kv.set_closed(false);
+    truncation.await.unwrap().unwrap();
+    append(&mut store, vec![entry(2, 5)]).await.await.unwrap().unwrap();
+    assert_eq!(indexes(&mut store, 4..10).await, vec![(4, "1-4".into()), (5, "2-5".into())]);
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id::<C>(2, 1, 5)));
+}
