@@ -103,6 +103,16 @@ where
     }
 }
 
+/// The nodes' items in id order, rotated to start at the leader: client `c` is pinned
+/// to item `c % n`, so one client talks to the leader (with either system) and more
+/// spread evenly, whichever node won the election.
+fn from_leader<T>(mut items: Vec<(u64, T)>, leader: u64) -> Vec<T> {
+    items.sort_by_key(|(id, _)| *id);
+    let at = items.iter().position(|(id, _)| *id == leader).unwrap_or(0);
+    items.rotate_left(at);
+    items.into_iter().map(|(_, t)| t).collect()
+}
+
 /// Subnet of the `i`th configuration's pool: 10.64.0.0/14, 10.68.0.0/14, ...
 fn subnet(i: usize) -> String {
     format!("10.{}.0.0/14", 64 + 4 * (i % 32))
@@ -125,7 +135,7 @@ async fn berth_level(
     if !r.status().is_success() {
         bail!("cannot create pool {pool}: {}", r.text().await?);
     }
-    let urls: Vec<String> = cluster.nodes.keys().map(|id| cluster.url(*id)).collect();
+    let urls = from_leader(cluster.nodes.keys().map(|id| (*id, cluster.url(*id))).collect(), leader);
     let pids: Vec<u32> = cluster.nodes.keys().filter_map(|id| cluster.pid(*id)).collect();
     let http = http.clone();
     Ok(drive(clients, secs, &pids, move |c, seq| {
@@ -213,11 +223,12 @@ async fn etcd_allocate(client: &mut Etcd, pool: &str, owner: String, probe: Prob
 }
 
 async fn etcd_level(etcd: &EtcdCluster, i: usize, clients: usize, secs: f64, random: bool) -> Result<Measured> {
-    let ids = etcd.ids();
+    let leader = etcd.leader(Duration::from_secs(30)).await?;
     let mut conns = Vec::new();
-    for id in &ids {
-        conns.push(etcd.client(*id).await?);
+    for id in etcd.ids() {
+        conns.push((id, etcd.client(id).await?));
     }
+    let conns = from_leader(conns, leader);
     let pool = format!("e{i}-{clients}-{random}");
     let pids = etcd.pids();
     Ok(drive(clients, secs, &pids, move |c, seq| {
