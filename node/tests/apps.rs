@@ -416,3 +416,19 @@ async fn a_restarted_host_starts_nothing_its_stale_replica_shows_until_it_caught
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!started(&c), "the moved instance was started on its old host");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_cluster_is_its_own_quorum_and_never_fences_itself() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(FORM).await;
+    pool(&c, 1, 37).await;
+    put(&c, 1, &app("solo", 1, json!({"network": {"pool": "lan"}}))).await;
+    let before = converged(&c, 1, "solo", 1, 1).await;
+    let pid = |c: &Cluster| c.instance_pids().first().map(|(_, _, p)| *p);
+    let first = pid(&c).expect("the instance process runs");
+    // Well past the 5 s after which a host without contact fences itself.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(pid(&c), Some(first), "the sticky-IP instance was killed");
+    assert!(!c.log_of(1).contains("fencing"), "a lone node fenced itself:\n{}", c.log_of(1));
+    assert_eq!(ips(&converged(&c, 1, "solo", 1, 1).await), ips(&before));
+}

@@ -158,6 +158,14 @@ async fn a_restarted_node_catches_up_through_a_snapshot() {
         let (s, v) = allocate(&c, via, "lan", &format!("o{i}"), None).await;
         assert_eq!(s, 201, "{v}");
     }
+    // A snapshot of everything on both live nodes, so that whichever leads has purged
+    // the log the lagger lacks (once, without this, it restarted before the purge and
+    // caught up from the log).
+    for n in c.ids().into_iter().filter(|n| *n != lagger) {
+        let (s, v) = c.post(n, "/v1/cluster/snapshot", serde_json::json!({})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     c.spawn(lagger);
     let want = c.allocations(via, "lan").await;
     c.eventually(FORM, "the restarted node's replica matches", || async {

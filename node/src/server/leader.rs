@@ -177,6 +177,12 @@ pub fn quorum_age(node: &Node) -> Option<Duration> {
     if m.current_leader != Some(node.id) {
         return None;
     }
+    // The only voter is its own quorum (openraft does not refresh the acknowledgement
+    // time of a single-voter cluster, which then fenced itself 5 s after it started).
+    let mut voters = m.membership_config.membership().voter_ids();
+    if voters.next() == Some(node.id) && voters.next().is_none() {
+        return Some(Duration::ZERO);
+    }
     Some(m.last_quorum_acked.as_ref().map(|t| t.elapsed()).unwrap_or(Duration::MAX))
 }
 
@@ -186,10 +192,10 @@ pub async fn heartbeat(node: Arc<Node>) {
     use berth_proto::berth::HeartbeatRequest;
     use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
     loop {
-        let (leader, quorum_acked, term) = {
+        let (leader, term) = {
             let m = node.raft.metrics();
             let m = m.borrow_watched();
-            (m.current_leader, m.last_quorum_acked.as_ref().map(|t| t.elapsed()), m.current_term)
+            (m.current_leader, m.current_term)
         };
         match leader {
             Some(l) if l == node.id => {
@@ -197,9 +203,9 @@ pub async fn heartbeat(node: Arc<Node>) {
                 // A leader is in contact while a quorum acknowledges it — once its
                 // replica caught up in this term.
                 let ready = node.leader_ready.load(std::sync::atomic::Ordering::SeqCst) == term;
-                if let (true, Some(age)) = (ready, quorum_acked) {
-                    let now = std::time::Instant::now();
-                    node.contact.record(now.checked_sub(age).unwrap_or(now));
+                let acked_at = quorum_age(&node).and_then(|age| std::time::Instant::now().checked_sub(age));
+                if let (true, Some(at)) = (ready, acked_at) {
+                    node.contact.record(at);
                 }
             }
             Some(l) => {
