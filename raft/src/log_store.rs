@@ -25,7 +25,7 @@ use crate::{codec, keys};
 /// an async worker. What waits for what:
 ///
 /// - [`append`](RaftLogStorage::append) returns as soon as its entries are queued and
-///   readable (they wait in [`Tail`] until written); its callback reports them flushed
+///   readable (they wait in an in-memory tail until written); its callback reports them flushed
 ///   once the commit that holds them is durable. openraft replicates entries once they
 ///   are submitted, so a leader's own fsync overlaps the round trip to its followers —
 ///   as Raft allows (thesis §10.2.1) — instead of preceding it.
