@@ -317,3 +317,37 @@ async fn a_snapshot_on_demand_covers_what_was_applied_and_the_node_restarts_with
     c.wait_leader(FORM).await;
     assert_eq!(c.allocations(3, "lan").await.len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_refuses_to_rejoin_under_its_old_id_and_says_how() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(FORM).await;
+    let wiped = c.ids().into_iter().find(|i| *i != leader).unwrap();
+    c.create_pool(leader, "lan", 9).await;
+    // Every node has registered (it held Raft state).
+    c.eventually(FORM, "three registered hosts", || async {
+        let (s, v) = c.get(leader, "/v1/hosts").await;
+        (s == 200 && v.as_array().is_some_and(|a| a.len() == 3)).then_some(())
+    })
+    .await;
+    c.kill(wiped);
+    std::fs::remove_dir_all(&c.nodes[&wiped].data_dir).unwrap();
+    c.spawn(wiped);
+    let status = c
+        .eventually(FORM, "the wiped node exits", || async {
+            let child = c.nodes.get(&wiped).and_then(|n| n.child.as_ref()).map(|ch| ch.id() as i32)?;
+            let mut status = 0;
+            // SAFETY: waitpid(2) on our own child, without blocking.
+            let done = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+            (done == child).then_some(status)
+        })
+        .await;
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0, "exit status {status}");
+    let log = c.log_of(wiped);
+    assert!(log.contains("wiped") && log.contains("--id"), "the error names the cause and the fix:\n{log}");
+    c.nodes.get_mut(&wiped).unwrap().child = None;
+    // The two others go on.
+    c.wait_leader(FORM).await;
+    let (s, v) = allocate(&c, leader, "lan", "after", None).await;
+    assert_eq!(s, 201, "{v}");
+}

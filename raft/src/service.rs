@@ -15,14 +15,35 @@ use crate::type_config::typ::{Raft, Snapshot, SnapshotMeta, Vote};
 /// Serves `proto/raft.proto` for one node.
 pub struct RaftService<SM: StateMachine> {
     raft: Raft<SM>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl<SM: StateMachine> RaftService<SM> {
     /// The tonic service, with berth's message size limits.
     pub fn server(raft: Raft<SM>) -> RaftServer<Self> {
-        RaftServer::new(Self { raft })
+        Self::with_gate(raft, None)
+    }
+
+    /// The same, refusing every Raft request (as unavailable) while `gate` holds
+    /// false: a node that cannot yet tell a fresh start from a wiped data dir must not
+    /// take part — a wiped voter has forgotten the vote it cast in its last term, and a
+    /// leader that finds a follower's log gone backwards stops (openraft refuses log
+    /// reversion).
+    pub fn with_gate(raft: Raft<SM>, gate: Option<tokio::sync::watch::Receiver<bool>>) -> RaftServer<Self> {
+        RaftServer::new(Self { raft, gate })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+impl<SM: StateMachine> RaftService<SM> {
+    fn open(&self) -> Result<(), Status> {
+        match &self.gate {
+            Some(gate) if !*gate.borrow() => Err(Status::unavailable(
+                "not serving Raft yet: this node has not checked that its data dir was not wiped",
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -38,21 +59,25 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
 #[tonic::async_trait]
 impl<SM: StateMachine> RaftRpc for RaftService<SM> {
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.open()?;
         let req = decode(request.get_ref())?;
         reply(&self.raft.vote(req).await)
     }
 
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.open()?;
         let req = decode(request.get_ref())?;
         reply(&self.raft.pre_vote(req).await)
     }
 
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.open()?;
         let req = decode(request.get_ref())?;
         reply(&self.raft.append_entries(req).await)
     }
 
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.open()?;
         let req = decode(request.get_ref())?;
         let res = self.raft.handle_transfer_leader(req).await.map_err(openraft::errors::RaftError::<_>::Fatal);
         reply(&res)
@@ -62,6 +87,7 @@ impl<SM: StateMachine> RaftRpc for RaftService<SM> {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.open()?;
         let mut stream = request.into_inner();
         let mut head: Option<(Vote<SM>, SnapshotMeta<SM>)> = None;
         let mut data = Vec::new();

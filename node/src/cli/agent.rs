@@ -147,10 +147,18 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
-    tracing::info!("signal received; shutting down");
-    node.shutdown().await;
-    ExitCode::SUCCESS
+    tokio::select! {
+        _ = wait_for_signal() => {
+            tracing::info!("signal received; shutting down");
+            node.shutdown().await;
+            ExitCode::SUCCESS
+        }
+        reason = node.failed() => {
+            eprintln!("berth: {reason}");
+            node.shutdown().await;
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

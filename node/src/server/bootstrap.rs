@@ -10,6 +10,12 @@
 //! If any reachable peer already holds state, the cluster exists: this node waits to
 //! be contacted by the leader (a restarted node, a late starter, or a node being added
 //! with `POST /v1/cluster/members`). A node restarted with its data dir never probes.
+//!
+//! A node with an empty data dir that a peer knows as registered was **wiped**: it
+//! may have forgotten a vote it cast, and voting again in that term could elect two
+//! leaders, and a leader that finds a follower's log gone backwards stops. It exits
+//! with an error naming the fix (remove the id, rejoin with a new one). Until its
+//! first probe round has answered that question, it refuses every Raft request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,10 +32,12 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 pub async fn run(node: Arc<Node>) {
     let mut warned_exists = false;
+    // A node that started with Raft state serves Raft at once (see `Node::start`).
+    let mut checked = *node.raft_open.borrow();
     loop {
         match node.raft.is_initialized().await {
-            Ok(true) => return,
-            Ok(false) => {}
+            Ok(true) if checked => return,
+            Ok(_) => {}
             Err(_) => return, // Raft stopped
         }
         let others: Vec<(u64, String)> =
@@ -37,9 +45,25 @@ pub async fn run(node: Arc<Node>) {
         let probes = others.iter().map(|(id, addr)| probe(&node, *id, addr));
         let replies = futures::future::join_all(probes).await;
         let mine = node.peers_canonical();
+        let replies: Vec<_> = replies.into_iter().flatten().collect();
+        if !checked {
+            if let Some(r) = replies.iter().find(|r| r.initialized && r.knows_you) {
+                // It has held Raft state before (it registered), and has none now.
+                node.fail(format!(
+                    "node {} has an empty data dir, but node {} knows it as a member that held state: its data dir was \
+                     wiped, and it may have forgotten a vote it cast. It will not rejoin under this id: remove it \
+                     (berth cluster remove {}) and start it with a new --id",
+                    node.id, r.id, node.id
+                ));
+                return;
+            }
+            // Not wiped, as far as the reachable peers know: it takes part from now on.
+            node.raft_open.send_replace(true);
+            checked = true;
+        }
         let mut reachable = 1; // this node
         let mut exists = false;
-        for r in replies.into_iter().flatten() {
+        for r in replies {
             if r.peers_digest != mine {
                 tracing::error!(peer = r.id, theirs = %r.peers_digest, ours = %mine,
                     "peer has a different --peers list; not bootstrapping with it");

@@ -79,9 +79,19 @@ fn pool_pb(p: PoolInfo) -> pb::Pool {
 
 #[tonic::async_trait]
 impl Internal for Svc {
-    async fn probe(&self, _: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeReply>, Status> {
+    async fn probe(&self, r: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeReply>, Status> {
         let initialized = self.0.raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(pb::ProbeReply { id: self.0.id, initialized, peers_digest: self.0.peers_canonical() }))
+        let from = r.get_ref().from;
+        let knows_you = {
+            let nodes = &self.0.state.read().state.nodes;
+            nodes.registered.contains_key(&from) || nodes.retired.contains(&from)
+        };
+        Ok(Response::new(pb::ProbeReply {
+            id: self.0.id,
+            initialized,
+            peers_digest: self.0.peers_canonical(),
+            knows_you,
+        }))
     }
 
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeReply>, Status> {

@@ -76,6 +76,10 @@ pub struct Node {
     /// The term in which this node, as leader, has applied its read index (0: none):
     /// its replica is then as new as the cluster's.
     pub leader_ready: std::sync::atomic::AtomicU64,
+    /// Whether this node serves Raft requests (see `bootstrap`).
+    pub raft_open: tokio::sync::watch::Sender<bool>,
+    /// Set when the node cannot go on (a wiped data dir): why, for the process to exit.
+    failed: tokio::sync::watch::Sender<Option<String>>,
     shutdown: CancellationToken,
     /// Stops the agent; cancelled before the servers so that instances stopping on
     /// exit can still report.
@@ -192,6 +196,10 @@ impl Node {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        // A node with Raft state serves Raft at once; one without waits for
+        // `bootstrap` to check that it is new, not wiped.
+        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        let (raft_open, _) = tokio::sync::watch::channel(initialized);
 
         let proposer = Proposer::new(config.id, raft.clone(), state.clone(), connections.clone());
         let mut macvlan_parent = None;
@@ -231,6 +239,8 @@ impl Node {
             http_client: reqwest::Client::new(),
             contact: Default::default(),
             leader_ready: Default::default(),
+            raft_open,
+            failed: Default::default(),
             shutdown: CancellationToken::new(),
             agent_stop: CancellationToken::new(),
             tasks: Default::default(),
@@ -270,7 +280,23 @@ impl Node {
 
     /// The Raft service for this node's gRPC server.
     pub fn raft_service(&self) -> berth_proto::raft::raft_server::RaftServer<RaftService<State>> {
-        RaftService::server(self.raft.clone())
+        RaftService::with_gate(self.raft.clone(), Some(self.raft_open.subscribe()))
+    }
+
+    /// Marks the node as unable to go on; the process exits with `reason`.
+    pub fn fail(&self, reason: String) {
+        tracing::error!(%reason, "this node cannot go on");
+        self.failed.send_replace(Some(reason));
+    }
+
+    /// Waits until the node [fails](Self::fail); returns why.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.subscribe();
+        let reason = rx.wait_for(|f| f.is_some()).await.map(|f| f.clone());
+        match reason {
+            Ok(f) => f.unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// The canonical form of the peers list (what bootstrap compares between nodes).
