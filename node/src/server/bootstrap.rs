@@ -14,8 +14,9 @@
 //! A node with an empty data dir that a peer knows as registered was **wiped**: it
 //! may have forgotten a vote it cast, and voting again in that term could elect two
 //! leaders, and a leader that finds a follower's log gone backwards stops. It exits
-//! with an error naming the fix (remove the id, rejoin with a new one). Until its
-//! first probe round has answered that question, it refuses every Raft request.
+//! with an error naming the fix (remove the id, rejoin with a new one). Until a probe
+//! round in which a majority answered has settled that question, it refuses every
+//! Raft request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,9 +58,12 @@ pub async fn run(node: Arc<Node>) {
                 ));
                 return;
             }
-            // Not wiped, as far as the reachable peers know: it takes part from now on.
-            node.raft_open.send_replace(true);
-            checked = true;
+            // Not wiped, as far as a majority knows (any quorum it could ever take part
+            // in includes one of them): it takes part from now on.
+            if (replies.len() + 1) * 2 > node.config.peers.len() {
+                node.raft_open.send_replace(true);
+                checked = true;
+            }
         }
         let mut reachable = 1; // this node
         let mut exists = false;

@@ -77,7 +77,12 @@ pub async fn run(node: Arc<Node>) {
         }
         tokio::select! {
             _ = node.stopping() => return,
-            _ = server.changed() => {}
+            changed = server.changed() => {
+                if changed.is_err() {
+                    tracing::error!(id = node.id, "Raft has stopped; no more scheduling from this node");
+                    return;
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }

@@ -72,10 +72,19 @@ impl SledStore {
     /// Applies `batch` atomically, without flushing.
     fn apply(&self, batch: WriteBatch) -> Result<(), KvError> {
         let mut b = sled::Batch::default();
+        // Keys this batch put so far: a range delete later in the batch must remove
+        // them too (the log writer groups an append and a truncation into one batch).
+        let mut put = std::collections::BTreeSet::new();
         for op in batch.ops {
             match op {
-                Op::Put(k, v) => b.insert(k, v),
-                Op::Delete(k) => b.remove(k),
+                Op::Put(k, v) => {
+                    put.insert(k.clone());
+                    b.insert(k, v)
+                }
+                Op::Delete(k) => {
+                    put.remove(&k);
+                    b.remove(k)
+                }
                 Op::DeleteRange(start, end) => {
                     if start < end {
                         // sled has no range delete: the keys are read and removed in the
@@ -83,6 +92,11 @@ impl SledStore {
                         // nothing writes concurrently (it owns its key space).
                         for item in self.db.range(start.as_slice()..end.as_slice()).keys() {
                             b.remove(item.map_err(io)?);
+                        }
+                        let doomed: Vec<Vec<u8>> = put.range(start.clone()..end).cloned().collect();
+                        for k in doomed {
+                            put.remove(&k);
+                            b.remove(k);
                         }
                     }
                 }

@@ -71,3 +71,24 @@ fn backend_names_parse_and_print() {
     let err = "rocks".parse::<Backend>().unwrap_err();
     assert!(err.contains("rocks"), "{err}");
 }
+
+/// The log writer groups an append and a truncation (or purge) into one batch: a range
+/// delete must remove what the same batch put before it, and not what it puts after.
+#[test]
+fn a_range_delete_applies_to_what_the_same_batch_put_before_it() {
+    for (backend, dir) in backends() {
+        let kv = open(backend, dir.path()).unwrap();
+        let mut b = WriteBatch::new();
+        b.put(b"k1".to_vec(), b"old".to_vec());
+        kv.write(b).unwrap();
+        let mut b = WriteBatch::new();
+        b.put(b"k2".to_vec(), b"x".to_vec())
+            .put(b"k3".to_vec(), b"x".to_vec())
+            .delete_range(b"k1".to_vec(), b"k9".to_vec())
+            .put(b"k3".to_vec(), b"new".to_vec());
+        kv.write_lazy(b).unwrap();
+        assert_eq!(kv.get(b"k1").unwrap(), None, "{backend}: stored before");
+        assert_eq!(kv.get(b"k2").unwrap(), None, "{backend}: put earlier in the batch");
+        assert_eq!(kv.get(b"k3").unwrap(), Some(b"new".to_vec()), "{backend}: put after the delete");
+    }
+}
