@@ -118,6 +118,12 @@ fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// Locks the tail; a panic elsewhere while it was held leaves it usable (every update
+/// of it is a single map operation).
+fn lock<C: RaftTypeConfig>(tail: &Mutex<Tail<C>>) -> std::sync::MutexGuard<'_, Tail<C>> {
+    tail.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn writer_stopped() -> io::Error {
     io::Error::other("the Raft log writer has stopped")
 }
@@ -137,7 +143,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail<C>> {
-        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.tail)
     }
 
     fn submit(&self, batch: WriteBatch, durable: bool, done: Option<Done>) -> io::Result<()> {
@@ -316,7 +322,7 @@ where
             if result.is_ok() {
                 // Written: the store serves them from now on. Only these very entries
                 // leave the tail (a later append may have replaced one).
-                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                let mut tail = lock(&tail);
                 for id in ids {
                     if tail.entries.get(&id.index()).is_some_and(|e| e.log_id() == id) {
                         tail.entries.remove(&id.index());

@@ -5,8 +5,9 @@
 //! structure; its durability comes from the Raft log plus periodic snapshots. A
 //! snapshot (meta + data) is written to the [`KvStore`] in one atomic batch, so a crash
 //! leaves either the old snapshot or the new one. On start, the last snapshot is
-//! restored and openraft re-applies the committed log after it (the log store persists
-//! the commit pointer, so this happens before the node serves reads).
+//! restored and openraft re-applies the committed log after it, up to the commit
+//! pointer the log store persisted (lazily: the rest comes from the leader; a
+//! linearizable read waits for it through the read index, the agent through contact).
 //!
 //! Trade-off, measured in `docs/benchmarks.md`: `snapshot()` runs under the read lock,
 //! so apply waits while a snapshot is serialized. For berth's state sizes this is a
