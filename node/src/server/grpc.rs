@@ -113,17 +113,16 @@ impl Internal for Svc {
         match super::leader::quorum_age(&self.0) {
             Some(age) if age < super::leader::QUORUM_FRESH => {
                 use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
-                let (committed, term) = {
+                let (committed, last_log, term) = {
                     let m = self.0.raft.metrics();
                     let m = m.borrow_watched();
-                    (m.cluster_committed.as_ref().map(|l| l.index).unwrap_or(0), m.current_term)
+                    (m.cluster_committed.as_ref().map(|l| l.index).unwrap_or(0), m.last_log_index, m.current_term)
                 };
                 // A new leader's commit index may be behind its predecessor's until the
-                // noop of its term commits: a host caught up with it is not yet caught
-                // up with the cluster.
-                if self.0.leader_ready.load(std::sync::atomic::Ordering::SeqCst) != term {
-                    return Err(Status::unavailable("not_ready: this leader has not caught up in its term yet"));
-                }
+                // noop of its term commits; its log's tail never is. Until it is ready,
+                // a host must have applied that far to count as caught up.
+                let ready = self.0.leader_ready.load(std::sync::atomic::Ordering::SeqCst) == term;
+                let committed = if ready { committed } else { last_log.unwrap_or(0).max(committed) };
                 Ok(Response::new(pb::HeartbeatReply { committed }))
             }
             Some(_) => Err(Status::unavailable("no_quorum: this leader has not heard from a quorum")),
