@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::Cluster;
+use support::{berth, Cluster};
 
 const FORM: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(40);
@@ -340,6 +340,60 @@ async fn a_stuck_rollout_is_listed_and_cancelling_it_rolls_back() {
     assert_eq!(ips(&v3).keys().collect::<Vec<_>>(), ips(&v1).keys().collect::<Vec<_>>(), "the same instances");
     let (_, list) = c.get(1, "/v1/deployments").await;
     assert_eq!(list, json!([]));
+}
+
+/// (instance id, host, ip) of each instance.
+fn placements(list: &[Value]) -> BTreeSet<(String, u64, String)> {
+    list.iter()
+        .map(|i| (i["id"].as_str().unwrap().into(), i["host"].as_u64().unwrap(), i["ip"].as_str().unwrap_or("").into()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_cannot_surge_says_why_rolls_back_and_replaces_in_place_when_allowed() {
+    // Marathon's deadlock: UNIQUE on hosts that all run an instance, no room to surge.
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(FORM).await;
+    pool(&c, 1, 38).await;
+    let spec1 = app("web", 3, json!({"network": {"pool": "lan"}, "constraints": [["hostname", "UNIQUE"]]}));
+    put(&c, 1, &spec1).await;
+    let v1 = converged(&c, 2, "web", 3, 1).await;
+    let pids = c.instance_pids();
+
+    // min_healthy 1.0 (the default) forbids replacing in place: stuck, and it says why.
+    let mut spec2 = spec1.clone();
+    spec2["env"]["V"] = json!("2");
+    assert_eq!(put(&c, 1, &spec2).await.0, 200);
+    let why = c
+        .eventually(FORM, "the rollout says it is stuck", || async {
+            let (_, a) = c.get(3, "/v1/apps/web").await;
+            a["deployment"]["blocked"].as_str().map(String::from)
+        })
+        .await;
+    for part in ["3 instance(s) run an older version", "min_healthy 1 keeps 3 of 3", "UNIQUE", "berth rollback web"] {
+        assert!(why.contains(part), "{part:?} missing from {why:?}");
+    }
+    let (code, out, err) = berth(&c.url(2), &["apps"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("v1 → v2 (0/3, stuck)") && out.contains("min_healthy"), "{out}");
+    let list = instances(&c, 1, "web").await;
+    assert_eq!(placements(&list), placements(&v1), "nothing moved, no surge instance waits");
+    assert_eq!(c.allocations(1, "lan").await.len(), 3, "no IP is held for a surge that cannot run");
+
+    // A rollback ends it at once, restarting nothing.
+    let (code, out, err) = berth(&c.url(3), &["rollback", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("web"), "{out}");
+    converged(&c, 1, "web", 3, 3).await;
+    assert_eq!(c.instance_pids(), pids, "the same processes run on");
+
+    // Allowed to go down to 2 of 3, the rollout replaces each instance on its own host.
+    let mut spec4 = spec2.clone();
+    spec4["upgrade"] = json!({"min_healthy": 0.6, "max_surge": 1});
+    assert_eq!(put(&c, 2, &spec4).await.0, 200);
+    let v4 = converged(&c, 3, "web", 3, 4).await;
+    assert_eq!(placements(&v4), placements(&v1), "same ids, hosts and IPs");
+    assert_eq!(c.allocations(1, "lan").await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

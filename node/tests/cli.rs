@@ -2,19 +2,9 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use support::{Cluster, BERTH};
-
-fn berth(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BERTH).arg("--addr").arg(addr).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
-}
+use support::{berth, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_manages_pools_and_falls_back_to_the_next_node() {

@@ -112,15 +112,28 @@ fn app_rows(apps: &[AppView]) -> Vec<Vec<String>> {
                 a.healthy.to_string(),
                 a.deployment
                     .as_ref()
-                    .map(|d| format!("v{} → v{}", d.from_version.unwrap_or(0), d.to_version))
+                    .map(|d| {
+                        let stuck = if d.blocked.is_some() { ", stuck" } else { "" };
+                        format!(
+                            "v{} → v{} ({}/{}{stuck})",
+                            d.from_version.unwrap_or(0),
+                            d.to_version,
+                            d.updated,
+                            d.total
+                        )
+                    })
                     .unwrap_or_else(|| "-".into()),
-                a.pending_reason.clone().unwrap_or_default(),
+                a.deployment
+                    .as_ref()
+                    .and_then(|d| d.blocked.clone())
+                    .or_else(|| a.pending_reason.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect()
 }
 
-const APP_HEADER: [&str; 7] = ["ID", "VERSION", "INSTANCES", "RUNNING", "HEALTHY", "ROLLOUT", "PENDING"];
+const APP_HEADER: [&str; 7] = ["ID", "VERSION", "INSTANCES", "RUNNING", "HEALTHY", "ROLLOUT", "WAITING ON"];
 
 pub async fn deploy(client: &Client, output: Output, args: DeployArgs) -> Result<(), CliError> {
     let spec = read_spec(&args.file)?;
@@ -177,11 +190,15 @@ pub async fn deploy(client: &Client, output: Output, args: DeployArgs) -> Result
             print(output, &app, &APP_HEADER, app_rows(std::slice::from_ref(&app)));
             return Ok(());
         }
-        if let Some(reason) = &app.pending_reason {
+        let blocked = app.deployment.as_ref().and_then(|d| d.blocked.as_ref());
+        if let Some(reason) = blocked.or(app.pending_reason.as_ref()) {
             let since = *pending_since.get_or_insert_with(Instant::now);
             if since.elapsed() > Duration::from_secs(15) {
                 eprintln!();
-                return Err(CliError::Other(format!("the rollout is stuck: {reason}")));
+                return Err(CliError::Other(match blocked {
+                    Some(why) => why.clone(),
+                    None => format!("the rollout is stuck: {reason}"),
+                }));
             }
         } else {
             pending_since = None;

@@ -22,7 +22,17 @@
 //! IP — while at least `ceil(instances × min_healthy)` stay healthy. When no instance
 //! can go down, up to `max_surge` extra instances of the new version are started first;
 //! they are stopped (releasing their IPs) once every instance runs the new version and
-//! is healthy. Scaling down stops the youngest instances first.
+//! is healthy. A surge instance is created only where it can be placed at once: one
+//! that cannot (`hostname UNIQUE` on hosts that all run an instance, no free cpus)
+//! would hold an IP and free nothing — Marathon's deadlock. Then the rollout goes on in
+//! place as far as `min_healthy` allows, and when that allows nothing either, the
+//! deployment records exactly why it is stuck (`Deployment::blocked`) until something
+//! changes: a new version (say, a lower `min_healthy`), a rollback or cancel (which
+//! relabel instances already running the target's spec, restarting nothing), a new
+//! host, a scale. Scaling down stops the youngest instances first.
+//!
+//! The scheduler keeps no state of its own: a new leader plans from the replicated
+//! state and so continues any rollout where the old one left it.
 
 pub mod constraints;
 
@@ -252,27 +262,28 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         }
     }
     let live_surge = surge.iter().filter(|s| s.version == target).count();
-    let mut new: Vec<NewInstance> = Vec::new();
+    // Rollout: what moves this round, and how many surge instances to try to place.
+    let mut moving = 0;
+    let mut surges_wanted = 0;
+    let mut old_well = 0;
     if !old.is_empty() {
+        // Instances of a version with the target's very spec (a rollback to what they
+        // run, a cancelled rollout) only change their label: no restart, no cost.
+        let (same, old): (Vec<&Instance>, Vec<&Instance>) =
+            old.iter().partition(|i| app.version(i.version).is_some_and(|v| v.spec.same_but_instances(spec)));
         // Instances that are not healthy anyway are upgraded at no cost.
         let (sick, well): (Vec<&Instance>, Vec<&Instance>) = old.iter().partition(|i| !i.is_healthy(has_check));
-        for i in sick {
+        // Then, in place (same id, IP and host), as many as min_healthy allows.
+        let in_place = well.len().min(healthy.saturating_sub(min_healthy));
+        for i in same.iter().chain(&sick).chain(&well[..in_place]) {
             plan.upgrades.push((i.id.clone(), target));
         }
-        let mut budget = healthy.saturating_sub(min_healthy);
-        for i in &well {
-            if budget == 0 {
-                break;
-            }
-            plan.upgrades.push((i.id.clone(), target));
-            budget -= 1;
-        }
-        let blocked = well.len().saturating_sub(healthy.saturating_sub(min_healthy));
-        if blocked > 0 && live_surge < spec.upgrade.max_surge as usize {
-            let extra = (spec.upgrade.max_surge as usize - live_surge).min(blocked);
-            for _ in 0..extra {
-                new.push(NewInstance { app: app.id.clone(), version: target, host: None, surge: true });
-            }
+        moving += same.len() + sick.len() + in_place;
+        old_well = well.len() - in_place;
+        // The rest wait for surge instances, each placed now or not created at all: a
+        // pending surge holds an IP and frees nothing.
+        if old_well > 0 {
+            surges_wanted = (spec.upgrade.max_surge as usize).saturating_sub(live_surge).min(old_well);
         }
     } else {
         let all_ready = core.iter().all(|i| i.is_healthy(has_check)) && creates == 0;
@@ -296,7 +307,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     }
     plan.stops.extend(stopping.iter().cloned());
 
-    // Placement: instances without a host, then new ones.
+    // Placement: instances without a host first, then surge instances, then new ones.
     let mut reason = None;
     let mut ranked = None;
     let unplaced: Vec<&Instance> = live
@@ -305,30 +316,46 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         .filter(|i| i.host.is_none() && !stopping.contains(&i.id))
         .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Lost))
         .collect();
-    for i in unplaced {
+    let mut placed = BTreeSet::new();
+    for i in &unplaced {
         if plan.places.len() >= max {
             break;
         }
         match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
-            Ok(h) => plan.places.push((i.id.clone(), h)),
+            Ok(h) => {
+                plan.places.push((i.id.clone(), h));
+                placed.insert(i.id.as_str());
+            }
             Err(r) => {
                 reason = Some(r);
                 break;
             }
         }
     }
-    // Only what this round can take (a million-instance deploy creates `max` a round).
-    let room = max.saturating_sub(plan.creates.len() + new.len());
-    new.extend((0..creates.min(room)).map(|_| NewInstance {
-        app: app.id.clone(),
-        version: target,
-        host: None,
-        surge: false,
-    }));
-    for mut n in new {
+    // A surge instance that lost its host and finds no other is of no use either.
+    if reason.is_some() {
+        plan.stops.extend(unplaced.iter().filter(|i| i.surge && !placed.contains(i.id.as_str())).map(|i| i.id.clone()));
+    }
+    let mut surge_refused = None;
+    for _ in 0..surges_wanted {
         if plan.creates.len() >= max {
             break;
         }
+        match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
+            Ok(h) => {
+                plan.creates.push(NewInstance { app: app.id.clone(), version: target, host: Some(h), surge: true });
+                moving += 1;
+            }
+            Err(r) => {
+                surge_refused = Some(r);
+                break;
+            }
+        }
+    }
+    // Only what this round can take (a million-instance deploy creates `max` a round).
+    let room = max.saturating_sub(plan.creates.len());
+    for _ in 0..creates.min(room) {
+        let mut n = NewInstance { app: app.id.clone(), version: target, host: None, surge: false };
         if reason.is_none() {
             match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
                 Ok(h) => n.host = Some(h),
@@ -336,6 +363,31 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
             }
         }
         plan.creates.push(n);
+    }
+
+    // A rollout is stuck when nothing of it moves this round and nothing it started
+    // is still on its way to healthy: it says why, until it moves again.
+    if let Some(d) = &app.deployment {
+        let on_the_way = live
+            .iter()
+            .any(|i| i.version == target && !stopping.contains(&i.id) && !i.is_healthy(has_check) && i.host.is_some())
+            || !placed.is_empty();
+        let blocked = (old_well > 0 && moving == 0 && !on_the_way).then(|| {
+            let surge_why = match surge_refused {
+                Some(r) => format!("no surge instance can be placed ({r})"),
+                None if spec.upgrade.max_surge == 0 => "upgrade.max_surge 0 allows no surge instance".to_string(),
+                None => format!("all {} surge instance(s) allowed by upgrade.max_surge are in use", live_surge),
+            };
+            format!(
+                "rollout of {} to version {target} is stuck: {old_well} instance(s) run an older version, \
+                 upgrade.min_healthy {} keeps {min_healthy} of {want} healthy so none can be replaced in place, \
+                 and {surge_why}; lower upgrade.min_healthy, make room for a surge, or roll back (berth rollback {})",
+                app.id, spec.upgrade.min_healthy, app.id
+            )
+        });
+        if blocked != d.blocked {
+            plan.blocked.push((app.id.clone(), d.id, blocked));
+        }
     }
     if reason != app.pending_reason {
         plan.reasons.push((app.id.clone(), reason));

@@ -424,3 +424,102 @@ fn the_ranked_fast_path_places_exactly_as_the_scan_does() {
     assert!(ranked.reason("web").is_some(), "the hosts are meant to fill up");
     assert!(ranked.hosts_of("web").iter().filter(|h| h.is_some()).count() > 10);
 }
+
+/// Rolls `app` until its deployment ends, nothing changes, or `rounds` pass; checks
+/// at every step that `min` instances stay healthy.
+fn roll(w: &mut World, app: &str, min: usize, rounds: usize) {
+    for _ in 0..rounds {
+        if w.s.apps.apps[app].deployment.is_none() {
+            return;
+        }
+        let p = plan(&w.s);
+        if p.is_empty() {
+            return;
+        }
+        w.apply(Command::ApplyPlan(p));
+        let healthy = w.s.apps.instances_of(app).filter(|i| i.is_healthy(false)).count();
+        assert!(healthy >= min, "only {healthy} healthy during the rollout (at least {min} wanted)");
+        w.run_all();
+    }
+}
+
+#[test]
+fn a_rollout_that_cannot_surge_replaces_in_place_as_min_healthy_allows() {
+    // The deadlock users of Marathon know: UNIQUE on a full cluster, no room to surge.
+    let mut w = World::new();
+    w.lan();
+    for h in 1..=3 {
+        w.host(h, "process", 8.0, 8192, &[]);
+    }
+    let unique = r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]],"upgrade":{"min_healthy":0.6,"max_surge":1}"#;
+    w.deploy(&process_app("web", 3, unique));
+    w.settle(3);
+    w.run_all();
+    let before: BTreeMap<String, (Option<u64>, Option<std::net::Ipv4Addr>)> =
+        w.s.apps.instances_of("web").map(|i| (i.id.clone(), (i.host, i.ip))).collect();
+    w.deploy(&process_app("web", 3, &format!("{unique},\"env\":{{\"V\":\"2\"}}")));
+    roll(&mut w, "web", 2, 20);
+    assert!(w.s.apps.apps["web"].deployment.is_none(), "the rollout finished");
+    let after: BTreeMap<String, (Option<u64>, Option<std::net::Ipv4Addr>)> =
+        w.s.apps.instances_of("web").map(|i| (i.id.clone(), (i.host, i.ip))).collect();
+    assert_eq!(after, before, "each instance was replaced on its own host with its own IP");
+    assert!(w.s.apps.instances_of("web").all(|i| i.version == 2 && !i.surge));
+    assert_eq!(w.s.ipam.pool("lan").unwrap().used(), 3, "no surge instance ever held an IP");
+}
+
+#[test]
+fn a_rollout_min_healthy_forbids_says_exactly_why_and_rollback_ends_it() {
+    let mut w = World::new();
+    w.lan();
+    for h in 1..=3 {
+        w.host(h, "process", 8.0, 8192, &[]);
+    }
+    let unique = r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]]"#;
+    w.deploy(&process_app("web", 3, unique));
+    w.settle(3);
+    w.run_all();
+    w.deploy(&process_app("web", 3, &format!("{unique},\"env\":{{\"V\":\"2\"}}")));
+    roll(&mut w, "web", 3, 5);
+    let d = w.s.apps.apps["web"].deployment.clone().expect("the rollout cannot finish");
+    let why = d.blocked.expect("and says why");
+    for part in [
+        "stuck",
+        "3 instance(s) run an older version",
+        "min_healthy 1 keeps 3 of 3",
+        r#"fail constraint ["hostname", "UNIQUE"]"#,
+        "berth rollback web",
+    ] {
+        assert!(why.contains(part), "{part:?} missing from {why:?}");
+    }
+    assert_eq!(w.s.apps.instances_of("web").count(), 3, "no pending surge instance");
+    assert_eq!(w.s.ipam.pool("lan").unwrap().used(), 3, "no IP held for nothing");
+    assert!(w.s.apps.instances_of("web").all(|i| i.version == 1));
+
+    // A rollback (here: the cancel) relabels what runs, restarting nothing.
+    let epochs: Vec<u64> = w.s.apps.instances_of("web").map(|i| i.epoch).collect();
+    assert!(w.apply(Command::CancelDeployment { app: "web".into() }).0.is_ok());
+    roll(&mut w, "web", 3, 5);
+    assert!(w.s.apps.apps["web"].deployment.is_none(), "the rollback finished");
+    assert!(w.s.apps.instances_of("web").all(|i| i.version == 3));
+    assert_eq!(w.s.apps.instances_of("web").map(|i| i.epoch).collect::<Vec<_>>(), epochs, "nothing restarted");
+}
+
+#[test]
+fn a_stuck_rollout_moves_again_when_a_host_joins() {
+    let mut w = World::new();
+    for h in 1..=2 {
+        w.host(h, "process", 8.0, 8192, &[]);
+    }
+    let unique = r#","constraints":[["hostname","UNIQUE"]]"#;
+    w.deploy(&process_app("web", 2, unique));
+    w.settle(3);
+    w.run_all();
+    w.deploy(&process_app("web", 2, &format!("{unique},\"env\":{{\"V\":\"2\"}}")));
+    roll(&mut w, "web", 2, 5);
+    assert!(w.s.apps.apps["web"].deployment.as_ref().unwrap().blocked.is_some());
+    w.host(3, "process", 8.0, 8192, &[]);
+    roll(&mut w, "web", 2, 20);
+    assert!(w.s.apps.apps["web"].deployment.is_none(), "the surge found room and the rollout finished");
+    assert!(w.s.apps.instances_of("web").all(|i| i.version == 2 && !i.surge));
+    assert_eq!(w.s.apps.instances_of("web").count(), 2);
+}

@@ -28,6 +28,9 @@ pub struct DeploymentView {
     /// Instances already at `to_version` and healthy.
     pub updated: usize,
     pub total: u32,
+    /// Why the rollout cannot go on, when it is stuck (it still can be rolled back or
+    /// cancelled, or unblocked by a new version, a scale or a new host).
+    pub blocked: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,6 +132,7 @@ fn deployment_view(state: &State, app: &App, d: &Deployment) -> DeploymentView {
             .filter(|i| !i.surge && i.version == d.to && i.is_healthy(has_check))
             .count(),
         total: app.instances,
+        blocked: d.blocked.clone(),
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Plan {
     pub reasons: Vec<(String, Option<String>)>,
     /// Rollouts that are complete: (app, deployment id).
     pub finished: Vec<(String, u64)>,
+    /// Why a rollout cannot go on (None: it moves again): (app, deployment id, why).
+    pub blocked: Vec<(String, u64, Option<String>)>,
 }
 
 impl Plan {
@@ -97,6 +99,7 @@ impl Plan {
             && self.removes.is_empty()
             && self.reasons.is_empty()
             && self.finished.is_empty()
+            && self.blocked.is_empty()
     }
 }
 

@@ -17,6 +17,16 @@ use serde_json::Value;
 
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
+/// Runs the CLI against `addr`: (exit code, stdout, stderr trimmed).
+pub fn berth(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BERTH).arg("--addr").arg(addr).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

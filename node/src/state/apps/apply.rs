@@ -255,8 +255,22 @@ impl State {
         let Some(spec) = self.apps.apps.get(&inst.app).and_then(|a| a.version(version)).map(|v| v.spec.clone()) else {
             return;
         };
-        let host = inst.host;
         let now = self.clock_ms;
+        let same = self
+            .apps
+            .apps
+            .get(&inst.app)
+            .and_then(|a| a.version(inst.version))
+            .is_some_and(|v| v.spec.same_but_instances(&spec));
+        if same {
+            // The very spec it runs (a rollback, a cancelled rollout): a new label only.
+            self.apps.update(id, |inst| {
+                inst.version = version;
+                inst.updated_at = now;
+            });
+            return;
+        }
+        let host = inst.host;
         // Detached, the instance reserves nothing; it goes back on its host if the new
         // spec fits there, else it moves (keeping its id and IP).
         self.apps.update(id, |inst| {
@@ -318,6 +332,13 @@ impl State {
         for (app, reason) in plan.reasons {
             if let Some(a) = self.apps.apps.get_mut(&app) {
                 a.pending_reason = reason;
+            }
+        }
+        for (app, deployment, why) in plan.blocked {
+            if let Some(d) = self.apps.apps.get_mut(&app).and_then(|a| a.deployment.as_mut()) {
+                if d.id == deployment {
+                    d.blocked = why;
+                }
             }
         }
         for (app, deployment) in plan.finished {

@@ -39,6 +39,8 @@ pub struct Deployment {
     pub from: Option<u64>,
     pub to: u64,
     pub started_at: u64,
+    /// Why the rollout cannot go on, when it cannot (the scheduler's verdict).
+    pub blocked: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +269,7 @@ impl Apps {
                     from: Some(from),
                     to: v,
                     started_at: at,
+                    blocked: None,
                 });
                 (v, false)
             }
