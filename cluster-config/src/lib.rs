@@ -139,6 +139,10 @@ pub struct NodeConfig {
     /// Stop every instance when the agent exits (`--stop-instances-on-exit`; `berth dev`
     /// sets it). By default instances keep running and the next agent adopts them.
     pub stop_instances_on_exit: Option<bool>,
+    /// Seconds of silence after which the leader declares this host down and moves its
+    /// instances (`--host-deadline-s`, default 10, at least 6); the host fences its
+    /// sticky-IP instances after half of it.
+    pub host_deadline_s: Option<f64>,
 }
 
 /// `peers` in the file: the flag's string form, or a table.
@@ -167,7 +171,14 @@ pub struct ValidConfig {
     pub log_format: LogFormat,
     pub raft: RaftTuning,
     pub stop_instances_on_exit: bool,
+    pub host_deadline: std::time::Duration,
 }
+
+/// The shortest `host_deadline_s`: fencing at half of it must leave room for a leader's
+/// quorum freshness (1.5 s) and the kill (`node/src/timing.rs`).
+pub const MIN_HOST_DEADLINE_S: f64 = 6.0;
+/// `host_deadline_s` when none is given.
+pub const DEFAULT_HOST_DEADLINE_S: f64 = 10.0;
 
 /// Parses `1=127.0.0.1:7401,2=127.0.0.1:7402`. Ids are positive and unique; every
 /// address is `host:port`.
@@ -241,7 +252,8 @@ impl NodeConfig {
             cpus,
             mem_mb,
             log_format,
-            stop_instances_on_exit
+            stop_instances_on_exit,
+            host_deadline_s
         );
         if let Some(labels) = flags.labels {
             let mut merged = self.labels.take().unwrap_or_default();
@@ -324,6 +336,16 @@ impl NodeConfig {
         if raft.snapshot_logs == Some(0) {
             return Err(invalid("raft.snapshot_logs", "must be positive"));
         }
+        let deadline = self.host_deadline_s.unwrap_or(DEFAULT_HOST_DEADLINE_S);
+        if !(deadline.is_finite() && (MIN_HOST_DEADLINE_S..=86_400.0).contains(&deadline)) {
+            return Err(invalid(
+                "host_deadline_s",
+                format!(
+                    "{deadline} is not between {MIN_HOST_DEADLINE_S} and 86400 seconds (a host fences itself after half \
+                     the deadline, which must leave room for the leader's 1.5 s quorum check and the kill)"
+                ),
+            ));
+        }
         Ok(ValidConfig {
             id,
             data_dir,
@@ -339,6 +361,7 @@ impl NodeConfig {
             log_format: self.log_format.unwrap_or_default(),
             raft,
             stop_instances_on_exit: self.stop_instances_on_exit.unwrap_or(false),
+            host_deadline: std::time::Duration::from_secs_f64(deadline),
         })
     }
 }

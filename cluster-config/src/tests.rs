@@ -47,6 +47,20 @@ fn valid_config_gets_defaults() {
 }
 
 #[test]
+fn the_host_deadline_defaults_to_10_s_and_refuses_what_fencing_cannot_honour() {
+    assert_eq!(base().validate().unwrap().host_deadline, std::time::Duration::from_secs(10));
+    let mut c = base();
+    c.host_deadline_s = Some(7.5);
+    assert_eq!(c.validate().unwrap().host_deadline, std::time::Duration::from_millis(7500));
+    for bad in [0.0, 5.9, f64::NAN, 1e9] {
+        let mut c = base();
+        c.host_deadline_s = Some(bad);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("host_deadline_s") && e.contains("fences itself"), "{e}");
+    }
+}
+
+#[test]
 fn id_must_be_in_peers() {
     let mut c = base();
     c.id = Some(9);

@@ -7,6 +7,8 @@
 //! - [`server`]: a running node — Raft (from `berth-raft`), bootstrap, the proposer that
 //!   reaches the leader from any node, and the HTTP and gRPC front ends.
 //! - [`error`]: API errors, one status and one stable code each.
+//! - [`timing`]: host-loss timing (deadline, fencing, heartbeats) and why an IP is
+//!   never live twice.
 //! - [`cli`]: the command line: `berth agent`, `berth dev`, and the client commands
 //!   that talk to the HTTP API.
 //!
@@ -18,3 +20,4 @@ pub mod error;
 pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod timing;

@@ -36,25 +36,13 @@ fn assert_one_line(stderr: &str, needle: &str) {
 fn bad_flags_and_config_are_refused_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
+    // A valid one-node cluster, but for the id (later flags win).
+    let one = ["--data-dir", d, "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--peers", "1=127.0.0.1:1"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--bogus"], "--bogus"),
         (vec!["--id", "x"], "invalid value 'x'"),
         (vec!["--id", "1"], "missing data_dir"),
-        (
-            vec![
-                "--id",
-                "4",
-                "--data-dir",
-                d,
-                "--listen",
-                "127.0.0.1:1",
-                "--http",
-                "127.0.0.1:2",
-                "--peers",
-                "1=127.0.0.1:1",
-            ],
-            "id 4 is not in the peers list",
-        ),
+        ([&one[..], &["--id", "4"]].concat(), "id 4 is not in the peers list"),
         (
             vec!["--id", "1", "--data-dir", d, "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--peers", "1=nope"],
             "peers: \"nope\" is not host:port",
@@ -64,6 +52,10 @@ fn bad_flags_and_config_are_refused_with_one_line() {
             "listen: \"localhost\" is not an ip:port address",
         ),
         (vec!["--runtime", "vm"], "unknown runtime"),
+        (
+            [&one[..], &["--id", "1", "--host-deadline-s", "2"]].concat(),
+            "host_deadline_s: 2 is not between 6 and 86400 seconds",
+        ),
     ];
     for (args, needle) in cases {
         let (code, stderr) = agent(&args);

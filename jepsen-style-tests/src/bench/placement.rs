@@ -56,6 +56,7 @@ pub async fn run(hosts: u64, instances: u32) -> Result<Cluster> {
                     cpus: 64.0,
                     mem_mb: 256 * 1024,
                     labels: [("rack".to_string(), format!("r{}", id % 20))].into(),
+                    host_deadline_ms: 10_000,
                 };
                 let call = LeaderCall::Write(Box::new(Request {
                     id: format!("sim-register-{id}"),

@@ -3,7 +3,8 @@
 //! IP passed explicitly.
 //!
 //! - Everything berth creates carries labels (`berth.node`, `berth.app`,
-//!   `berth.instance`, `berth.version`, `berth.epoch`); the agent only ever lists, stops
+//!   `berth.instance`, `berth.version`, `berth.epoch`, and `berth.ip` for a sticky IP,
+//!   which the fence guard kills by); the agent only ever lists, stops
 //!   or removes containers with its own `berth.node`, so several nodes can share one
 //!   engine (tests, `berth dev`).
 //! - One Docker network per pool, `berth-POOL`: macvlan on `--macvlan-parent` (bridge
@@ -156,7 +157,8 @@ impl Runtime for DockerRuntime {
                 c.state.as_ref().map(|s| format!("{s:?}").to_lowercase().contains("running")).unwrap_or(false);
             match (labels.get("berth.instance"), labels.get("berth.epoch").and_then(|e| e.parse().ok())) {
                 (Some(instance), Some(epoch)) if running => {
-                    out.push(Existing { instance: instance.clone(), epoch, handle: id })
+                    let sticky = labels.contains_key("berth.ip");
+                    out.push(Existing { instance: instance.clone(), epoch, handle: id, sticky })
                 }
                 _ => {
                     let _ = docker
@@ -176,13 +178,16 @@ impl Runtime for DockerRuntime {
         // A leftover of an earlier run under the same name goes first.
         let _ =
             docker.remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             ("berth.node".to_string(), self.host.to_string()),
             ("berth.app".to_string(), task.app.clone()),
             ("berth.instance".to_string(), task.instance.clone()),
             ("berth.version".to_string(), task.version.to_string()),
             ("berth.epoch".to_string(), task.epoch.to_string()),
         ]);
+        if let Some(ip) = task.ip {
+            labels.insert("berth.ip".to_string(), ip.to_string());
+        }
         let mut all_labels: HashMap<String, String> = task.spec.labels.clone().into_iter().collect();
         all_labels.extend(labels);
         let env: Vec<String> = task.env(self.host).into_iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -16,6 +16,7 @@
 
 pub mod dispatch;
 pub mod docker;
+pub mod guard;
 pub mod health;
 pub mod process;
 pub mod runtime;
@@ -45,9 +46,10 @@ pub struct Agent {
     /// Stop every instance when the agent exits (`berth dev`); otherwise they keep
     /// running and the next agent adopts them.
     pub stop_instances_on_exit: bool,
-    /// When this node last knew a leader with a quorum, caught up with it (see
-    /// [`FENCE_AFTER`]).
+    /// When this node last knew a leader with a quorum, caught up with it.
     pub contact: Arc<Contact>,
+    /// When to fence (`crate::timing`).
+    pub timing: crate::timing::HostTiming,
 }
 
 /// When this host was last **in contact**: a leader that a quorum follows answered it,
@@ -61,20 +63,29 @@ pub struct Agent {
 pub struct Contact {
     started: Instant,
     last: std::sync::Mutex<Option<Instant>>,
+    /// Renewed with every contact, for the fence guard ([`guard`]).
+    lease: Option<guard::Lease>,
 }
 
 impl Default for Contact {
     fn default() -> Self {
-        Self { started: Instant::now(), last: std::sync::Mutex::new(None) }
+        Self::new(None)
     }
 }
 
 impl Contact {
-    /// Records contact as of `at` (never moves back).
+    pub fn new(lease: Option<guard::Lease>) -> Self {
+        Self { started: Instant::now(), last: std::sync::Mutex::new(None), lease }
+    }
+
+    /// Records contact as of `at` (never moves back), and renews the guard's lease.
     pub fn record(&self, at: Instant) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|l| at > l) {
             *last = Some(at);
+            if let Some(lease) = &self.lease {
+                lease.renew(at);
+            }
         }
     }
 
@@ -89,13 +100,13 @@ impl Contact {
     }
 }
 
-/// A host that has not been in contact with a leader (one that has a quorum) for this
-/// long **fences** itself: it kills its instances that hold a sticky IP and starts none,
-/// until contact is back. The leader marks a host down only after
-/// `server::leader::HOST_DEADLINE` (twice as long) of silence and only then places its
-/// instances — with the same IPs — elsewhere, so an address is never live on two hosts,
-/// even in a partition ("I am leader" is not a fencing token; field notes).
-pub const FENCE_AFTER: Duration = Duration::from_secs(5);
+// A host that has not been in contact with a leader (one that has a quorum) for
+// `timing.fence_after()` **fences** itself: it kills its instances that hold a sticky
+// IP and starts none, until contact is back. The leader marks a host down only after
+// its deadline (twice as long) of silence and only then places its instances — with
+// the same IPs — elsewhere, so an address is never live on two hosts, even in a
+// partition ("I am leader" is not a fencing token; field notes). The argument, with
+// its margins, is in `crate::timing`.
 
 /// What the replica wants of one instance on this host.
 struct Wanted {
@@ -195,13 +206,14 @@ impl Agent {
         let mut fenced = false;
         loop {
             let silent = self.contact.silent_for();
-            if !fenced && silent > FENCE_AFTER {
+            let fence_after = self.timing.fence_after();
+            if !fenced && silent > fence_after {
                 tracing::warn!(
                     silent_ms = silent.as_millis() as u64,
                     "no leader contact: fencing (killing instances with sticky IPs)"
                 );
                 fenced = true;
-            } else if fenced && silent < FENCE_AFTER / 2 {
+            } else if fenced && silent < fence_after / 2 {
                 tracing::warn!("leader contact restored: unfencing");
                 fenced = false;
             }

@@ -28,6 +28,9 @@ struct PidFile {
     start_time: u64,
     epoch: u64,
     instance: String,
+    /// The sticky IP the instance was started with.
+    #[serde(default)]
+    ip: Option<Ipv4Addr>,
 }
 
 pub struct ProcessRuntime {
@@ -38,14 +41,14 @@ pub struct ProcessRuntime {
 }
 
 /// The start time of `pid` (clock ticks since boot), from /proc; None if it is gone.
-fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     // Fields after the command: state is field 3; starttime is field 22.
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn is_zombie(pid: i32) -> bool {
+pub(crate) fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
@@ -141,7 +144,12 @@ impl Runtime for ProcessRuntime {
             if start_time(pf.pid) == Some(pf.start_time) && !is_zombie(pf.pid) {
                 let rx = self.watch_adopted(pf.pid, pf.start_time);
                 self.exits.lock().unwrap().insert(pf.pid.to_string(), rx);
-                out.push(Existing { instance: pf.instance, epoch: pf.epoch, handle: pf.pid.to_string() });
+                out.push(Existing {
+                    instance: pf.instance,
+                    epoch: pf.epoch,
+                    handle: pf.pid.to_string(),
+                    sticky: pf.ip.is_some(),
+                });
             } else {
                 let _ = std::fs::remove_file(e.path().join("pid"));
             }
@@ -179,6 +187,7 @@ impl Runtime for ProcessRuntime {
             start_time: start_time(pid).unwrap_or(0),
             epoch: task.epoch,
             instance: task.instance.clone(),
+            ip: task.ip,
         };
         let _ = std::fs::write(dir.join("pid"), serde_json::to_vec(&pf).unwrap_or_default());
         let (tx, rx) = watch::channel(None);

@@ -48,6 +48,8 @@ pub struct Existing {
     pub instance: String,
     pub epoch: u64,
     pub handle: String,
+    /// It holds a sticky IP (what fencing kills).
+    pub sticky: bool,
 }
 
 /// How a run ended.

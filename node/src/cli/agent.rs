@@ -63,6 +63,10 @@ pub struct AgentArgs {
     /// next agent adopts them).
     #[arg(long)]
     stop_instances_on_exit: bool,
+    /// Seconds of silence after which this host is declared down and its instances move
+    /// (default 10, at least 6); it fences its sticky-IP instances after half of it.
+    #[arg(long)]
+    host_deadline_s: Option<f64>,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -100,6 +104,7 @@ impl AgentArgs {
             log_format: self.log_format,
             raft,
             stop_instances_on_exit: self.stop_instances_on_exit.then_some(true),
+            host_deadline_s: self.host_deadline_s,
         }
     }
 }
@@ -168,5 +173,35 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// `berth fence-guard`: what rebuilds the node's runtime, and whose lease to watch.
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    #[arg(long)]
+    id: u64,
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    runtime: Runtime,
+    #[arg(long)]
+    macvlan_parent: Option<String>,
+    /// The agent process this guard backs up.
+    #[arg(long)]
+    agent_pid: i32,
+}
+
+pub async fn run_guard(args: GuardArgs) -> ExitCode {
+    init_logging(LogFormat::Text, args.id);
+    match crate::server::build_runtime(args.id, &args.data_dir, args.runtime, args.macvlan_parent) {
+        Ok((runtime, _)) => {
+            crate::agent::guard::run(runtime, &args.data_dir, args.agent_pid).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: fence guard: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

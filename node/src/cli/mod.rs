@@ -62,6 +62,10 @@ pub enum Cmd {
     Hosts,
     /// Run a command in an instance (its container, or beside its process), from any node.
     Exec(apps::ExecArgs),
+    /// (Started by `berth agent`.) Kill this host's sticky-IP instances once the
+    /// agent's fence lease expires.
+    #[command(hide = true)]
+    FenceGuard(agent::GuardArgs),
 }
 
 /// Parses the command line and runs the command. Errors are one line on stderr.
@@ -100,6 +104,7 @@ async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Cmd::Agent(args) => return agent::run(*args).await,
         Cmd::Dev(args) => return dev::run(args).await,
+        Cmd::FenceGuard(args) => return agent::run_guard(args).await,
         Cmd::Cluster(args) => cluster::run(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Ipam(args) => ipam::run(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Deploy(args) => apps::deploy(&Client::new(&cli.addr), cli.output, args).await,

@@ -48,6 +48,7 @@ impl World {
             cpus,
             mem_mb,
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            host_deadline_ms: 10_000,
         };
         assert!(self.apply(Command::RegisterNode(info)).0.is_ok());
     }

@@ -111,7 +111,7 @@ impl Internal for Svc {
         self.0.liveness.record(r.get_ref().host);
         // Only a leader that a quorum still follows keeps hosts from fencing themselves.
         match super::leader::quorum_age(&self.0) {
-            Some(age) if age < super::leader::QUORUM_FRESH => {
+            Some(age) if age < crate::timing::QUORUM_FRESH => {
                 use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
                 let (committed, last_log, term) = {
                     let m = self.0.raft.metrics();

@@ -4,11 +4,13 @@
 //! (SwarmKit's `becomeLeader`/`becomeFollower`). Everything they decide is proposed
 //! as commands; nothing here touches a host.
 //!
-//! **Liveness** is soft state: agents heartbeat the leader every
-//! [`HEARTBEAT_INTERVAL`]; a host silent for [`HOST_DEADLINE`] is marked down by a
-//! command, and its instances are placed elsewhere with their IPs. A new leader gives
-//! every host a fresh deadline from the moment it took over — seconds, not Nomad's
-//! 5-minute grace (nomad#1747) — and a host that heartbeats again is marked up.
+//! **Liveness** is soft state: agents heartbeat the leader (every tenth of their
+//! deadline, at most every second); a host silent for its deadline (`--host-deadline-s`,
+//! announced in its registration: `crate::timing`) is marked down by a command, and its
+//! instances are placed elsewhere with their IPs, as each app's `unreachable` policy
+//! says. A new leader gives every host a fresh deadline from the moment it took over —
+//! seconds, not Nomad's 5-minute grace (nomad#1747) — and a host that heartbeats again
+//! is marked up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,11 +22,8 @@ use crate::scheduler;
 use crate::server::Node;
 use crate::state::nodes::HostState;
 use crate::state::{Command, Plan};
+use crate::timing::HostTiming;
 
-/// How often every agent heartbeats the leader.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
-/// Silence after which the leader marks a host down.
-pub const HOST_DEADLINE: Duration = Duration::from_secs(10);
 /// At most this many new (and this many moved) instances per proposed plan: one Raft
 /// entry of ~3 MB (~20 MB with the longest app ids); AppendEntries messages are cut
 /// to a byte budget, so entry size is bounded only by the gRPC message limit. Bigger
@@ -159,20 +158,19 @@ fn liveness_verdicts(node: &Node) -> Vec<(u64, HostState)> {
     let replica = node.state.read();
     let nodes = &replica.state.nodes;
     let mut out = Vec::new();
-    for id in nodes.registered.keys() {
+    for (id, info) in &nodes.registered {
         let silent = node.liveness.silent_for(*id);
-        match nodes.state(*id) {
-            HostState::Up | HostState::Draining if silent > HOST_DEADLINE => out.push((*id, HostState::Down)),
-            HostState::Down if silent < HEARTBEAT_INTERVAL * 3 => out.push((*id, HostState::Up)),
-            _ => {}
+        // The host's own deadline: it fences itself after half of it.
+        let timing = HostTiming::new(Duration::from_millis(info.host_deadline_ms));
+        let down = nodes.state(*id) == HostState::Down;
+        if !down && silent > timing.deadline() {
+            out.push((*id, HostState::Down));
+        } else if down && silent < timing.back_within() {
+            out.push((*id, HostState::Up));
         }
     }
     out
 }
-
-/// How recent the leader's last quorum acknowledgement must be for it to count as a
-/// leader that hosts may stay in contact with.
-pub const QUORUM_FRESH: Duration = Duration::from_millis(1500);
 
 /// How long ago a quorum last acknowledged this node as leader (None: not leader).
 pub fn quorum_age(node: &Node) -> Option<Duration> {
@@ -196,6 +194,7 @@ pub async fn heartbeat(node: Arc<Node>) {
     use berth_proto::berth::internal_client::InternalClient;
     use berth_proto::berth::HeartbeatRequest;
     use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+    let interval = HostTiming::new(node.config.host_deadline).heartbeat_interval();
     loop {
         let (leader, term) = {
             let m = node.raft.metrics();
@@ -221,13 +220,13 @@ pub async fn heartbeat(node: Arc<Node>) {
                 };
                 if let Some(ch) = addr.and_then(|a| node.connections.get(&a).ok()) {
                     let mut req = tonic::Request::new(HeartbeatRequest { host: node.id });
-                    req.set_timeout(HEARTBEAT_INTERVAL);
+                    req.set_timeout(interval);
                     let sent = std::time::Instant::now();
                     if let Ok(reply) = InternalClient::new(ch).heartbeat(req).await {
                         // In contact as of the request, once the replica has applied
                         // what the leader had committed.
                         let committed = reply.into_inner().committed;
-                        if node.state.wait_applied(committed, HEARTBEAT_INTERVAL).await {
+                        if node.state.wait_applied(committed, interval).await {
                             node.contact.record(sent);
                         }
                     }
@@ -237,7 +236,7 @@ pub async fn heartbeat(node: Arc<Node>) {
         }
         tokio::select! {
             _ = node.stopping() => return,
-            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -202,29 +202,26 @@ impl Node {
         let (raft_open, _) = tokio::sync::watch::channel(initialized);
 
         let proposer = Proposer::new(config.id, raft.clone(), state.clone(), connections.clone());
-        let mut macvlan_parent = None;
-        let runtime: Arc<dyn Runtime> = match config.runtime {
-            berth_cluster_config::Runtime::Process => {
-                Arc::new(ProcessRuntime::new(config.data_dir.join("instances"), config.id))
-            }
-            berth_cluster_config::Runtime::Docker => {
-                let parent = match config.macvlan_parent.clone().or_else(default_route_interface) {
-                    Some(p) => p,
-                    None => {
-                        return Err(StartError::Runtime(
-                            "no default route to take the macvlan parent from; give --macvlan-parent".into(),
-                        ))
-                    }
-                };
-                macvlan_parent = Some(parent.clone());
-                let process_dir = config.data_dir.join("instances");
-                Arc::new(Dispatch {
-                    process: Arc::new(ProcessRuntime::new(process_dir.clone(), config.id)),
-                    docker: Arc::new(DockerRuntime::new(config.id, parent)),
-                    process_dir,
-                })
-            }
-        };
+        let (runtime, macvlan_parent) =
+            build_runtime(config.id, &config.data_dir, config.runtime, config.macvlan_parent.clone())?;
+        // The fence guard: kills sticky-IP instances should this process die or freeze.
+        let mut guard_args = vec![
+            "--id".to_string(),
+            config.id.to_string(),
+            "--data-dir".into(),
+            config.data_dir.display().to_string(),
+            "--runtime".into(),
+            config.runtime.to_string(),
+        ];
+        if let Some(p) = &macvlan_parent {
+            guard_args.extend(["--macvlan-parent".to_string(), p.clone()]);
+        }
+        crate::agent::guard::spawn(&config.data_dir, &guard_args).map_err(|e| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: format!("cannot start the fence guard: {e}"),
+        })?;
+        let data_dir_for_lease = config.data_dir.clone();
+        let host_deadline = config.host_deadline;
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -237,7 +234,10 @@ impl Node {
             liveness: Default::default(),
             runtime: runtime.clone(),
             http_client: reqwest::Client::new(),
-            contact: Default::default(),
+            contact: Arc::new(crate::agent::Contact::new(Some(crate::agent::guard::Lease::new(
+                &data_dir_for_lease,
+                crate::timing::HostTiming::new(host_deadline).fence_after(),
+            )))),
             leader_ready: Default::default(),
             raft_open,
             failed: Default::default(),
@@ -269,6 +269,7 @@ impl Node {
                     reports: reports_tx,
                     stop_instances_on_exit: node.config.stop_instances_on_exit,
                     contact: node.contact.clone(),
+                    timing: crate::timing::HostTiming::new(node.config.host_deadline),
                 }
                 .run(node.agent_stop.clone()),
             ),
@@ -315,6 +316,7 @@ impl Node {
             cpus: self.config.cpus.unwrap_or(cpus),
             mem_mb: self.config.mem_mb.unwrap_or(mem_mb),
             labels: self.config.labels.clone(),
+            host_deadline_ms: self.config.host_deadline.as_millis() as u64,
         }
     }
 
@@ -332,6 +334,11 @@ impl Node {
         self.agent_stop.cancel();
         if let Some(agent) = tasks.pop() {
             let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+        }
+        if self.config.stop_instances_on_exit {
+            // Nothing left to guard. Otherwise the guard stays: the instances outlive
+            // this process, and past the lease nobody else would fence them.
+            crate::agent::guard::stop(&self.config.data_dir);
         }
         if self.raft.is_leader() {
             self.transfer_leadership().await;
@@ -366,6 +373,33 @@ impl Node {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), moved).await;
+    }
+}
+
+/// The runtime of a host: processes, or containers and processes (`Dispatch`); with
+/// the macvlan parent the docker runtime uses.
+pub fn build_runtime(
+    id: u64,
+    data_dir: &std::path::Path,
+    kind: berth_cluster_config::Runtime,
+    macvlan_parent: Option<String>,
+) -> Result<(Arc<dyn Runtime>, Option<String>), StartError> {
+    let process_dir = data_dir.join("instances");
+    match kind {
+        berth_cluster_config::Runtime::Process => Ok((Arc::new(ProcessRuntime::new(process_dir, id)), None)),
+        berth_cluster_config::Runtime::Docker => {
+            let Some(parent) = macvlan_parent.or_else(default_route_interface) else {
+                return Err(StartError::Runtime(
+                    "no default route to take the macvlan parent from; give --macvlan-parent".into(),
+                ));
+            };
+            let runtime = Dispatch {
+                process: Arc::new(ProcessRuntime::new(process_dir.clone(), id)),
+                docker: Arc::new(DockerRuntime::new(id, parent.clone())),
+                process_dir,
+            };
+            Ok((Arc::new(runtime), Some(parent)))
+        }
     }
 }
 

@@ -84,6 +84,8 @@ pub struct HostView {
     pub instances: usize,
     pub labels: BTreeMap<String, String>,
     pub http: String,
+    /// Silence after which the leader declares this host down (its `--host-deadline-s`).
+    pub deadline_s: f64,
 }
 
 /// The body of `POST /v1/instances/{id}/exec`.
@@ -314,6 +316,7 @@ impl Node {
                     instances: s.apps.on_host(n.id).count(),
                     labels: n.labels.clone(),
                     http: n.http.clone(),
+                    deadline_s: n.host_deadline_ms as f64 / 1000.0,
                 }
             })
             .collect())

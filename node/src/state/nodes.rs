@@ -17,6 +17,10 @@ pub struct NodeInfo {
     pub cpus: f64,
     pub mem_mb: u64,
     pub labels: Labels,
+    /// The host's `--host-deadline-s`, in ms: the leader declares this host down only
+    /// after this much silence, because the host fences itself after half of it (see
+    /// `timing`) — each host's own deadline, so nodes configured differently stay safe.
+    pub host_deadline_ms: u64,
 }
 
 /// A host's liveness, decided by the leader from heartbeats.

@@ -98,6 +98,7 @@ fn retired_node_ids_cannot_register_again() {
         cpus: 2.0,
         mem_mb: 1024,
         labels: Default::default(),
+        host_deadline_ms: 10_000,
     };
     assert!(s.apply(1, req("a", 1, Command::RegisterNode(info.clone()))).0.is_ok());
     s.apply(2, req("b", 1, Command::RetireNode { id: 4 }));

@@ -310,6 +310,18 @@ impl Cluster {
 impl Cluster {
     /// (node, instance, pid) of every instance process the nodes' agents started, from
     /// their pid files.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.nodes[&id].data_dir.clone()
+    }
+
+    /// The pid of node `id`'s fence guard while it runs.
+    pub fn guard_pid(&self, id: u64) -> Option<i32> {
+        let text = std::fs::read_to_string(self.nodes[&id].data_dir.join("fence-guard.pid")).ok()?;
+        let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        (!stat.contains(") Z")).then_some(pid)
+    }
+
     pub fn instance_pids(&self) -> Vec<(u64, String, i32)> {
         let mut out = Vec::new();
         for n in self.nodes.values() {
@@ -338,9 +350,15 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
-        // Instances run in their own process groups and outlive a killed agent.
+        // Instances run in their own process groups and outlive a killed agent; so do
+        // the fence guards.
         for (_, _, pid) in self.instance_pids() {
             signal(-pid, libc::SIGKILL);
+        }
+        for id in self.ids() {
+            if let Some(pid) = self.guard_pid(id) {
+                signal(pid, libc::SIGKILL);
+            }
         }
         if std::thread::panicking() {
             for n in self.nodes.values() {
