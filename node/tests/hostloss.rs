@@ -157,3 +157,69 @@ async fn a_pause_shorter_than_the_deadline_moves_nothing() {
     assert_eq!(host_state(&c, leader, victim).await, "up");
     assert!(!c.log_of(leader).contains("host liveness changed"), "the leader never changed its verdict");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_never_reschedules_waits_for_its_host_and_runs_there_again() {
+    let (mut c, leader) = start(42).await;
+    let mut spec = sticky_app("db", 3);
+    spec["constraints"] = json!([["hostname", "UNIQUE"]]);
+    spec["unreachable"] = json!({"reschedule": false});
+    c.req(leader, reqwest::Method::PUT, "/v1/apps/db", Some(spec), None).await;
+    let before = running(&c, leader, "db", 3).await;
+    let victim = *c.ids().iter().find(|id| **id != leader).unwrap();
+    c.kill(victim);
+    c.eventually(Duration::from_secs(20), "the host is declared down", || async {
+        (host_state(&c, leader, victim).await == "down").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, v) = c.get(leader, "/v1/instances?app=db").await;
+    let on_victim: Vec<&Value> = v.as_array().unwrap().iter().filter(|i| i["host"] == victim).collect();
+    assert_eq!(on_victim.len(), 1, "it stays on its host: {v}");
+    assert_eq!(on_victim[0]["state"], "lost");
+    assert_eq!(v.as_array().unwrap().len(), 3, "and nothing replaces it");
+    assert_never_live_twice(&c);
+    c.spawn(victim);
+    assert_eq!(running(&c, leader, "db", 3).await, before, "back on its host with its IP");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_host_empties_as_min_healthy_allows_and_bad_drains_are_refused() {
+    let (c, leader) = start(43).await;
+    let mut spec = sticky_app("web", 4);
+    spec["upgrade"] = json!({"min_healthy": 0.75, "max_surge": 1});
+    c.req(leader, reqwest::Method::PUT, "/v1/apps/web", Some(spec), None).await;
+    let mut pinned = sticky_app("pinned", 1);
+    pinned["constraints"] = json!([["hostname", "LIKE", "1"]]);
+    c.req(leader, reqwest::Method::PUT, "/v1/apps/pinned", Some(pinned), None).await;
+    let before = running(&c, leader, "web", 4).await;
+    running(&c, leader, "pinned", 1).await;
+
+    // Bad drains: an unknown host, the last host that can run an app.
+    let (s, v) = c.post(2, "/v1/hosts/9/drain", json!({})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("host_not_found")), "{v}");
+    let (s, v) = c.post(2, "/v1/hosts/x/drain", json!({})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_request")), "{v}");
+    let (s, v) = c.post(3, "/v1/hosts/1/drain", json!({})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("last_host")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("pinned"), "{v}");
+
+    let victim = 2;
+    let (code, out, err) = support::berth(&c.url(3), &["drain", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("draining"), "{out}");
+    let after = c
+        .eventually(Duration::from_secs(30), "nothing runs on the drained host", || async {
+            let now = running(&c, leader, "web", 4).await;
+            now.values().all(|(h, _)| *h != victim).then_some(now)
+        })
+        .await;
+    for (id, (_, ip)) in &after {
+        assert_eq!(ip, &before[id].1, "{id} keeps its IP");
+    }
+    assert_eq!(host_state(&c, leader, victim).await, "draining");
+    assert_never_live_twice(&c);
+    let (code, out, err) = support::berth(&c.url(1), &["drain", "--undo", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" up "), "{out}");
+}

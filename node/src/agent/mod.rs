@@ -131,6 +131,7 @@ pub fn task_for(state: &State, i: &Instance) -> Task {
                 health_check: None,
                 constraints: Vec::new(),
                 upgrade: Default::default(),
+                unreachable: Default::default(),
                 stop_grace_s: 10,
             }
         });

@@ -271,9 +271,8 @@ pub async fn rollback(client: &Client, output: Output, args: RollbackArgs) -> Re
     Ok(())
 }
 
-pub async fn hosts(client: &Client, output: Output) -> Result<(), CliError> {
-    let hosts: Vec<HostView> = client.get("/v1/hosts").await?;
-    let rows = hosts
+fn host_rows(hosts: &[HostView]) -> Vec<Vec<String>> {
+    hosts
         .iter()
         .map(|h| {
             vec![
@@ -286,8 +285,30 @@ pub async fn hosts(client: &Client, output: Output) -> Result<(), CliError> {
                 h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             ]
         })
-        .collect();
-    print(output, &hosts, &["ID", "STATE", "RUNTIME", "CPUS", "MEM_MB", "INSTANCES", "LABELS"], rows);
+        .collect()
+}
+
+const HOST_HEADER: [&str; 7] = ["ID", "STATE", "RUNTIME", "CPUS", "MEM_MB", "INSTANCES", "LABELS"];
+
+pub async fn hosts(client: &Client, output: Output) -> Result<(), CliError> {
+    let hosts: Vec<HostView> = client.get("/v1/hosts").await?;
+    print(output, &hosts, &HOST_HEADER, host_rows(&hosts));
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The host (node id).
+    host: u64,
+    /// Make the host eligible again instead.
+    #[arg(long)]
+    undo: bool,
+}
+
+pub async fn drain(client: &Client, output: Output, args: DrainArgs) -> Result<(), CliError> {
+    let action = if args.undo { "eligible" } else { "drain" };
+    let host: HostView = client.post(&format!("/v1/hosts/{}/{action}", args.host), &json!({})).await?;
+    print(output, &host, &HOST_HEADER, host_rows(std::slice::from_ref(&host)));
     Ok(())
 }
 

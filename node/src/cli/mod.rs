@@ -60,6 +60,9 @@ pub enum Cmd {
     Logs(apps::LogsArgs),
     /// List hosts with their resources and state.
     Hosts,
+    /// Drain a host: its instances move elsewhere (as min_healthy allows) and new work
+    /// avoids it; `--undo` makes it eligible again.
+    Drain(apps::DrainArgs),
     /// Run a command in an instance (its container, or beside its process), from any node.
     Exec(apps::ExecArgs),
     /// (Started by `berth agent`.) Kill this host's sticky-IP instances once the
@@ -114,6 +117,7 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Rollback(args) => apps::rollback(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Logs(args) => apps::logs(&Client::new(&cli.addr), args).await,
         Cmd::Hosts => apps::hosts(&Client::new(&cli.addr), cli.output).await,
+        Cmd::Drain(args) => apps::drain(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Exec(args) => apps::exec(&Client::new(&cli.addr), args).await,
     };
     match result {

@@ -211,21 +211,23 @@ fn pick(
 
 /// Computes what should change, from one view of the committed state.
 pub fn plan(state: &State) -> Plan {
-    plan_limited(state, usize::MAX)
+    plan_limited(state, usize::MAX, state.clock_ms)
 }
 
 /// Like [`plan`], placing at most `max` instances (new or moved); the rest waits for the
 /// next round. Bounds both the work of one round and the size of one Raft entry.
-pub fn plan_limited(state: &State, max: usize) -> Plan {
+/// `now_ms` (wall-clock ms, the leader's) decides when an app's `unreachable` wait for a
+/// down host is over.
+pub fn plan_limited(state: &State, max: usize, now_ms: u64) -> Plan {
     let mut plan = Plan::default();
     let mut hosts = Hosts::new(state);
     for app in state.apps.apps.values() {
-        plan_app(state, app, &mut hosts, &mut plan, max);
+        plan_app(state, app, &mut hosts, &mut plan, max, now_ms);
     }
     plan
 }
 
-fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, max: usize) {
+fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, max: usize, now_ms: u64) {
     let spec = app.spec();
     let target = app.version;
     let want = app.instances as usize;
@@ -251,8 +253,19 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     }
     let creates = want.saturating_sub(core.len());
 
-    // Rollout.
-    let old: Vec<&Instance> = core.iter().copied().filter(|i| i.version != target).collect();
+    // Instances on a down host whose app waits (`unreachable`) stay out of everything
+    // until their host returns or the wait is over; then they move.
+    let down_since = |i: &Instance| i.host.and_then(|h| state.nodes.down_since.get(&h).copied());
+    let wait = &spec.unreachable;
+    let due = |i: &Instance| {
+        down_since(i).is_some_and(|at| wait.reschedule && now_ms >= at.saturating_add(wait.reschedule_after_s * 1000))
+    };
+    let waiting = |i: &Instance| down_since(i).is_some();
+    let on_draining = |i: &Instance| i.host.is_some_and(|h| state.nodes.state(h) == HostState::Draining);
+
+    // Rollout, and moves off draining hosts: both replace a running instance.
+    let old: Vec<&Instance> = core.iter().copied().filter(|i| i.version != target && !waiting(i)).collect();
+    let leaving: Vec<&Instance> = core.iter().copied().filter(|i| i.version == target && on_draining(i)).collect();
     let healthy = live.iter().filter(|i| !stopping.contains(&i.id) && i.is_healthy(has_check)).count();
     let min_healthy = ((want as f64) * spec.upgrade.min_healthy).ceil() as usize;
     // Surge instances of a superseded version are of no use.
@@ -262,38 +275,56 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         }
     }
     let live_surge = surge.iter().filter(|s| s.version == target).count();
-    // Rollout: what moves this round, and how many surge instances to try to place.
     let mut moving = 0;
     let mut surges_wanted = 0;
-    let mut old_well = 0;
-    if !old.is_empty() {
+    let mut held = 0;
+    let mut upgrades: Vec<&Instance> = Vec::new();
+    let mut to_move: Vec<&Instance> = Vec::new();
+    if !old.is_empty() || !leaving.is_empty() {
         // Instances of a version with the target's very spec (a rollback to what they
         // run, a cancelled rollout) only change their label: no restart, no cost.
         let (same, old): (Vec<&Instance>, Vec<&Instance>) =
             old.iter().partition(|i| app.version(i.version).is_some_and(|v| v.spec.same_but_instances(spec)));
-        // Instances that are not healthy anyway are upgraded at no cost.
-        let (sick, well): (Vec<&Instance>, Vec<&Instance>) = old.iter().partition(|i| !i.is_healthy(has_check));
-        // Then, in place (same id, IP and host), as many as min_healthy allows.
-        let in_place = well.len().min(healthy.saturating_sub(min_healthy));
-        for i in same.iter().chain(&sick).chain(&well[..in_place]) {
-            plan.upgrades.push((i.id.clone(), target));
+        upgrades.extend(&same);
+        // Instances that are not healthy anyway are replaced at no cost.
+        let (sick_old, well_old): (Vec<&Instance>, Vec<&Instance>) = old.iter().partition(|i| !i.is_healthy(has_check));
+        let (sick_leaving, well_leaving): (Vec<&Instance>, Vec<&Instance>) =
+            leaving.iter().partition(|i| !i.is_healthy(has_check));
+        upgrades.extend(&sick_old);
+        to_move.extend(&sick_leaving);
+        // Then as many as min_healthy allows: moves off draining hosts first, then
+        // upgrades in place (same id, IP and host).
+        let mut budget = healthy.saturating_sub(min_healthy);
+        for i in well_leaving.iter().chain(&well_old) {
+            if budget == 0 {
+                held += 1;
+            } else if i.version == target {
+                to_move.push(i);
+                budget -= 1;
+            } else {
+                upgrades.push(i);
+                budget -= 1;
+            }
         }
-        moving += same.len() + sick.len() + in_place;
-        old_well = well.len() - in_place;
         // The rest wait for surge instances, each placed now or not created at all: a
         // pending surge holds an IP and frees nothing.
-        if old_well > 0 {
-            surges_wanted = (spec.upgrade.max_surge as usize).saturating_sub(live_surge).min(old_well);
+        if held > 0 {
+            surges_wanted = (spec.upgrade.max_surge as usize).saturating_sub(live_surge).min(held);
         }
-    } else {
-        let all_ready = core.iter().all(|i| i.is_healthy(has_check)) && creates == 0;
-        if all_ready {
+    }
+    for i in &upgrades {
+        plan.upgrades.push((i.id.clone(), target));
+    }
+    moving += upgrades.len();
+    let all_ready = core.iter().all(|i| i.is_healthy(has_check)) && creates == 0;
+    if old.is_empty() && all_ready {
+        if leaving.is_empty() {
             for s in &surge {
                 stopping.insert(s.id.clone());
             }
-            if let Some(d) = &app.deployment {
-                plan.finished.push((app.id.clone(), d.id));
-            }
+        }
+        if let Some(d) = &app.deployment {
+            plan.finished.push((app.id.clone(), d.id));
         }
     }
     for id in &stopping {
@@ -307,7 +338,8 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     }
     plan.stops.extend(stopping.iter().cloned());
 
-    // Placement: instances without a host first, then surge instances, then new ones.
+    // Placement: instances without a host first (and those leaving a host: down past
+    // their app's wait, or draining), then surge instances, then new ones.
     let mut reason = None;
     let mut ranked = None;
     let unplaced: Vec<&Instance> = live
@@ -316,13 +348,18 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         .filter(|i| i.host.is_none() && !stopping.contains(&i.id))
         .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Lost))
         .collect();
+    let evicted: Vec<&Instance> = live.iter().copied().filter(|i| due(i) && !stopping.contains(&i.id)).collect();
     let mut placed = BTreeSet::new();
-    for i in &unplaced {
+    for i in unplaced.iter().chain(&evicted).chain(&to_move) {
         if plan.places.len() >= max {
             break;
         }
         match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
             Ok(h) => {
+                if i.host.is_some() {
+                    plan.moves.push(i.id.clone());
+                    moving += 1;
+                }
                 plan.places.push((i.id.clone(), h));
                 placed.insert(i.id.as_str());
             }
@@ -365,33 +402,62 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         plan.creates.push(n);
     }
 
-    // A rollout is stuck when nothing of it moves this round and nothing it started
-    // is still on its way to healthy: it says why, until it moves again.
-    if let Some(d) = &app.deployment {
-        let on_the_way = live
-            .iter()
-            .any(|i| i.version == target && !stopping.contains(&i.id) && !i.is_healthy(has_check) && i.host.is_some())
-            || !placed.is_empty();
-        let blocked = (old_well > 0 && moving == 0 && !on_the_way).then(|| {
-            let surge_why = match surge_refused {
-                Some(r) => format!("no surge instance can be placed ({r})"),
-                None if spec.upgrade.max_surge == 0 => "upgrade.max_surge 0 allows no surge instance".to_string(),
-                None => format!("all {} surge instance(s) allowed by upgrade.max_surge are in use", live_surge),
-            };
-            format!(
-                "rollout of {} to version {target} is stuck: {old_well} instance(s) run an older version, \
-                 upgrade.min_healthy {} keeps {min_healthy} of {want} healthy so none can be replaced in place, \
-                 and {surge_why}; lower upgrade.min_healthy, make room for a surge, or roll back (berth rollback {})",
-                app.id, spec.upgrade.min_healthy, app.id
-            )
+    // A rollout (or a drain) is stuck when nothing of it moves this round and nothing
+    // it started is still on its way to healthy: it says why, until it moves again.
+    let on_the_way = !placed.is_empty()
+        || live.iter().any(|i| {
+            i.version == target
+                && !stopping.contains(&i.id)
+                && !i.is_healthy(has_check)
+                && i.host.is_some()
+                && !waiting(i)
         });
-        if blocked != d.blocked {
-            plan.blocked.push((app.id.clone(), d.id, blocked));
+    let stuck = (held > 0 && moving == 0 && !on_the_way).then(|| {
+        let surge_why = match &surge_refused {
+            Some(r) => format!("no surge instance can be placed ({r})"),
+            None if spec.upgrade.max_surge == 0 => "upgrade.max_surge 0 allows no surge instance".to_string(),
+            None => format!("all {live_surge} surge instance(s) allowed by upgrade.max_surge are in use"),
+        };
+        let what = match &app.deployment {
+            Some(_) if !old.is_empty() => {
+                format!("rollout of {} to version {target} is stuck: {held} instance(s) run an older version", app.id)
+            }
+            _ => format!("moving {} off draining hosts is stuck: {held} instance(s) are still there", app.id),
+        };
+        format!(
+            "{what}, upgrade.min_healthy {} keeps {min_healthy} of {want} healthy so none can be replaced in place, \
+             and {surge_why}; lower upgrade.min_healthy, make room for a surge, or roll back (berth rollback {})",
+            spec.upgrade.min_healthy, app.id
+        )
+    });
+    match &app.deployment {
+        Some(d) => {
+            if stuck != d.blocked {
+                plan.blocked.push((app.id.clone(), d.id, stuck));
+            }
         }
+        None => reason = reason.or(stuck),
     }
     if reason != app.pending_reason {
         plan.reasons.push((app.id.clone(), reason));
     }
+}
+
+/// Whether some host other than `except` — up, not draining — could run `app` at all:
+/// its runtime, and constraints that do not depend on where instances already are.
+pub fn runs_anywhere_but(state: &State, app: &App, except: u64) -> bool {
+    let spec = app.spec();
+    let compiled: Vec<constraints::Compiled> =
+        parse_constraints(&spec.constraints).unwrap_or_default().iter().map(constraints::Compiled::new).collect();
+    let up: BTreeMap<u64, &NodeInfo> = state
+        .nodes
+        .registered
+        .iter()
+        .filter(|(id, _)| **id != except && state.nodes.state(**id) == HostState::Up)
+        .map(|(id, i)| (*id, i))
+        .collect();
+    let none = BTreeMap::new();
+    up.iter().any(|(id, info)| info.runs(spec.runtime()) && compiled.iter().all(|k| k.allows(*id, info, &up, &none)))
 }
 
 #[cfg(test)]

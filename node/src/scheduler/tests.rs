@@ -524,3 +524,101 @@ fn a_stuck_rollout_moves_again_when_a_host_joins() {
     assert!(w.s.apps.instances_of("web").all(|i| i.version == 2 && !i.surge));
     assert_eq!(w.s.apps.instances_of("web").count(), 2);
 }
+
+fn three_hosts_with_lan() -> World {
+    let mut w = World::new();
+    w.lan();
+    for h in 1..=3 {
+        w.host(h, "process", 8.0, 8192, &[]);
+    }
+    w
+}
+
+#[test]
+fn an_app_that_waits_for_its_host_moves_only_when_the_wait_is_over() {
+    let mut w = three_hosts_with_lan();
+    let lan = r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]]"#;
+    w.deploy(&process_app("wait", 2, &format!(r#"{lan},"unreachable":{{"reschedule_after_s":30}}"#)));
+    w.deploy(&process_app("never", 2, &format!(r#"{lan},"unreachable":{{"reschedule":false}}"#)));
+    w.settle(3);
+    w.run_all();
+    let host = w.s.apps.instances_of("wait").next().unwrap().host.unwrap();
+    let never_on = w.s.apps.instances_of("never").find(|i| i.host == Some(host)).cloned();
+    w.apply(Command::SetHostState { id: host, state: HostState::Down });
+    let down_at = w.s.nodes.down_since[&host];
+    let lost: Vec<_> = w.s.apps.instances().filter(|i| i.host == Some(host)).cloned().collect();
+    assert!(!lost.is_empty() && lost.iter().all(|i| i.state == InstanceState::Lost), "lost, still on their host");
+
+    // Before the wait is over: nothing moves, nothing replaces them.
+    let p = super::plan_limited(&w.s, usize::MAX, down_at + 29_000);
+    assert!(p.moves.is_empty() && p.creates.is_empty() && p.places.is_empty(), "{p:?}");
+    // After it: the waiting app's instance moves with its IP; the other one stays.
+    let p = super::plan_limited(&w.s, usize::MAX, down_at + 30_000);
+    let waited = lost.iter().find(|i| i.app == "wait").unwrap();
+    assert_eq!(p.moves, vec![waited.id.clone()]);
+    w.apply(Command::ApplyPlan(p));
+    let moved = w.s.apps.instance(&waited.id).unwrap();
+    assert!(moved.host.is_some_and(|h| h != host) && moved.ip == waited.ip && moved.epoch > waited.epoch);
+    if let Some(n) = never_on {
+        assert_eq!(w.s.apps.instance(&n.id).unwrap().host, Some(host), "reschedule: false never moves");
+        // Its host returns: the instance is placed there again, in a new epoch.
+        w.apply(Command::SetHostState { id: host, state: HostState::Up });
+        let back = w.s.apps.instance(&n.id).unwrap();
+        assert_eq!((back.host, back.state, back.ip), (Some(host), InstanceState::Starting, n.ip));
+        assert!(back.epoch > n.epoch);
+    }
+}
+
+#[test]
+fn a_drain_moves_instances_as_min_healthy_allows_and_new_work_avoids_the_host() {
+    let mut w = three_hosts_with_lan();
+    w.deploy(&process_app("web", 4, r#","network":{"pool":"lan"},"upgrade":{"min_healthy":0.75,"max_surge":0}"#));
+    w.settle(3);
+    w.run_all();
+    let before: BTreeMap<String, Option<std::net::Ipv4Addr>> =
+        w.s.apps.instances_of("web").map(|i| (i.id.clone(), i.ip)).collect();
+    assert!(w.apply(Command::SetDraining { id: 1, draining: true }).0.is_ok());
+    assert_eq!(w.s.nodes.state(1), HostState::Draining);
+    for _ in 0..10 {
+        let p = plan(&w.s);
+        if p.is_empty() {
+            break;
+        }
+        assert!(p.moves.len() <= 1, "one at a time: 3 of 4 must stay healthy");
+        w.apply(Command::ApplyPlan(p));
+        let healthy = w.s.apps.instances_of("web").filter(|i| i.is_healthy(false)).count();
+        assert!(healthy >= 3, "only {healthy} healthy during the drain");
+        w.run_all();
+    }
+    assert_eq!(w.per_host("web").get(&1), None, "nothing left on the drained host");
+    let after: BTreeMap<String, Option<std::net::Ipv4Addr>> =
+        w.s.apps.instances_of("web").map(|i| (i.id.clone(), i.ip)).collect();
+    assert_eq!(after, before, "the same instances with the same IPs");
+    w.deploy(&process_app("more", 3, ""));
+    w.settle(3);
+    assert_eq!(w.per_host("more").get(&1), None, "new work avoids a draining host");
+    // Eligible again: it takes work again.
+    assert!(w.apply(Command::SetDraining { id: 1, draining: false }).0.is_ok());
+    w.apply(Command::ScaleApp { id: "more".into(), instances: 6 });
+    w.settle(3);
+    assert!(w.per_host("more").contains_key(&1));
+}
+
+#[test]
+fn a_drain_that_min_healthy_forbids_says_why_and_the_last_host_cannot_be_drained() {
+    let mut w = three_hosts_with_lan();
+    w.deploy(&process_app("web", 3, r#","constraints":[["hostname","UNIQUE"]]"#));
+    w.deploy(&process_app("pinned", 1, r#","constraints":[["hostname","LIKE","2"]]"#));
+    w.settle(3);
+    w.run_all();
+    let e = w.apply(Command::SetDraining { id: 2, draining: true }).0.unwrap_err();
+    assert_eq!(e.code, "last_host");
+    assert!(e.message.contains("\"pinned\""), "{}", e.message);
+    assert_eq!(w.apply(Command::SetDraining { id: 9, draining: true }).0.unwrap_err().code, "host_not_found");
+
+    assert!(w.apply(Command::SetDraining { id: 1, draining: true }).0.is_ok());
+    w.settle(5);
+    let why = w.reason("web").expect("the drain says why it cannot go on");
+    assert!(why.contains("moving web off draining hosts is stuck") && why.contains("UNIQUE"), "{why}");
+    assert_eq!(w.per_host("web").get(&1), Some(&1), "min_healthy 1.0 keeps it running meanwhile");
+}

@@ -142,6 +142,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/instances/{id}/logs", get(apps::logs))
         .route("/v1/instances/{id}/exec", post(apps::exec))
         .route("/v1/hosts", get(apps::hosts))
+        .route("/v1/hosts/{id}/drain", post(apps::drain))
+        .route("/v1/hosts/{id}/eligible", post(apps::eligible))
         .route("/v1/deployments", get(apps::deployments))
         .route("/v1/deployments/{id}", delete(apps::cancel_deployment))
         .route("/v1/registers/{key}", get(registers::read).put(registers::write))
@@ -350,6 +352,26 @@ mod apps {
 
     pub async fn hosts(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
         Ok(Json(node.list_hosts(stale(&q)?).await?))
+    }
+
+    fn host_id(id: &str) -> Result<u64, ApiError> {
+        id.parse().map_err(|_| ApiError::invalid("invalid_request", format!("{id:?} is not a host id")))
+    }
+
+    pub async fn drain(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.set_draining(host_id(&id)?, true, request_id(&headers)?).await?))
+    }
+
+    pub async fn eligible(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.set_draining(host_id(&id)?, false, request_id(&headers)?).await?))
     }
 
     pub async fn deployments(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {

@@ -134,7 +134,11 @@ async fn lead(node: &Arc<Node>) {
         // Planning a large round takes a while: off the async worker (see blocking::run).
         let plan = berth_raft::blocking::run(|| {
             let replica = node.state.read();
-            scheduler::plan_limited(&replica.state, MAX_PLAN_ITEMS)
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            scheduler::plan_limited(&replica.state, MAX_PLAN_ITEMS, now_ms)
         });
         // The same plan again right away means apply refused part of it (state moved
         // under the scheduler): propose it again only after a pause.

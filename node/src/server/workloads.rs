@@ -120,6 +120,23 @@ pub struct RollbackInput {
     pub version: Option<u64>,
 }
 
+fn host_view(s: &State, n: &crate::state::nodes::NodeInfo) -> HostView {
+    let (cpus_used, mem_mb_used) = s.host_usage(n.id);
+    HostView {
+        id: n.id,
+        state: s.nodes.state(n.id),
+        runtime: n.runtime.clone(),
+        cpus: n.cpus,
+        mem_mb: n.mem_mb,
+        cpus_used: (cpus_used * 1000.0).round() / 1000.0,
+        mem_mb_used,
+        instances: s.apps.on_host(n.id).count(),
+        labels: n.labels.clone(),
+        http: n.http.clone(),
+        deadline_s: n.host_deadline_ms as f64 / 1000.0,
+    }
+}
+
 fn deployment_view(state: &State, app: &App, d: &Deployment) -> DeploymentView {
     let has_check = app.spec().health_check.is_some();
     DeploymentView {
@@ -299,27 +316,27 @@ impl Node {
     pub async fn list_hosts(&self, stale: bool) -> Result<Vec<HostView>, ApiError> {
         self.read_barrier(stale).await?;
         let r = self.state.read();
-        let s = &r.state;
-        Ok(s.nodes
+        Ok(r.state.nodes.registered.values().map(|n| host_view(&r.state, n)).collect())
+    }
+
+    /// Drains host `id` (`draining`: its instances move elsewhere as `min_healthy`
+    /// allows, new work avoids it), or makes it eligible again.
+    pub async fn set_draining(
+        &self,
+        id: u64,
+        draining: bool,
+        request_id: Option<String>,
+    ) -> Result<HostView, ApiError> {
+        self.proposer.write(Command::SetDraining { id, draining }, request_id).await?.0.map_err(ApiError::from)?;
+        self.proposer.linearize().await?;
+        let r = self.state.read();
+        let n = r
+            .state
+            .nodes
             .registered
-            .values()
-            .map(|n| {
-                let (cpus_used, mem_mb_used) = s.host_usage(n.id);
-                HostView {
-                    id: n.id,
-                    state: s.nodes.state(n.id),
-                    runtime: n.runtime.clone(),
-                    cpus: n.cpus,
-                    mem_mb: n.mem_mb,
-                    cpus_used: (cpus_used * 1000.0).round() / 1000.0,
-                    mem_mb_used,
-                    instances: s.apps.on_host(n.id).count(),
-                    labels: n.labels.clone(),
-                    http: n.http.clone(),
-                    deadline_s: n.host_deadline_ms as f64 / 1000.0,
-                }
-            })
-            .collect())
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found("host_not_found", format!("no host {id}")))?;
+        Ok(host_view(&r.state, n))
     }
 
     pub async fn list_deployments(&self, stale: bool) -> Result<Vec<DeploymentView>, ApiError> {

@@ -64,6 +64,8 @@ pub enum Command {
     RegisterWrite { key: String, value: String },
     /// Compare-and-set of a register: `to` if it holds `from` (absent: JSON `null`).
     RegisterCas { key: String, from: String, to: String },
+    /// Drains a host (its instances move elsewhere), or makes it eligible again.
+    SetDraining { id: u64, draining: bool },
 }
 
 /// A scheduling plan: what the leader's scheduler decided from one view of the state.
@@ -82,6 +84,9 @@ pub struct Plan {
     pub stops: Vec<String>,
     /// Instances removed at once (never placed, or their host is down).
     pub removes: Vec<String>,
+    /// Instances taken off a host that is down (their app's `unreachable` wait is
+    /// over) or draining, to be placed again (usually by `places` of the same plan).
+    pub moves: Vec<String>,
     /// Per app: why instances stay pending (None: all placed).
     pub reasons: Vec<(String, Option<String>)>,
     /// Rollouts that are complete: (app, deployment id).
@@ -97,6 +102,7 @@ impl Plan {
             && self.upgrades.is_empty()
             && self.stops.is_empty()
             && self.removes.is_empty()
+            && self.moves.is_empty()
             && self.reasons.is_empty()
             && self.finished.is_empty()
             && self.blocked.is_empty()
@@ -150,6 +156,7 @@ impl fmt::Display for Request {
             Command::CancelDeployment { app } => write!(f, "cancel-deployment {app}"),
             Command::RegisterWrite { key, value } => write!(f, "register-write {key} {value}"),
             Command::RegisterCas { key, from, to } => write!(f, "register-cas {key} {from} {to}"),
+            Command::SetDraining { id, draining } => write!(f, "host {id} draining={draining}"),
         }
     }
 }

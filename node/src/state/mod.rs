@@ -68,6 +68,7 @@ impl State {
             Command::ReportInstance(report) => self.report_instance(report),
             Command::SetHostState { id, state } => self.set_host_state(id, state),
             Command::CancelDeployment { app } => self.cancel_deployment(&app),
+            Command::SetDraining { id, draining } => self.set_draining(id, draining),
             Command::RegisterWrite { key, value } => {
                 self.registers.insert(key, value.clone());
                 Response(Ok(Reply::Register { value }))

@@ -30,7 +30,7 @@ pub enum HostState {
     #[default]
     Up,
     Down,
-    /// Takes no new instances.
+    /// Takes no new instances, and its instances move elsewhere (`berth drain`).
     Draining,
 }
 
@@ -42,6 +42,10 @@ pub struct Nodes {
     /// Ids of nodes removed from the cluster. Never reused: a wiped node rejoining
     /// under its old id could form a second quorum (openraft's membership docs).
     pub retired: BTreeSet<u64>,
+    /// When each down host was declared down (replicated ms).
+    pub down_since: BTreeMap<u64, u64>,
+    /// Hosts an operator drains: up or down, they take no instances.
+    pub draining: BTreeSet<u64>,
 }
 
 impl NodeInfo {
@@ -63,14 +67,28 @@ impl Nodes {
         Response(Ok(Reply::Done))
     }
 
-    /// The liveness of host `id`.
+    /// The state of host `id`: `down` if the leader said so, else `draining` if an
+    /// operator drains it, else `up`.
     pub fn state(&self, id: u64) -> HostState {
-        self.states.get(&id).copied().unwrap_or_default()
+        if self.is_down(id) {
+            HostState::Down
+        } else if self.draining.contains(&id) {
+            HostState::Draining
+        } else {
+            HostState::Up
+        }
+    }
+
+    /// Whether the leader declared host `id` down.
+    pub fn is_down(&self, id: u64) -> bool {
+        self.states.get(&id) == Some(&HostState::Down)
     }
 
     pub fn retire(&mut self, id: u64) -> Response {
         self.registered.remove(&id);
         self.states.remove(&id);
+        self.down_since.remove(&id);
+        self.draining.remove(&id);
         self.retired.insert(id);
         Response(Ok(Reply::Done))
     }

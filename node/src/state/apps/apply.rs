@@ -6,6 +6,10 @@ use crate::state::command::{DomainError, NewInstance, Plan, Reply, Report, Respo
 use crate::state::nodes::HostState;
 use crate::state::State;
 
+fn host_not_found(id: u64) -> DomainError {
+    DomainError::not_found("host_not_found", format!("no host {id}"))
+}
+
 fn app_not_found(id: &str) -> DomainError {
     DomainError::not_found("app_not_found", format!("no app named {id:?}"))
 }
@@ -118,9 +122,11 @@ impl State {
         }
     }
 
-    /// Asks an instance to stop; one that never ran is removed at once.
+    /// Asks an instance to stop; one that never ran, or whose host is down (and so
+    /// fenced), is removed at once.
     fn stop_instance(&mut self, id: &str) {
         let now = self.clock_ms;
+        let down = self.apps.instance(id).and_then(|i| i.host).is_some_and(|h| self.nodes.is_down(h));
         let placed = self.apps.update(id, |inst| {
             inst.desired = Desired::Stop;
             inst.updated_at = now;
@@ -129,9 +135,34 @@ impl State {
             }
             inst.host.is_some()
         });
-        if placed == Some(false) {
+        if placed == Some(false) || down {
             self.remove_instance(id);
         }
+    }
+
+    /// Takes an instance off a host that is down or draining, to be placed elsewhere
+    /// with the same id and IP (a new epoch: the old host's copy is stale).
+    fn evict(&mut self, id: &str) {
+        let Some(host) = self.apps.instance(id).filter(|i| i.desired == Desired::Run).and_then(|i| i.host) else {
+            return;
+        };
+        let down = self.nodes.is_down(host);
+        if !down && !self.nodes.draining.contains(&host) {
+            return;
+        }
+        let now = self.clock_ms;
+        self.apps.update(id, |inst| {
+            inst.host = None;
+            inst.epoch += 1;
+            inst.health = Health::Unknown;
+            inst.updated_at = now;
+            if down {
+                inst.state = InstanceState::Lost;
+            } else {
+                inst.state = InstanceState::Pending;
+                inst.message = Some(format!("moving off draining host {host}"));
+            }
+        });
     }
 
     /// Removes an instance and releases its sticky IP.
@@ -311,7 +342,7 @@ impl State {
         for id in &plan.removes {
             if let Some(i) = self.apps.instance(id) {
                 // Only instances that hold nothing on a live host may go at once.
-                let host_down = i.host.is_none_or(|h| self.nodes.state(h) == HostState::Down);
+                let host_down = i.host.is_none_or(|h| self.nodes.is_down(h));
                 if host_down {
                     self.remove_instance(id);
                 }
@@ -319,6 +350,9 @@ impl State {
         }
         for id in &plan.stops {
             self.stop_instance(id);
+        }
+        for id in &plan.moves {
+            self.evict(id);
         }
         for (id, v) in &plan.upgrades {
             self.upgrade(id, *v);
@@ -380,28 +414,100 @@ impl State {
 
     pub(crate) fn set_host_state(&mut self, id: u64, state: HostState) -> Response {
         if !self.nodes.registered.contains_key(&id) {
-            return Response(Err(DomainError::not_found("host_not_found", format!("no host {id}"))));
+            return Response(Err(host_not_found(id)));
         }
-        self.nodes.states.insert(id, state);
-        if state == HostState::Down {
-            let now = self.clock_ms;
-            let on_host: Vec<String> = self.apps.on_host(id).map(|i| i.id.clone()).collect();
-            for iid in on_host {
-                let stopped = self.apps.instance(&iid).is_some_and(|i| i.desired == Desired::Stop);
-                if stopped {
-                    self.remove_instance(&iid);
-                } else {
-                    // Lost: the scheduler places it again, with the same id and IP.
+        let now = self.clock_ms;
+        match state {
+            HostState::Draining => return self.set_draining(id, true),
+            HostState::Up => {
+                self.nodes.states.insert(id, HostState::Up);
+                self.nodes.down_since.remove(&id);
+                // Instances that waited on their host: a new epoch re-confirms the
+                // placement, so the agent (re)starts them as the replica now says.
+                let waited: Vec<String> = self
+                    .apps
+                    .on_host(id)
+                    .filter(|i| i.state == InstanceState::Lost && i.desired == Desired::Run)
+                    .map(|i| i.id.clone())
+                    .collect();
+                for iid in waited {
                     self.apps.update(&iid, |inst| {
-                        inst.state = InstanceState::Lost;
-                        inst.health = Health::Unknown;
                         inst.epoch += 1;
-                        inst.message = Some(format!("host {id} went down"));
+                        inst.state = InstanceState::Starting;
+                        inst.message = None;
                         inst.updated_at = now;
-                        inst.host = None;
                     });
                 }
             }
+            HostState::Down => {
+                if self.nodes.is_down(id) {
+                    return Response(Ok(Reply::Done));
+                }
+                self.nodes.states.insert(id, HostState::Down);
+                self.nodes.down_since.insert(id, now);
+                let on_host: Vec<(String, bool, bool)> = self
+                    .apps
+                    .on_host(id)
+                    .map(|i| {
+                        let at_once = self
+                            .apps
+                            .apps
+                            .get(&i.app)
+                            .map(|a| a.spec().unreachable.clone())
+                            .is_none_or(|u| u.reschedule && u.reschedule_after_s == 0);
+                        (i.id.clone(), i.desired == Desired::Stop, at_once)
+                    })
+                    .collect();
+                for (iid, stopped, at_once) in on_host {
+                    if stopped {
+                        self.remove_instance(&iid);
+                    } else if at_once {
+                        // Lost: the scheduler places it again, with the same id and IP.
+                        self.evict(&iid);
+                        self.apps.update(&iid, |inst| inst.message = Some(format!("host {id} went down")));
+                    } else {
+                        // Its app waits (`unreachable`): it stays on its host, lost.
+                        self.apps.update(&iid, |inst| {
+                            inst.state = InstanceState::Lost;
+                            inst.health = Health::Unknown;
+                            inst.message = Some(format!("host {id} went down"));
+                            inst.updated_at = now;
+                        });
+                    }
+                }
+            }
+        }
+        Response(Ok(Reply::Done))
+    }
+
+    /// Drains host `id` (`draining`: it takes nothing new and its instances move
+    /// elsewhere, as `min_healthy` allows) or makes it eligible again. Refused when
+    /// some app running there has no other host that could run it at all.
+    pub(crate) fn set_draining(&mut self, id: u64, draining: bool) -> Response {
+        if !self.nodes.registered.contains_key(&id) {
+            return Response(Err(host_not_found(id)));
+        }
+        if draining && !self.nodes.draining.contains(&id) {
+            let apps: std::collections::BTreeSet<&str> = self.apps.on_host(id).map(|i| i.app.as_str()).collect();
+            for app in apps {
+                let Some(a) = self.apps.apps.get(app) else { continue };
+                if !crate::scheduler::runs_anywhere_but(self, a, id) {
+                    return Response(Err(DomainError::conflict(
+                        "last_host",
+                        format!(
+                            "host {id} is the last host that can run {app:?} (runtime {}, constraints {:?}); \
+                             draining it would leave the app nowhere to go",
+                            a.spec().runtime(),
+                            a.spec().constraints
+                        ),
+                    )));
+                }
+            }
+        }
+        if draining {
+            self.nodes.draining.insert(id);
+        } else {
+            self.nodes.draining.remove(&id);
         }
         Response(Ok(Reply::Done))
     }

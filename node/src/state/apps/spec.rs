@@ -36,6 +36,27 @@ pub struct AppSpec {
     pub upgrade: Upgrade,
     #[serde(default = "defaults::stop_grace_s")]
     pub stop_grace_s: u64,
+    #[serde(default)]
+    pub unreachable: Unreachable,
+}
+
+/// What happens to instances whose host is declared down (Marathon's
+/// `unreachableStrategy`, Nomad's `disconnect`): placed elsewhere, with their IPs,
+/// `reschedule_after_s` after the host went down (default: at once), or — with
+/// `reschedule: false` — kept on their host, `lost`, until it comes back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unreachable {
+    #[serde(default = "defaults::reschedule")]
+    pub reschedule: bool,
+    #[serde(default)]
+    pub reschedule_after_s: u64,
+}
+
+impl Default for Unreachable {
+    fn default() -> Self {
+        Unreachable { reschedule: true, reschedule_after_s: 0 }
+    }
 }
 
 /// `network: {pool: lan}`: one sticky IP per instance from the pool.
@@ -130,6 +151,9 @@ mod defaults {
     }
     pub fn max_surge() -> u32 {
         1
+    }
+    pub fn reschedule() -> bool {
+        true
     }
 }
 
@@ -339,6 +363,15 @@ impl AppSpec {
                     .into(),
             );
         }
+        if !self.unreachable.reschedule && self.unreachable.reschedule_after_s > 0 {
+            return Err("unreachable.reschedule_after_s: has no effect with reschedule: false".into());
+        }
+        if self.unreachable.reschedule_after_s > 7 * 86_400 {
+            return Err(format!(
+                "unreachable.reschedule_after_s: {} is more than a week; use reschedule: false to never move",
+                self.unreachable.reschedule_after_s
+            ));
+        }
         if self.stop_grace_s > 3600 {
             return Err(format!("stop_grace_s: {} is more than an hour", self.stop_grace_s));
         }
@@ -400,6 +433,7 @@ health_check:
 constraints: [["hostname", "UNIQUE"], ["rack", "CLUSTER", "r1"]]
 upgrade: {min_healthy: 1.0, max_surge: 1}
 stop_grace_s: 10
+unreachable: {reschedule_after_s: 30}
 "#;
 
     #[test]
@@ -468,6 +502,11 @@ stop_grace_s: 10
             (Box::new(|s| s.upgrade.min_healthy = 1.5), "upgrade.min_healthy"),
             (Box::new(|s| s.upgrade.max_surge = 0), "upgrade: min_healthy 1.0 with max_surge 0"),
             (Box::new(|s| s.network = Some(Network { pool: "Bad Pool".into() })), "network.pool"),
+            (
+                Box::new(|s| s.unreachable = Unreachable { reschedule: false, reschedule_after_s: 5 }),
+                "unreachable.reschedule_after_s: has no effect",
+            ),
+            (Box::new(|s| s.unreachable.reschedule_after_s = 10_000_000), "unreachable.reschedule_after_s"),
         ];
         for (mutate, needle) in cases {
             let mut s = base();
