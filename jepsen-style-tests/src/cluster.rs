@@ -222,6 +222,67 @@ impl Cluster {
     }
 }
 
+/// What really runs on one host: an instance process alive on it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Live {
+    pub host: u64,
+    pub instance: String,
+    pub ip: Option<String>,
+    pub pid: i32,
+}
+
+/// The start time of a live (not zombie) process, from /proc.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    if after.starts_with('Z') {
+        return None;
+    }
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Cluster {
+    /// Every instance process alive on any host, read from the machine — the process
+    /// runtime's pid files (pid, start time, instance, sticky IP) checked against
+    /// /proc — not from what berth reports. Nodes removed from the cluster count too:
+    /// what they left running is still live.
+    pub fn live_instances(&self) -> Vec<Live> {
+        let mut out = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(self.dir.path()) else { return out };
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().to_string();
+            let Some(host) = name.strip_prefix("node").and_then(|n| n.parse::<u64>().ok()) else { continue };
+            let Ok(entries) = std::fs::read_dir(d.path().join("instances")) else { continue };
+            for e in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(e.path().join("pid")) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+                let pid = v["pid"].as_i64().unwrap_or(0) as i32;
+                if pid > 0 && v["start_time"].as_u64().is_some() && start_time(pid) == v["start_time"].as_u64() {
+                    out.push(Live {
+                        host,
+                        instance: v["instance"].as_str().unwrap_or("").to_string(),
+                        ip: v["ip"].as_str().map(String::from),
+                        pid,
+                    });
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// IPs that are live on more than one host right now, with the hosts.
+    pub fn ips_live_twice(&self) -> Vec<(String, Vec<u64>)> {
+        let mut by_ip: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        for l in self.live_instances() {
+            if let Some(ip) = l.ip {
+                by_ip.entry(ip).or_default().insert(l.host);
+            }
+        }
+        by_ip.into_iter().filter(|(_, h)| h.len() > 1).map(|(ip, h)| (ip, h.into_iter().collect())).collect()
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for p in self.nodes.values_mut() {
@@ -230,6 +291,20 @@ impl Drop for Cluster {
                 unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
                 let _ = c.kill();
                 let _ = c.wait();
+            }
+        }
+        // Instances and fence guards outlive their agents by design.
+        for l in self.live_instances() {
+            // SAFETY: kill(2) on the process group of an instance our nodes started.
+            unsafe { libc::kill(-l.pid, libc::SIGKILL) };
+        }
+        for p in self.nodes.values() {
+            let guard = std::fs::read_to_string(p.data_dir.join("fence-guard.pid")).unwrap_or_default();
+            if let Some(pid) = guard.split_whitespace().next().and_then(|s| s.parse::<i32>().ok()) {
+                if start_time(pid).is_some() {
+                    // SAFETY: kill(2) on the guard our node started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
         }
         // `net` drops after the processes: namespaces go last.

@@ -26,12 +26,14 @@ struct Args {
     /// Nodes in the cluster (3 or 5).
     #[arg(long, default_value_t = 5)]
     nodes: u64,
-    /// Workloads, comma separated: ipam, register, set.
+    /// Workloads, comma separated: ipam, register, set, converge (apps with sticky IPs;
+    /// the checker reads what really runs on every host).
     #[arg(long, default_value = "ipam", value_delimiter = ',')]
     workload: Vec<String>,
     /// Nemeses, comma separated: kill, kill-leader, pause, restart-all, partition,
-    /// partition-leader, partition-ring, partition-bridge (or none). Partitions need
-    /// root (namespaces).
+    /// partition-leader, partition-ring, partition-bridge, host-loss (a node killed, or
+    /// cut off when namespaces allow, for longer than the host deadline), or none.
+    /// Partitions need root (namespaces).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seconds of workload (and faults) per workload.
@@ -55,7 +57,7 @@ struct Args {
     seed: Option<u64>,
 }
 
-const NEMESES: [&str; 9] = [
+const NEMESES: [&str; 10] = [
     "kill",
     "kill-leader",
     "pause",
@@ -65,7 +67,12 @@ const NEMESES: [&str; 9] = [
     "partition-leader",
     "partition-ring",
     "partition-bridge",
+    "host-loss",
 ];
+
+/// How long `host-loss` keeps a node away: past every host deadline the suite uses, so
+/// the cluster declares it down and moves its instances.
+const HOST_LOSS: Duration = Duration::from_secs(8);
 
 struct Rng(u64);
 
@@ -369,6 +376,26 @@ async fn nemesis(
                 tokio::time::sleep(hold).await;
                 let _ = cluster.lock().unwrap().spawn(target);
             }
+            "host-loss" => {
+                // Dead, or alive and cut off from everyone: either way lost.
+                let isolated = rng.below(2) == 0 && {
+                    let c = cluster.lock().unwrap();
+                    let others: std::collections::BTreeSet<u64> =
+                        ids.iter().copied().filter(|i| *i != target).collect();
+                    c.net.as_ref().is_some_and(|net| net.partition(&[[target].into(), others]).is_ok())
+                };
+                if !isolated {
+                    cluster.lock().unwrap().kill(target);
+                }
+                tokio::time::sleep(HOST_LOSS).await;
+                if isolated {
+                    if let Some(net) = &cluster.lock().unwrap().net {
+                        let _ = net.heal();
+                    }
+                } else {
+                    let _ = cluster.lock().unwrap().spawn(target);
+                }
+            }
             p if p.starts_with("partition") => {
                 let groups = partition_groups(p, &ids, target, &mut rng);
                 let applied = {
@@ -489,6 +516,106 @@ async fn nemesis(
     faults
 }
 
+/// Every node running again (resumed, or restarted).
+fn heal(cluster: &Mutex<Cluster>) {
+    let mut c = cluster.lock().unwrap();
+    let ids: Vec<u64> = c.nodes.keys().copied().collect();
+    for id in ids {
+        if let Some(pid) = c.pid(id) {
+            // SAFETY: kill(2) on a node process of this run.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        } else {
+            let _ = c.spawn(id);
+        }
+    }
+}
+
+/// The hosts' deadline in the converge workload (the shortest allowed: runs are short).
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(6);
+
+/// `converge`: an app with sticky IPs on every host while the nemesis runs; every
+/// 200 ms the instance processes alive on each host are read from the machine.
+async fn run_converge(args: &Args, nemeses: &[String], seed: u64, namespaces: bool) -> Result<Vec<Verdict>> {
+    let deadline_flag = CONVERGE_DEADLINE.as_secs().to_string();
+    let flags = ["--snapshot-logs", "200", "--host-deadline-s", deadline_flag.as_str(), "--runtime", "process"];
+    let cluster = Cluster::start_in(args.nodes, &flags, namespaces)?;
+    let http = reqwest::Client::new();
+    let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
+    let url = cluster.url(leader);
+    let (s, v) = request(
+        &http,
+        reqwest::Method::POST,
+        format!("{url}/v1/ipam/pools"),
+        Some(json!({"name": "conv", "subnet": "198.18.64.0/24"})),
+    )
+    .await;
+    if s != 201 {
+        bail!("cannot create the pool: {s} {v}");
+    }
+    let n = (args.nodes * 2) as usize;
+    let spec = json!({
+        "id": "conv",
+        "cmd": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.5 & wait $!; done"],
+        "instances": n, "cpus": 0.01, "mem_mb": 8, "stop_grace_s": 1, "network": {"pool": "conv"},
+    });
+    let (s, v) = request(&http, reqwest::Method::PUT, format!("{url}/v1/apps/conv"), Some(spec)).await;
+    if s != 201 {
+        bail!("cannot deploy: {s} {v}");
+    }
+    let started = Instant::now();
+    let expected: std::collections::BTreeSet<String> = loop {
+        let live = cluster.live_instances();
+        if live.len() == n {
+            break live.into_iter().map(|l| l.instance).collect();
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{n} instances did not start: {live:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rec = Recorder { start: Instant::now(), events: Default::default() };
+    let deadline = Instant::now() + Duration::from_secs(args.time);
+    let cluster = Arc::new(Mutex::new(cluster));
+    let nem =
+        tokio::spawn(nemesis(cluster.clone(), args.nodes, nemeses.to_vec(), rec.clone(), deadline, seed, http.clone()));
+    let mut samples = Vec::new();
+    let sample = |samples: &mut Vec<berth_jepsen::checker::converge::Sample>| {
+        let live = cluster.lock().unwrap().live_instances();
+        let t_ns = rec.now();
+        let value = json!(live.iter().map(|l| json!([l.host, l.instance, l.ip])).collect::<Vec<_>>());
+        rec.push((0, 0), Kind::Invoke, "observe", None, Value::Null, None);
+        rec.push((0, 0), Kind::Ok, "observe", None, value, None);
+        samples.push(berth_jepsen::checker::converge::Sample {
+            t_ns,
+            live: live.into_iter().map(|l| (l.host, l.instance, l.ip)).collect(),
+        });
+    };
+    while Instant::now() < deadline {
+        sample(&mut samples);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let faults = nem.await.unwrap_or_default();
+    heal(&cluster);
+    // Time for the last fault's consequences: the deadline + 3 s, and a little more.
+    let settle = Instant::now() + CONVERGE_DEADLINE + Duration::from_secs(5);
+    while Instant::now() < settle {
+        sample(&mut samples);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let verdict = berth_jepsen::checker::converge::check(&samples, &faults, &expected, CONVERGE_DEADLINE);
+    let events = rec.events.lock().unwrap().clone();
+    let calls = pair(&events);
+    let dir = args.out.join(format!("converge-{}-{seed}", nemeses.join("+")));
+    report::write(&dir, &events, &faults, std::slice::from_ref(&verdict), &calls)?;
+    println!(
+        "{}",
+        json!({"workload": "converge", "nemesis": nemeses, "nodes": args.nodes, "seconds": args.time,
+               "samples": samples.len(), "instances": n, "faults": faults.len(), "valid": verdict.valid,
+               "anomaly": verdict.anomaly, "report": dir})
+    );
+    Ok(vec![verdict])
+}
+
 async fn final_read(http: &reqwest::Client, view: &berth_jepsen::cluster::View, path: &str) -> Option<Value> {
     for _ in 0..60 {
         for u in view.urls.values() {
@@ -513,6 +640,9 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
             false
         }
     };
+    if workload == "converge" {
+        return run_converge(args, nemeses, seed, namespaces).await;
+    }
     let cluster = Cluster::start_in(args.nodes, &["--snapshot-logs", "200"], namespaces)?;
     let http = reqwest::Client::new();
     cluster.wait_leader(&http, Duration::from_secs(30)).await?;
@@ -552,17 +682,7 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
     }
     let faults = nem.await.unwrap_or_default();
     // Heal: every node running, a leader, then the final reads.
-    {
-        let mut c = cluster.lock().unwrap();
-        let ids: Vec<u64> = c.nodes.keys().copied().collect();
-        for id in ids {
-            if let Some(pid) = c.pid(id) {
-                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-            } else {
-                let _ = c.spawn(id);
-            }
-        }
-    }
+    heal(&cluster);
     let view = cluster.lock().unwrap().clone_view();
     view.leader(&http).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -620,7 +740,7 @@ async fn main() -> Result<()> {
         args.time = 8;
         args.nodes = 3;
         args.clients = 4;
-        for w in ["ipam", "register", "set"] {
+        for w in ["ipam", "register", "set", "converge"] {
             let all: Vec<String> = if berth_jepsen::netns::unavailable().is_none() {
                 NEMESES.iter().map(|s| s.to_string()).collect()
             } else {

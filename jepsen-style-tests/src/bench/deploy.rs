@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::call;
 use super::{emit, round, Latencies};
 use crate::cluster::Cluster;
 use crate::netns::sh;
@@ -75,20 +76,6 @@ impl Drop for Lan {
         let _ = sh(&format!("ip link del {}", self.parent));
         let _ = sh(&format!("ip link del {}", self.bridge));
     }
-}
-
-async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> Result<Value> {
-    let mut req = http.request(method, &url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await?;
-    let status = r.status();
-    let text = r.text().await?;
-    if !status.is_success() {
-        bail!("{url}: {status} {text}");
-    }
-    Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
 }
 
 /// One berth deploy: PUT, then poll until the instance runs with its IP.

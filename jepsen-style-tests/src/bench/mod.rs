@@ -8,6 +8,7 @@
 pub mod deploy;
 pub mod etcd;
 pub mod failover;
+pub mod hostloss;
 pub mod ipam;
 pub mod placement;
 
@@ -88,6 +89,26 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// One HTTP call to a node; the JSON answer, or an error naming the URL and status.
+pub async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut req = http.request(method, &url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await?;
+    let status = r.status();
+    let text = r.text().await?;
+    if !status.is_success() {
+        anyhow::bail!("{url}: {status} {text}");
+    }
+    Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
 }
 
 /// A free TCP port on loopback.

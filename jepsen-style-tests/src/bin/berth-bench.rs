@@ -46,6 +46,23 @@ enum Scenario {
         #[arg(long, allow_hyphen_values = true)]
         berth_flag: Vec<String>,
     },
+    /// kill -9 of a host running instances with sticky IPs: time until all run
+    /// elsewhere with their IPs, p50/p99 beside the host deadline (goal: deadline + 3 s;
+    /// 2 × deadline + 3 s when the host was the leader).
+    Hostloss {
+        /// Trials killing a follower host (at least 20 for the record).
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Then trials killing the leader's host.
+        #[arg(long, default_value_t = 20)]
+        leader_trials: usize,
+        /// The hosts' --host-deadline-s.
+        #[arg(long, default_value_t = 10.0)]
+        deadline_s: f64,
+        /// Instances of the one app (spread over 3 hosts).
+        #[arg(long, default_value_t = 6)]
+        instances: u32,
+    },
     /// Scheduler throughput: placements per second committed through Raft (anchor:
     /// Nomad's published C1M figure).
     Placement {
@@ -89,5 +106,11 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Scenario::Deploy { runs } => bench::deploy::run(runs).await,
+        Scenario::Hostloss { trials, leader_trials, deadline_s, instances } => {
+            if trials + leader_trials == 0 || instances < 3 {
+                bail!("--trials/--leader-trials need at least one trial and --instances at least 3");
+            }
+            bench::hostloss::run(trials, leader_trials, deadline_s, instances).await
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Checkers: one invariant each, over a paired history. Each returns a [`Verdict`]
 //! with the first anomaly and a minimal excerpt of the history around it.
 
+pub mod converge;
 pub mod ipam;
 pub mod linearizable;
 pub mod set;

@@ -258,7 +258,9 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     let down_since = |i: &Instance| i.host.and_then(|h| state.nodes.down_since.get(&h).copied());
     let wait = &spec.unreachable;
     let due = |i: &Instance| {
-        down_since(i).is_some_and(|at| wait.reschedule && now_ms >= at.saturating_add(wait.reschedule_after_s * 1000))
+        let gone = i.host.is_some_and(|h| state.nodes.is_gone(h, now_ms.max(state.clock_ms)));
+        gone || down_since(i)
+            .is_some_and(|at| wait.reschedule && now_ms >= at.saturating_add(wait.reschedule_after_s * 1000))
     };
     let waiting = |i: &Instance| down_since(i).is_some();
     let on_draining = |i: &Instance| i.host.is_some_and(|h| state.nodes.state(h) == HostState::Draining);

@@ -622,3 +622,22 @@ fn a_drain_that_min_healthy_forbids_says_why_and_the_last_host_cannot_be_drained
     assert!(why.contains("moving web off draining hosts is stuck") && why.contains("UNIQUE"), "{why}");
     assert_eq!(w.per_host("web").get(&1), Some(&1), "min_healthy 1.0 keeps it running meanwhile");
 }
+
+#[test]
+fn instances_of_a_removed_node_move_once_it_had_its_deadline_to_fence() {
+    let mut w = three_hosts_with_lan();
+    w.deploy(&process_app("web", 3, r#","network":{"pool":"lan"},"unreachable":{"reschedule":false}"#));
+    w.settle(3);
+    w.run_all();
+    let on_3 = w.s.apps.instances_of("web").find(|i| i.host == Some(3)).unwrap().clone();
+    w.apply(Command::RetireNode { id: 3 });
+    let movable_at = w.s.nodes.down_since[&3];
+    assert_eq!(w.s.apps.instance(&on_3.id).unwrap().state, InstanceState::Lost);
+    assert!(super::plan_limited(&w.s, usize::MAX, movable_at - 1).moves.is_empty(), "not before its deadline");
+    let p = super::plan_limited(&w.s, usize::MAX, movable_at);
+    assert_eq!(p.moves, vec![on_3.id.clone()], "then even an app that never reschedules moves: the host is gone");
+    w.index = w.index.max(movable_at);
+    w.apply(Command::ApplyPlan(p));
+    let moved = w.s.apps.instance(&on_3.id).unwrap();
+    assert!(moved.host.is_some_and(|h| h != 3) && moved.ip == on_3.ip);
+}

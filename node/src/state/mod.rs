@@ -53,7 +53,7 @@ impl State {
         let now = self.clock_ms;
         match cmd {
             Command::RegisterNode(info) => self.nodes.register(info),
-            Command::RetireNode { id } => self.nodes.retire(id),
+            Command::RetireNode { id } => self.retire_node(id),
             Command::CreatePool { name, subnet, gateway, range } => {
                 self.ipam.create_pool(&name, subnet, gateway, range)
             }

@@ -42,7 +42,9 @@ pub struct Nodes {
     /// Ids of nodes removed from the cluster. Never reused: a wiped node rejoining
     /// under its old id could form a second quorum (openraft's membership docs).
     pub retired: BTreeSet<u64>,
-    /// When each down host was declared down (replicated ms).
+    /// When each down host was declared down (replicated ms); for a retired host, when
+    /// it counts as down: its removal plus its deadline (it may still run until it
+    /// noticed and fenced itself).
     pub down_since: BTreeMap<u64, u64>,
     /// Hosts an operator drains: up or down, they take no instances.
     pub draining: BTreeSet<u64>,
@@ -84,10 +86,15 @@ impl Nodes {
         self.states.get(&id) == Some(&HostState::Down)
     }
 
+    /// Whether host `id` was removed from the cluster and, as of `now`, has had its
+    /// deadline to fence itself: what ran there may run elsewhere.
+    pub fn is_gone(&self, id: u64, now: u64) -> bool {
+        self.retired.contains(&id) && self.down_since.get(&id).is_some_and(|at| now >= *at)
+    }
+
     pub fn retire(&mut self, id: u64) -> Response {
         self.registered.remove(&id);
         self.states.remove(&id);
-        self.down_since.remove(&id);
         self.draining.remove(&id);
         self.retired.insert(id);
         Response(Ok(Reply::Done))

@@ -126,7 +126,11 @@ impl State {
     /// fenced), is removed at once.
     fn stop_instance(&mut self, id: &str) {
         let now = self.clock_ms;
-        let down = self.apps.instance(id).and_then(|i| i.host).is_some_and(|h| self.nodes.is_down(h));
+        let down = self
+            .apps
+            .instance(id)
+            .and_then(|i| i.host)
+            .is_some_and(|h| self.nodes.is_down(h) || self.nodes.is_gone(h, now));
         let placed = self.apps.update(id, |inst| {
             inst.desired = Desired::Stop;
             inst.updated_at = now;
@@ -146,11 +150,11 @@ impl State {
         let Some(host) = self.apps.instance(id).filter(|i| i.desired == Desired::Run).and_then(|i| i.host) else {
             return;
         };
-        let down = self.nodes.is_down(host);
+        let now = self.clock_ms;
+        let down = self.nodes.is_down(host) || self.nodes.is_gone(host, now);
         if !down && !self.nodes.draining.contains(&host) {
             return;
         }
-        let now = self.clock_ms;
         self.apps.update(id, |inst| {
             inst.host = None;
             inst.epoch += 1;
@@ -478,6 +482,30 @@ impl State {
             }
         }
         Response(Ok(Reply::Done))
+    }
+
+    /// Removes node `id` for good. Its instances are `lost` and stay on it for its
+    /// deadline — the node may still be running them until it noticed that it is no
+    /// longer a member and fenced itself — then the scheduler moves them (whatever
+    /// their app's `unreachable` policy: the host never comes back).
+    pub(crate) fn retire_node(&mut self, id: u64) -> Response {
+        let deadline = self.nodes.registered.get(&id).map(|i| i.host_deadline_ms).unwrap_or(10_000);
+        let now = self.clock_ms;
+        let r = self.nodes.retire(id);
+        if r.0.is_err() {
+            return r;
+        }
+        self.nodes.down_since.insert(id, now + deadline);
+        let on_host: Vec<String> = self.apps.on_host(id).map(|i| i.id.clone()).collect();
+        for iid in on_host {
+            self.apps.update(&iid, |inst| {
+                inst.state = InstanceState::Lost;
+                inst.health = Health::Unknown;
+                inst.message = Some(format!("host {id} was removed from the cluster"));
+                inst.updated_at = now;
+            });
+        }
+        r
     }
 
     /// Drains host `id` (`draining`: it takes nothing new and its instances move
