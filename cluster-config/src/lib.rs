@@ -143,6 +143,12 @@ pub struct NodeConfig {
     /// instances (`--host-deadline-s`, default 10, at least 6); the host fences its
     /// sticky-IP instances after half of it.
     pub host_deadline_s: Option<f64>,
+    /// How many of the `peers` vote (`--voters`: 1, 3, 5 or 7; default 3, or all when
+    /// fewer): the first ones in id order; the rest join as learners.
+    pub voters: Option<usize>,
+    /// Seconds a voter must be dead before the autopilot replaces it with a healthy
+    /// learner (`--autopilot-dead-after-s`, default 30).
+    pub autopilot_dead_after_s: Option<f64>,
 }
 
 /// `peers` in the file: the flag's string form, or a table.
@@ -172,6 +178,9 @@ pub struct ValidConfig {
     pub raft: RaftTuning,
     pub stop_instances_on_exit: bool,
     pub host_deadline: std::time::Duration,
+    /// The ids that vote from the start (the first `voters` peers).
+    pub voters: std::collections::BTreeSet<u64>,
+    pub autopilot_dead_after: std::time::Duration,
 }
 
 /// The shortest `host_deadline_s`: fencing at half of it must leave room for a leader's
@@ -253,7 +262,9 @@ impl NodeConfig {
             mem_mb,
             log_format,
             stop_instances_on_exit,
-            host_deadline_s
+            host_deadline_s,
+            voters,
+            autopilot_dead_after_s
         );
         if let Some(labels) = flags.labels {
             let mut merged = self.labels.take().unwrap_or_default();
@@ -346,6 +357,21 @@ impl NodeConfig {
                 ),
             ));
         }
+        let want = self.voters.unwrap_or(3.min(peers.len()));
+        if ![1, 3, 5, 7].contains(&want) && want != peers.len() {
+            return Err(invalid(
+                "voters",
+                format!("{want} is not 1, 3, 5 or 7 (an even number of voters adds no safety)"),
+            ));
+        }
+        if want > peers.len() {
+            return Err(invalid("voters", format!("{want} voters but only {} peers", peers.len())));
+        }
+        let voters = peers.keys().take(want).copied().collect();
+        let dead_after = self.autopilot_dead_after_s.unwrap_or(30.0);
+        if !(dead_after.is_finite() && (1.0..=86_400.0).contains(&dead_after)) {
+            return Err(invalid("autopilot_dead_after_s", format!("{dead_after} is not between 1 and 86400 seconds")));
+        }
         Ok(ValidConfig {
             id,
             data_dir,
@@ -362,6 +388,8 @@ impl NodeConfig {
             raft,
             stop_instances_on_exit: self.stop_instances_on_exit.unwrap_or(false),
             host_deadline: std::time::Duration::from_secs_f64(deadline),
+            voters,
+            autopilot_dead_after: std::time::Duration::from_secs_f64(dead_after),
         })
     }
 }

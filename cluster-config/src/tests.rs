@@ -61,6 +61,19 @@ fn the_host_deadline_defaults_to_10_s_and_refuses_what_fencing_cannot_honour() {
 }
 
 #[test]
+fn the_first_peers_vote_three_by_default() {
+    let v = base().validate().unwrap();
+    assert_eq!(v.voters, [1, 2, 3].into());
+    let mut five = base();
+    five.peers = Some(Peers::List((1..=5).map(|i| format!("{i}=h{i}:1")).collect::<Vec<_>>().join(",")));
+    assert_eq!(five.clone().validate().unwrap().voters, [1, 2, 3].into());
+    five.voters = Some(5);
+    assert_eq!(five.clone().validate().unwrap().voters.len(), 5);
+    five.voters = Some(4);
+    assert!(five.validate().unwrap_err().to_string().contains("voters: 4 is not 1, 3, 5 or 7"));
+}
+
+#[test]
 fn id_must_be_in_peers() {
     let mut c = base();
     c.id = Some(9);

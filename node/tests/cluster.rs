@@ -16,15 +16,28 @@ async fn allocate(c: &Cluster, via: u64, pool: &str, owner: &str, key: Option<&s
     c.req(via, Method::POST, &format!("/v1/ipam/pools/{pool}/allocations"), Some(json!({ "owner": owner })), key).await
 }
 
+/// (voters, learners) that `GET /v1/cluster` on `via` shows.
+async fn roles(c: &Cluster, via: u64) -> (Vec<u64>, Vec<u64>) {
+    let (_, v) = c.get(via, "/v1/cluster").await;
+    let members = v["members"].as_array().cloned().unwrap_or_default();
+    let of =
+        |voter: bool| members.iter().filter(|m| m["voter"] == json!(voter)).filter_map(|m| m["id"].as_u64()).collect();
+    (of(true), of(false))
+}
+
 async fn forms_and_serves(n: u64) {
     let c = Cluster::start(n, &[]);
     let leader = c.wait_leader(FORM).await;
     let (s, v) = c.get(1, "/v1/cluster").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["leader"].as_u64(), Some(leader));
-    let members = v["members"].as_array().unwrap();
-    assert_eq!(members.len() as u64, n);
-    assert!(members.iter().all(|m| m["voter"] == json!(true)));
+    // The first three peers vote (the default --voters 3); the others join as learners.
+    let want: (Vec<u64>, Vec<u64>) = ((1..=n.min(3)).collect(), (4..=n).collect());
+    c.eventually(FORM, "three voters, the rest learners", || async {
+        let r = roles(&c, leader).await;
+        (r == want).then_some(())
+    })
+    .await;
     // Every node registers its HTTP address.
     c.eventually(FORM, "every member shows its http address", || async {
         let (_, v) = c.get(n, "/v1/cluster").await;
@@ -46,6 +59,32 @@ async fn three_nodes_form_a_cluster_from_the_peers_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_form_a_cluster_from_the_peers_list() {
     forms_and_serves(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autopilot_replaces_a_dead_voter_with_a_healthy_learner() {
+    let mut c = Cluster::start(5, &["--voters", "3", "--autopilot-dead-after-s", "3"]);
+    let leader = c.wait_leader(FORM).await;
+    c.eventually(FORM, "learners 4 and 5 join", || async {
+        (roles(&c, leader).await == (vec![1, 2, 3], vec![4, 5])).then_some(())
+    })
+    .await;
+    let dead = *[1, 2, 3].iter().find(|v| **v != leader).unwrap();
+    c.kill(dead);
+    let (voters, learners) = c
+        .eventually(Duration::from_secs(30), "a learner votes in place of the dead voter", || async {
+            let r = roles(&c, leader).await;
+            (r.0.len() == 3 && !r.0.contains(&dead)).then_some(r)
+        })
+        .await;
+    assert!(voters.iter().any(|v| *v >= 4), "{voters:?}");
+    assert!(learners.contains(&dead), "the dead voter is kept as a learner: {learners:?}");
+    // The cluster still commits, and with another voter gone it still has a majority.
+    c.create_pool(leader, "lan", 70).await;
+    // It comes back as a learner, and stays one: three voters are enough.
+    c.spawn(dead);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(roles(&c, leader).await.0, voters);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,7 @@ fn bad_flags_and_config_are_refused_with_one_line() {
             [&one[..], &["--id", "1", "--host-deadline-s", "2"]].concat(),
             "host_deadline_s: 2 is not between 6 and 86400 seconds",
         ),
+        ([&one[..], &["--id", "1", "--voters", "3"]].concat(), "voters: 3 voters but only 1 peers"),
     ];
     for (args, needle) in cases {
         let (code, stderr) = agent(&args);

@@ -67,6 +67,13 @@ pub struct AgentArgs {
     /// (default 10, at least 6); it fences its sticky-IP instances after half of it.
     #[arg(long)]
     host_deadline_s: Option<f64>,
+    /// How many of the peers vote (1, 3, 5 or 7; default 3, or all when fewer): the
+    /// first in id order; the rest replicate as learners.
+    #[arg(long)]
+    voters: Option<usize>,
+    /// Seconds a voter must be dead before a healthy learner replaces it (default 30).
+    #[arg(long)]
+    autopilot_dead_after_s: Option<f64>,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -105,6 +112,8 @@ impl AgentArgs {
             raft,
             stop_instances_on_exit: self.stop_instances_on_exit.then_some(true),
             host_deadline_s: self.host_deadline_s,
+            voters: self.voters,
+            autopilot_dead_after_s: self.autopilot_dead_after_s,
         }
     }
 }

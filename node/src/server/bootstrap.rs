@@ -1,8 +1,9 @@
 //! Forming the cluster with no manual step and no special node.
 //!
 //! A node with no Raft state probes its `--peers`. Once a majority (itself included) is
-//! reachable and **none** of them holds Raft state, it initializes Raft with exactly
-//! the `--peers` membership. Several nodes may do this at once: openraft documents
+//! reachable and **none** of them holds Raft state, it initializes Raft with the
+//! `--peers` membership: the first `--voters` of them vote (only those initialize);
+//! the leader's autopilot adds the others as learners. Several nodes may do this at once: openraft documents
 //! that initializing several nodes with an *identical* membership is safe (the vote
 //! elects one leader), which is why the membership is built from `--peers` alone and
 //! why nodes whose lists differ refuse to bootstrap together.
@@ -81,9 +82,15 @@ pub async fn run(node: Arc<Node>) {
                 tracing::info!("the cluster already exists; waiting for the leader to contact this node");
                 warned_exists = true;
             }
-        } else if reachable * 2 > node.config.peers.len() {
-            let members: BTreeMap<u64, RaftNode> =
-                node.config.peers.iter().map(|(id, addr)| (*id, RaftNode { addr: addr.clone() })).collect();
+        } else if reachable * 2 > node.config.peers.len() && node.config.voters.contains(&node.id) {
+            // The first `--voters` peers vote; the leader adds the others as learners.
+            let members: BTreeMap<u64, RaftNode> = node
+                .config
+                .peers
+                .iter()
+                .filter(|(id, _)| node.config.voters.contains(id))
+                .map(|(id, addr)| (*id, RaftNode { addr: addr.clone() }))
+                .collect();
             tracing::info!(
                 reachable,
                 peers = node.config.peers.len(),

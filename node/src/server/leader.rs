@@ -119,6 +119,8 @@ async fn lead(node: &Arc<Node>) {
     }
     let hosts: Vec<u64> = node.state.read().state.nodes.registered.keys().copied().collect();
     node.liveness.reset(hosts.into_iter());
+    let pilot = tokio::spawn(autopilot(node.clone()));
+    let _stop_pilot = AbortOnDrop(pilot);
     let mut applied = node.state.subscribe_changes();
     let mut last_plan: Option<(Plan, Instant)> = None;
     loop {
@@ -153,6 +155,60 @@ async fn lead(node: &Arc<Node>) {
             _ = node.stopping() => return,
             _ = applied.changed() => {}
             _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// Aborts a task when dropped (the autopilot ends with the leadership that runs it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The autopilot while this node leads: learners for `--peers` that are not members,
+/// and a healthy learner in place of a voter dead for `--autopilot-dead-after-s`.
+async fn autopilot(node: Arc<Node>) {
+    use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+    /// A learner this far behind the leader's log is not healthy enough to vote.
+    const MAX_LAG: u64 = 1000;
+    let want = node.config.voters.len();
+    loop {
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let (last, matched) = {
+            let m = node.raft.metrics();
+            let m = m.borrow_watched();
+            let matched: HashMap<u64, u64> = m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index).unwrap_or(0))).collect())
+                .unwrap_or_default();
+            (m.last_log_index.unwrap_or(0), matched)
+        };
+        let retired = node.state.read().state.nodes.retired.clone();
+        let dead_after = node.config.autopilot_dead_after;
+        let result = node
+            .proposer
+            .autopilot(
+                &node.config.peers,
+                want,
+                &retired,
+                |id| node.liveness.silent_for(id) > dead_after,
+                |id| {
+                    node.liveness.silent_for(id) < Duration::from_secs(3)
+                        && matched.get(&id).is_some_and(|m| last.saturating_sub(*m) <= MAX_LAG)
+                },
+            )
+            .await;
+        match result {
+            Ok(Some(what)) => tracing::warn!("autopilot: {what}"),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "autopilot: no change"),
         }
     }
 }

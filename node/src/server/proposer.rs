@@ -289,6 +289,56 @@ impl Proposer {
         self.wait_membership(left, |voters, nodes| nodes.contains_key(&id) && (!voter || voters.contains(&id))).await
     }
 
+    /// One step of the **autopilot** (Consul's and Nomad's), on the leader: at most one
+    /// membership change per call, never while another runs. In order: a `--peers`
+    /// node that is not a member yet joins as a learner; a healthy learner is promoted
+    /// while there are fewer than `want` voters, or when a voter has been dead for
+    /// long (the voter set grows by one first, so a majority stays as safe as before);
+    /// then the dead voter is demoted to learner (it may come back, and vote again
+    /// only if promoted). `dead` and `healthy` judge a node by its heartbeats and,
+    /// for `healthy`, by how far its log lags. Returns what it changed.
+    pub async fn autopilot(
+        &self,
+        peers: &std::collections::BTreeMap<u64, String>,
+        want: usize,
+        retired: &BTreeSet<u64>,
+        dead: impl Fn(u64) -> bool,
+        healthy: impl Fn(u64) -> bool,
+    ) -> Result<Option<String>, ApiError> {
+        let Ok(_one_at_a_time) = self.membership.try_lock() else { return Ok(None) };
+        let left = Duration::from_secs(10);
+        let (voters, learners, nodes) = self.membership_sets();
+        if let Some((id, addr)) = peers.iter().find(|(id, _)| !nodes.contains_key(id) && !retired.contains(id)) {
+            let fut = self.raft.add_learner(*id, Node { addr: addr.clone() }, false);
+            return match tokio::time::timeout(left, fut).await {
+                Err(_) => Err(no_quorum("adding the learner", left)),
+                Ok(Err(e)) => Err(client_write_error(e)),
+                Ok(Ok(_)) => Ok(Some(format!("node {id} joined as a learner"))),
+            };
+        }
+        let dead_voter = voters.iter().copied().find(|v| *v != self.id && dead(*v));
+        let promote = learners.iter().copied().find(|l| healthy(*l));
+        let change = match (dead_voter, promote) {
+            (_, Some(l)) if voters.len() < want => {
+                Some((ChangeMembers::AddVoterIds([l].into()), format!("learner {l} promoted to voter")))
+            }
+            (Some(v), Some(l)) if voters.len() <= want => Some((
+                ChangeMembers::AddVoterIds([l].into()),
+                format!("learner {l} promoted to voter in place of dead voter {v}"),
+            )),
+            (Some(v), _) if voters.len() > want => {
+                Some((ChangeMembers::RemoveVoters([v].into()), format!("dead voter {v} demoted to learner")))
+            }
+            _ => None,
+        };
+        let Some((change, what)) = change else { return Ok(None) };
+        match tokio::time::timeout(left, self.raft.change_membership(change, true)).await {
+            Err(_) => Err(no_quorum("changing the voters", left)),
+            Ok(Err(e)) => Err(client_write_error(e)),
+            Ok(Ok(_)) => Ok(Some(what)),
+        }
+    }
+
     async fn remove_member_here(&self, id: u64, left: Duration) -> Result<(), ApiError> {
         let (voters, learners, _) = self.membership_sets();
         if !voters.contains(&id) && !learners.contains(&id) {
