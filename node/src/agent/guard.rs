@@ -130,42 +130,23 @@ pub async fn run(runtime: Arc<dyn Runtime>, data_dir: &Path, agent_pid: i32) {
     let lease = lease_path(data_dir);
     let agent_started = start_time(agent_pid);
     tracing::info!(agent_pid, "fence guard watching {}", lease.display());
-    let mut announced = false;
     loop {
         let expired = read_lease(&lease).is_none_or(|until| boottime_ns() > until);
-        let agent_alive = agent_started.is_some() && start_time(agent_pid) == agent_started;
-        let mut sticky_left = !expired;
         if expired {
             match runtime.existing().await {
                 Ok(list) => {
                     let sticky: Vec<_> = list.into_iter().filter(|e| e.sticky).collect();
-                    if !sticky.is_empty() && !announced {
-                        tracing::warn!(
-                            agent_alive,
-                            count = sticky.len(),
-                            "fence lease expired: killing instances with sticky IPs"
-                        );
+                    let agent_alive = agent_started.is_some() && start_time(agent_pid) == agent_started;
+                    if sticky.is_empty() && !agent_alive {
+                        tracing::info!("agent gone and nothing left to fence: the guard exits");
+                        return;
                     }
-                    announced = !sticky.is_empty() || announced;
                     for e in &sticky {
-                        tracing::warn!(instance = %e.instance, "fenced by the guard");
+                        tracing::warn!(instance = %e.instance, agent_alive, "fence lease expired: fenced by the guard");
                         let _ = runtime.stop(&e.handle, Duration::ZERO).await;
                     }
-                    sticky_left = false;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot list instances to fence; retrying");
-                    sticky_left = true;
-                }
-            }
-        } else {
-            announced = false;
-        }
-        if !agent_alive && !sticky_left {
-            let nothing = runtime.existing().await.map(|l| !l.iter().any(|e| e.sticky)).unwrap_or(false);
-            if nothing {
-                tracing::info!("agent gone and nothing left to fence: the guard exits");
-                return;
+                Err(e) => tracing::error!(error = %e, "cannot list instances to fence; retrying"),
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

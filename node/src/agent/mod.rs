@@ -48,7 +48,13 @@ pub struct Agent {
     pub stop_instances_on_exit: bool,
     /// When this node last knew a leader with a quorum, caught up with it.
     pub contact: Arc<Contact>,
-    /// When to fence (`crate::timing`).
+    /// When to fence: a host out of contact with a leader (one that has a quorum) for
+    /// `timing.fence_after()` kills its instances that hold a sticky IP and starts
+    /// none until contact is back. The leader marks a host down only after its
+    /// deadline (twice as long) and only then places its instances — with the same
+    /// IPs — elsewhere, so an address is never live on two hosts, even in a partition
+    /// ("I am leader" is not a fencing token; field notes). The argument, with its
+    /// margins, is in `crate::timing`.
     pub timing: crate::timing::HostTiming,
 }
 
@@ -99,14 +105,6 @@ impl Contact {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(self.started).elapsed()
     }
 }
-
-// A host that has not been in contact with a leader (one that has a quorum) for
-// `timing.fence_after()` **fences** itself: it kills its instances that hold a sticky
-// IP and starts none, until contact is back. The leader marks a host down only after
-// its deadline (twice as long) of silence and only then places its instances — with
-// the same IPs — elsewhere, so an address is never live on two hosts, even in a
-// partition ("I am leader" is not a fencing token; field notes). The argument, with
-// its margins, is in `crate::timing`.
 
 /// What the replica wants of one instance on this host.
 struct Wanted {

@@ -232,8 +232,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     let target = app.version;
     let want = app.instances as usize;
     let has_check = spec.health_check.is_some();
-    let compiled: Vec<constraints::Compiled> =
-        parse_constraints(&spec.constraints).unwrap_or_default().iter().map(constraints::Compiled::new).collect();
+    let compiled = compile(spec);
 
     // In index order (oldest first), as the state keeps them.
     let live: Vec<&Instance> = state.apps.instances_of(&app.id).filter(|i| i.desired == Desired::Run).collect();
@@ -257,10 +256,12 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     // until their host returns or the wait is over; then they move.
     let down_since = |i: &Instance| i.host.and_then(|h| state.nodes.down_since.get(&h).copied());
     let wait = &spec.unreachable;
+    // The leader's clock, never behind the replicated one.
+    let now = now_ms.max(state.clock_ms);
     let due = |i: &Instance| {
-        let gone = i.host.is_some_and(|h| state.nodes.is_gone(h, now_ms.max(state.clock_ms)));
+        let gone = i.host.is_some_and(|h| state.nodes.is_gone(h, now));
         gone || down_since(i)
-            .is_some_and(|at| wait.reschedule && now_ms >= at.saturating_add(wait.reschedule_after_s * 1000))
+            .is_some_and(|at| wait.reschedule && now >= at.saturating_add(wait.reschedule_after_s * 1000))
     };
     let waiting = |i: &Instance| down_since(i).is_some();
     let on_draining = |i: &Instance| i.host.is_some_and(|h| state.nodes.state(h) == HostState::Draining);
@@ -445,12 +446,16 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     }
 }
 
+/// An app's constraints, ready to test hosts against (the spec was validated).
+fn compile(spec: &crate::state::apps::AppSpec) -> Vec<constraints::Compiled> {
+    parse_constraints(&spec.constraints).unwrap_or_default().iter().map(constraints::Compiled::new).collect()
+}
+
 /// Whether some host other than `except` — up, not draining — could run `app` at all:
 /// its runtime, and constraints that do not depend on where instances already are.
 pub fn runs_anywhere_but(state: &State, app: &App, except: u64) -> bool {
     let spec = app.spec();
-    let compiled: Vec<constraints::Compiled> =
-        parse_constraints(&spec.constraints).unwrap_or_default().iter().map(constraints::Compiled::new).collect();
+    let compiled = compile(spec);
     let up: BTreeMap<u64, &NodeInfo> = state
         .nodes
         .registered

@@ -446,12 +446,7 @@ fn roll(w: &mut World, app: &str, min: usize, rounds: usize) {
 
 #[test]
 fn a_rollout_that_cannot_surge_replaces_in_place_as_min_healthy_allows() {
-    // The deadlock users of Marathon know: UNIQUE on a full cluster, no room to surge.
-    let mut w = World::new();
-    w.lan();
-    for h in 1..=3 {
-        w.host(h, "process", 8.0, 8192, &[]);
-    }
+    let mut w = three_hosts_with_lan();
     let unique = r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]],"upgrade":{"min_healthy":0.6,"max_surge":1}"#;
     w.deploy(&process_app("web", 3, unique));
     w.settle(3);
@@ -470,11 +465,7 @@ fn a_rollout_that_cannot_surge_replaces_in_place_as_min_healthy_allows() {
 
 #[test]
 fn a_rollout_min_healthy_forbids_says_exactly_why_and_rollback_ends_it() {
-    let mut w = World::new();
-    w.lan();
-    for h in 1..=3 {
-        w.host(h, "process", 8.0, 8192, &[]);
-    }
+    let mut w = three_hosts_with_lan();
     let unique = r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]]"#;
     w.deploy(&process_app("web", 3, unique));
     w.settle(3);

@@ -3,10 +3,11 @@
 //! A node with no Raft state probes its `--peers`. Once a majority (itself included) is
 //! reachable and **none** of them holds Raft state, it initializes Raft with the
 //! `--peers` membership: the first `--voters` of them vote (only those initialize);
-//! the leader's autopilot adds the others as learners. Several nodes may do this at once: openraft documents
-//! that initializing several nodes with an *identical* membership is safe (the vote
-//! elects one leader), which is why the membership is built from `--peers` alone and
-//! why nodes whose lists differ refuse to bootstrap together.
+//! the leader's autopilot adds the others as learners. Several nodes may do this at
+//! once: openraft documents that initializing several nodes with an *identical*
+//! membership is safe (the vote elects one leader), which is why the membership is
+//! built from `--peers` alone and why nodes whose lists differ refuse to bootstrap
+//! together.
 //!
 //! If any reachable peer already holds state, the cluster exists: this node waits to
 //! be contacted by the leader (a restarted node, a late starter, or a node being added

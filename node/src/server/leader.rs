@@ -136,11 +136,7 @@ async fn lead(node: &Arc<Node>) {
         // Planning a large round takes a while: off the async worker (see blocking::run).
         let plan = berth_raft::blocking::run(|| {
             let replica = node.state.read();
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            scheduler::plan_limited(&replica.state, MAX_PLAN_ITEMS, now_ms)
+            scheduler::plan_limited(&replica.state, MAX_PLAN_ITEMS, crate::server::proposer::now_ms())
         });
         // The same plan again right away means apply refused part of it (state moved
         // under the scheduler): propose it again only after a pause.
@@ -222,7 +218,7 @@ fn liveness_verdicts(node: &Node) -> Vec<(u64, HostState)> {
         let silent = node.liveness.silent_for(*id);
         // The host's own deadline: it fences itself after half of it.
         let timing = HostTiming::new(Duration::from_millis(info.host_deadline_ms));
-        let down = nodes.state(*id) == HostState::Down;
+        let down = nodes.is_down(*id);
         if !down && silent > timing.deadline() {
             out.push((*id, HostState::Down));
         } else if down && silent < timing.back_within() {
@@ -254,7 +250,7 @@ pub async fn heartbeat(node: Arc<Node>) {
     use berth_proto::berth::internal_client::InternalClient;
     use berth_proto::berth::HeartbeatRequest;
     use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
-    let interval = HostTiming::new(node.config.host_deadline).heartbeat_interval();
+    let interval = node.timing().heartbeat_interval();
     loop {
         let (leader, term) = {
             let m = node.raft.metrics();

@@ -220,8 +220,8 @@ impl Node {
             path: config.data_dir.display().to_string(),
             reason: format!("cannot start the fence guard: {e}"),
         })?;
-        let data_dir_for_lease = config.data_dir.clone();
-        let host_deadline = config.host_deadline;
+        let timing = crate::timing::HostTiming::new(config.host_deadline);
+        let lease = crate::agent::guard::Lease::new(&config.data_dir, timing.fence_after());
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -234,10 +234,7 @@ impl Node {
             liveness: Default::default(),
             runtime: runtime.clone(),
             http_client: reqwest::Client::new(),
-            contact: Arc::new(crate::agent::Contact::new(Some(crate::agent::guard::Lease::new(
-                &data_dir_for_lease,
-                crate::timing::HostTiming::new(host_deadline).fence_after(),
-            )))),
+            contact: Arc::new(crate::agent::Contact::new(Some(lease))),
             leader_ready: Default::default(),
             raft_open,
             failed: Default::default(),
@@ -269,7 +266,7 @@ impl Node {
                     reports: reports_tx,
                     stop_instances_on_exit: node.config.stop_instances_on_exit,
                     contact: node.contact.clone(),
-                    timing: crate::timing::HostTiming::new(node.config.host_deadline),
+                    timing: node.timing(),
                 }
                 .run(node.agent_stop.clone()),
             ),
@@ -318,6 +315,11 @@ impl Node {
             labels: self.config.labels.clone(),
             host_deadline_ms: self.config.host_deadline.as_millis() as u64,
         }
+    }
+
+    /// This host's deadline, fence timeout and heartbeat interval (`--host-deadline-s`).
+    pub fn timing(&self) -> crate::timing::HostTiming {
+        crate::timing::HostTiming::new(self.config.host_deadline)
     }
 
     /// Resolves when shutdown has begun.

@@ -69,7 +69,8 @@ pub struct Proposer {
     counter: AtomicU64,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the epoch (what the leader stamps on requests).
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
