@@ -1,7 +1,9 @@
 //! The docker runtime against the real Docker engine: containers on a macvlan network
 //! (a veth end on a test bridge as the parent) with their sticky IPs, replaced with the
 //! same IP when killed, rolled over and back keeping IPs, adopted after an agent
-//! restart, strays removed, logs through another node.
+//! restart, strays removed, logs through another node; a drained host's container and
+//! a lost host's (agent killed: its fence guard kills the container) move to another
+//! host with their IPs, never on two running containers at once.
 //!
 //! Needs root, a Docker engine and a static busybox (Debian's `busybox-static`) for
 //! the test image, which is built locally with `docker import` (no pulls). Without
@@ -142,6 +144,38 @@ fn ips(list: &[Value]) -> BTreeMap<String, String> {
     list.iter().map(|i| (i["id"].as_str().unwrap().to_string(), i["ip"].as_str().unwrap().to_string())).collect()
 }
 
+/// Waits until instance `before` runs healthy on another host with its IP, checking
+/// every 200 ms that no IP is on two running containers; returns its new view.
+async fn moved_with_its_ip(c: &Cluster, via: u64, before: &Value) -> Value {
+    let id = before["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let mut seen = BTreeMap::new();
+        for (name, (_, ip)) in containers() {
+            if let Some(other) = seen.insert(ip.clone(), name.clone()) {
+                panic!("IP {ip} live twice: containers {other} and {name}");
+            }
+        }
+        let list = instances(c, via).await;
+        let (_, app) = c.get(via, "/v1/apps/web").await;
+        if let Some(i) = list.iter().find(|i| i["id"] == id) {
+            let there = format!("berth-{}-{id}", i["host"]);
+            if i["host"] != before["host"]
+                && i["state"] == "running"
+                && i["health"] == "healthy"
+                && seen.get(before["ip"].as_str().unwrap()) == Some(&there)
+            {
+                return i.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} did not move with its IP within {CONVERGE:?}: containers {seen:?}\ninstances {list:?}\napp {app}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_get_their_sticky_ips_on_macvlan_and_keep_them() {
     if let Some(why) = missing_capability() {
@@ -172,7 +206,7 @@ async fn containers_get_their_sticky_ips_on_macvlan_and_keep_them() {
             "network": {"pool": pool},
             "health_check": {"http": {"port": 80, "path": "/"}, "interval_s": 1, "timeout_s": 1, "grace_s": 0, "max_failures": 3},
             "constraints": [["hostname", "UNIQUE"]],
-            "upgrade": {"min_healthy": 0.6, "max_surge": 1},
+            "upgrade": {"min_healthy": 0.5, "max_surge": 1},
             "stop_grace_s": 5,
         })
     };
@@ -297,6 +331,49 @@ async fn containers_get_their_sticky_ips_on_macvlan_and_keep_them() {
         .await;
     assert_eq!(code, "0", "stopped cleanly by SIGTERM, not SIGKILL");
     converged(&c, 72, 2, 3).await;
+
+    // Drain a host: its container moves to the free host with its IP, and no IP is on
+    // two running containers at any moment.
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let two = converged(&c, leader, 2, 3).await;
+    let mover = two.iter().find(|i| i["host"] != leader).unwrap_or(&two[0]).clone();
+    let from = mover["host"].as_u64().unwrap();
+    let (s, v) = c.post(leader, &format!("/v1/hosts/{from}/drain"), json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let moved = moved_with_its_ip(&c, leader, &mover).await;
+    assert_ne!(moved["host"], from);
+    let (s, v) = c.post(leader, &format!("/v1/hosts/{from}/eligible"), json!({})).await;
+    assert_eq!(s, 200, "{v}");
+
+    // Host loss: kill -9 the agent of a host that is not the leader. Its fence guard
+    // kills the container when the lease runs out; the leader moves the instance to
+    // the free host with the same IP after the deadline — never live twice.
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let two = converged(&c, leader, 2, 3).await;
+    let victim = two.iter().find(|i| i["host"] != leader).expect("an instance off the leader").clone();
+    let lost = victim["host"].as_u64().unwrap();
+    c.kill(lost);
+    let moved = moved_with_its_ip(&c, leader, &victim).await;
+    assert_ne!(moved["host"], lost);
+    let fenced = sh(&format!(
+        "docker ps -q --filter label=berth.node={lost} --filter label=berth.instance={}",
+        victim["id"].as_str().unwrap()
+    ))
+    .unwrap();
+    assert!(fenced.is_empty(), "the lost host's container was fenced: {fenced}");
+    // The host comes back: its stale container is removed, nothing moves back.
+    c.spawn(lost);
+    c.eventually(CONVERGE, "the returning host removes its stale container", || async {
+        let left = sh(&format!(
+            "docker ps -aq --filter label=berth.node={lost} --filter label=berth.instance={}",
+            victim["id"].as_str().unwrap()
+        ))
+        .ok()?;
+        left.is_empty().then_some(())
+    })
+    .await;
+    let after = converged(&c, leader, 2, 3).await;
+    assert_eq!(ips(&after), ips(&two), "every instance kept its IP");
 
     // A missing image: the instance fails with the reason; nothing crashes.
     let (s, v) = c

@@ -281,6 +281,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     let mut moving = 0;
     let mut surges_wanted = 0;
     let mut held = 0;
+    let mut held_leaving = 0;
     let mut upgrades: Vec<&Instance> = Vec::new();
     let mut to_move: Vec<&Instance> = Vec::new();
     if !old.is_empty() || !leaving.is_empty() {
@@ -301,6 +302,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         for i in well_leaving.iter().chain(&well_old) {
             if budget == 0 {
                 held += 1;
+                held_leaving += usize::from(i.version == target);
             } else if i.version == target {
                 to_move.push(i);
                 budget -= 1;
@@ -377,17 +379,25 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         plan.stops.extend(unplaced.iter().filter(|i| i.surge && !placed.contains(i.id.as_str())).map(|i| i.id.clone()));
     }
     let mut surge_refused = None;
-    for _ in 0..surges_wanted {
+    for k in 0..surges_wanted {
         if plan.creates.len() >= max {
             break;
         }
-        match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
+        // A surge for an instance leaving a draining host is of use only if that
+        // instance can still move once the surge runs: the host it will need is
+        // reserved first (in this plan's bookkeeping), or there is no surge — under
+        // `hostname UNIQUE` the surge would otherwise take the very host the move
+        // needs and the drain would wait on it forever.
+        let reserving = k < held_leaving;
+        let room = if reserving { pick(hosts, app, &compiled, &mut counts, &mut ranked).map(drop) } else { Ok(()) };
+        match room.and_then(|()| pick(hosts, app, &compiled, &mut counts, &mut ranked)) {
             Ok(h) => {
                 plan.creates.push(NewInstance { app: app.id.clone(), version: target, host: Some(h), surge: true });
                 moving += 1;
             }
             Err(r) => {
-                surge_refused = Some(r);
+                let why = if reserving { " once a host is kept for the move off the draining host" } else { "" };
+                surge_refused = Some(format!("{r}{why}"));
                 break;
             }
         }
@@ -428,7 +438,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
             _ => format!("moving {} off draining hosts is stuck: {held} instance(s) are still there", app.id),
         };
         format!(
-            "{what}, upgrade.min_healthy {} keeps {min_healthy} of {want} healthy so none can be replaced in place, \
+            "{what}, upgrade.min_healthy {} keeps {min_healthy} of {want} healthy so none can be moved or replaced in place, \
              and {surge_why}; lower upgrade.min_healthy, make room for a surge, or roll back (berth rollback {})",
             spec.upgrade.min_healthy, app.id
         )

@@ -7,9 +7,9 @@ use berth_raft::StateMachine;
 
 use super::plan;
 use crate::state::apps::spec::AppSpec;
-use crate::state::apps::{Health, InstanceState};
+use crate::state::apps::{Desired, Health, Instance, InstanceState};
 use crate::state::nodes::{HostState, NodeInfo};
-use crate::state::{Command, Report, Request, State};
+use crate::state::{Command, Plan, Report, Request, State};
 
 struct World {
     s: State,
@@ -612,6 +612,61 @@ fn a_drain_that_min_healthy_forbids_says_why_and_the_last_host_cannot_be_drained
     let why = w.reason("web").expect("the drain says why it cannot go on");
     assert!(why.contains("moving web off draining hosts is stuck") && why.contains("UNIQUE"), "{why}");
     assert_eq!(w.per_host("web").get(&1), Some(&1), "min_healthy 1.0 keeps it running meanwhile");
+}
+
+/// Drains host 1 of `web` (2 instances, `hostname UNIQUE`, min_healthy 0.6: both must
+/// stay healthy, max_surge 1) until nothing changes; every round at least 2 healthy.
+/// Returns the plans and the instance that was on host 1.
+fn drain_unique_pair(w: &mut World) -> (Vec<Plan>, Instance) {
+    w.deploy(&process_app(
+        "web",
+        2,
+        r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]],"upgrade":{"min_healthy":0.6,"max_surge":1}"#,
+    ));
+    w.settle(3);
+    w.run_all();
+    let leaving = w.s.apps.instances_of("web").find(|i| i.host == Some(1)).expect("one on host 1 (lowest id)").clone();
+    assert!(w.apply(Command::SetDraining { id: 1, draining: true }).0.is_ok());
+    let mut plans = Vec::new();
+    for _ in 0..10 {
+        let p = plan(&w.s);
+        if p.is_empty() {
+            break;
+        }
+        plans.push(p.clone());
+        w.apply(Command::ApplyPlan(p));
+        let healthy = w.s.apps.instances_of("web").filter(|i| i.is_healthy(false)).count();
+        assert!(healthy >= 2, "only {healthy} healthy during the drain");
+        w.run_all();
+    }
+    (plans, leaving)
+}
+
+#[test]
+fn a_drain_surges_only_where_the_move_still_finds_a_host() {
+    // Three hosts: the one free host is the only place the move can go, so a surge
+    // there would block the move forever. No surge; the drain says why.
+    let mut w = three_hosts_with_lan();
+    let (plans, _) = drain_unique_pair(&mut w);
+    assert!(plans.iter().all(|p| p.creates.is_empty()), "no surge that takes the move's host: {plans:?}");
+    let why = w.reason("web").expect("the drain says why it waits");
+    assert!(why.contains("moving web off draining hosts is stuck") && why.contains("kept for the move"), "{why}");
+    assert_eq!(w.per_host("web").get(&1), Some(&1), "still running there meanwhile");
+
+    // Four hosts: a surge on one free host, the move to the other with the IP, then
+    // the surge goes.
+    let mut w = three_hosts_with_lan();
+    w.host(4, "process", 8.0, 8192, &[]);
+    let (plans, leaving) = drain_unique_pair(&mut w);
+    assert_eq!(plans.iter().map(|p| p.creates.len()).sum::<usize>(), 1, "one surge");
+    assert_eq!(plans.iter().map(|p| p.moves.len()).sum::<usize>(), 1);
+    assert_eq!(w.per_host("web").get(&1), None, "the host is empty");
+    let left: Vec<_> = w.s.apps.instances_of("web").filter(|i| i.desired == Desired::Run).collect();
+    assert_eq!(left.len(), 2, "the surge is gone: {left:?}");
+    assert!(left.iter().all(|i| !i.surge));
+    let moved = w.s.apps.instance(&leaving.id).unwrap();
+    assert!(moved.host.is_some_and(|h| h != 1) && moved.ip == leaving.ip, "moved with its IP: {moved:?}");
+    assert_eq!(w.reason("web"), None);
 }
 
 #[test]
