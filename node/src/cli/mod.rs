@@ -9,6 +9,7 @@ mod apps;
 mod client;
 mod cluster;
 mod dev;
+mod events;
 mod ipam;
 mod output;
 
@@ -65,6 +66,8 @@ pub enum Cmd {
     Drain(apps::DrainArgs),
     /// Run a command in an instance (its container, or beside its process), from any node.
     Exec(apps::ExecArgs),
+    /// Follow the cluster's events (apps, rollouts, instances, hosts), from any node.
+    Events(events::EventsArgs),
     /// (Started by `berth agent`.) Kill this host's sticky-IP instances once the
     /// agent's fence lease expires.
     #[command(hide = true)]
@@ -119,6 +122,7 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Hosts => apps::hosts(&Client::new(&cli.addr), cli.output).await,
         Cmd::Drain(args) => apps::drain(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Exec(args) => apps::exec(&Client::new(&cli.addr), args).await,
+        Cmd::Events(args) => events::events(&Client::new(&cli.addr), cli.output, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -74,7 +74,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// The value of query parameter `key`, if present (`?key` alone gives "").
-fn query_param<'a>(query: &'a Option<String>, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: &'a Option<String>, key: &str) -> Option<&'a str> {
     query
         .as_deref()?
         .split('&')
@@ -85,7 +85,7 @@ fn query_param<'a>(query: &'a Option<String>, key: &str) -> Option<&'a str> {
 }
 
 /// Reads a boolean query parameter (absent: false).
-fn flag(query: &Option<String>, key: &str) -> Result<bool, ApiError> {
+pub(crate) fn flag(query: &Option<String>, key: &str) -> Result<bool, ApiError> {
     match query_param(query, key) {
         None => Ok(false),
         Some("true" | "1" | "") => Ok(true),
@@ -125,6 +125,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(super::metrics::serve))
         .route("/v1/cluster", get(get_cluster))
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/snapshot", post(snapshot))
@@ -146,6 +147,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/hosts/{id}/eligible", post(apps::eligible))
         .route("/v1/deployments", get(apps::deployments))
         .route("/v1/deployments/{id}", delete(apps::cancel_deployment))
+        .route("/v1/events", get(super::events::serve))
+        .route("/v1/webhooks", post(super::webhooks::create).get(super::webhooks::list))
+        .route("/v1/webhooks/{id}", delete(super::webhooks::delete))
         .route("/v1/registers/{key}", get(registers::read).put(registers::write))
         .route("/v1/registers/{key}/cas", post(registers::cas))
         .fallback(|| async { ApiError::not_found("no_route", "no such endpoint; see docs/api.md") })
@@ -153,6 +157,7 @@ pub fn router(node: Arc<Node>) -> Router {
             ApiError::new(405, "method_not_allowed", "this endpoint does not take that method")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), super::metrics::track))
         .with_state(node)
 }
 

@@ -121,6 +121,7 @@ async fn lead(node: &Arc<Node>) {
     node.liveness.reset(hosts.into_iter());
     let pilot = tokio::spawn(autopilot(node.clone()));
     let _stop_pilot = AbortOnDrop(pilot);
+    let _stop_hooks = AbortOnDrop(tokio::spawn(crate::server::webhooks::deliver(node.clone())));
     let mut applied = node.state.subscribe_changes();
     let mut last_plan: Option<(Plan, Instant)> = None;
     loop {

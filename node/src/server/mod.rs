@@ -9,12 +9,15 @@
 //! stops Raft and the servers.
 
 pub mod bootstrap;
+pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod leader;
+pub mod metrics;
 pub mod network;
 pub mod ops;
 pub mod proposer;
+pub mod webhooks;
 pub mod workloads;
 
 use std::collections::BTreeMap;
@@ -71,6 +74,8 @@ pub struct Node {
     pub runtime: Arc<dyn Runtime>,
     /// For proxying (logs) to other nodes' HTTP APIs.
     pub http_client: reqwest::Client,
+    /// What `/metrics` reports.
+    pub metrics: metrics::Metrics,
     /// When this host was last in contact with a leader, caught up (for fencing).
     pub contact: Arc<crate::agent::Contact>,
     /// The term in which this node, as leader, has applied its read index (0: none):
@@ -234,6 +239,7 @@ impl Node {
             liveness: Default::default(),
             runtime: runtime.clone(),
             http_client: reqwest::Client::new(),
+            metrics: Default::default(),
             contact: Arc::new(crate::agent::Contact::new(Some(lease))),
             leader_ready: Default::default(),
             raft_open,
@@ -252,6 +258,7 @@ impl Node {
             tokio::spawn(register(node.clone())),
             tokio::spawn(leader::run(node.clone())),
             tokio::spawn(leader::heartbeat(node.clone())),
+            tokio::spawn(metrics::watch_leader(node.clone())),
             tokio::spawn(leader::report(node.clone(), reports_rx)),
             match macvlan_parent {
                 Some(parent) => tokio::spawn(network::run(node.clone(), parent)),

@@ -33,39 +33,96 @@ pub enum Command {
     /// A node announces its addresses and what it offers as a host.
     RegisterNode(NodeInfo),
     /// A node left the cluster for good: its id may never be used again.
-    RetireNode { id: u64 },
+    RetireNode {
+        id: u64,
+    },
     /// Creates an IP pool.
-    CreatePool { name: String, subnet: Ipv4Net, gateway: Option<Ipv4Addr>, range: Option<Ipv4Net> },
+    CreatePool {
+        name: String,
+        subnet: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        range: Option<Ipv4Net>,
+    },
     /// Deletes an IP pool with no allocations.
-    DeletePool { name: String },
+    DeletePool {
+        name: String,
+    },
     /// Allocates an address of `pool` to `owner`: `ip` if given, else the lowest free
     /// address — chosen here, inside apply, from the state every replica has.
-    Allocate { pool: String, owner: String, ip: Option<Ipv4Addr> },
+    Allocate {
+        pool: String,
+        owner: String,
+        ip: Option<Ipv4Addr>,
+    },
     /// Releases an allocated address.
-    Release { pool: String, ip: Ipv4Addr },
+    Release {
+        pool: String,
+        ip: Ipv4Addr,
+    },
     /// Creates an app, or a new version of it (a rollout), or scales it when only
     /// `instances` changed. The spec was validated by the proposer.
-    PutApp { spec: AppSpec },
+    PutApp {
+        spec: AppSpec,
+    },
     /// Sets the desired number of instances.
-    ScaleApp { id: String, instances: u32 },
+    ScaleApp {
+        id: String,
+        instances: u32,
+    },
     /// Deletes an app: its instances stop, then release their IPs.
-    DeleteApp { id: String },
+    DeleteApp {
+        id: String,
+    },
     /// A new version with the spec of `version` (default: the one before the current).
-    RollbackApp { id: String, version: Option<u64> },
+    RollbackApp {
+        id: String,
+        version: Option<u64>,
+    },
     /// The scheduler's decisions, batched.
     ApplyPlan(Plan),
     /// What an agent observed of an instance it runs, for placement `epoch`.
     ReportInstance(Report),
     /// The leader's verdict on a host's liveness.
-    SetHostState { id: u64, state: HostState },
+    SetHostState {
+        id: u64,
+        state: HostState,
+    },
     /// Stops a rollout by rolling back to the version it started from.
-    CancelDeployment { app: String },
+    CancelDeployment {
+        app: String,
+    },
     /// Writes a register (a small replicated key/value cell; `value` is JSON text).
-    RegisterWrite { key: String, value: String },
+    RegisterWrite {
+        key: String,
+        value: String,
+    },
     /// Compare-and-set of a register: `to` if it holds `from` (absent: JSON `null`).
-    RegisterCas { key: String, from: String, to: String },
+    RegisterCas {
+        key: String,
+        from: String,
+        to: String,
+    },
     /// Drains a host (its instances move elsewhere), or makes it eligible again.
-    SetDraining { id: u64, draining: bool },
+    SetDraining {
+        id: u64,
+        draining: bool,
+    },
+    /// Adds an event webhook (it gets the events after this entry's).
+    AddWebhook {
+        url: String,
+        app: Option<String>,
+        types: Vec<String>,
+    },
+    RemoveWebhook {
+        id: u64,
+    },
+    /// The leader delivered a webhook's events up to `upto`; `error` if the last
+    /// attempt failed.
+    WebhookProgress {
+        id: u64,
+        upto: u64,
+        error: Option<String>,
+    },
 }
 
 /// A scheduling plan: what the leader's scheduler decided from one view of the state.
@@ -157,6 +214,9 @@ impl fmt::Display for Request {
             Command::RegisterWrite { key, value } => write!(f, "register-write {key} {value}"),
             Command::RegisterCas { key, from, to } => write!(f, "register-cas {key} {from} {to}"),
             Command::SetDraining { id, draining } => write!(f, "host {id} draining={draining}"),
+            Command::AddWebhook { url, .. } => write!(f, "add-webhook {url}"),
+            Command::RemoveWebhook { id } => write!(f, "remove-webhook {id}"),
+            Command::WebhookProgress { id, upto, error } => write!(f, "webhook {id} upto {upto} error={error:?}"),
         }
     }
 }
@@ -192,6 +252,8 @@ pub enum Reply {
     Register {
         value: String,
     },
+    /// A webhook after it was added or removed.
+    Webhook(super::webhooks::Webhook),
 }
 
 /// The class of a [`DomainError`]; the API maps each to one status code.

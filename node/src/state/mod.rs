@@ -18,8 +18,10 @@
 pub mod apps;
 pub mod command;
 pub mod dedup;
+pub mod events;
 pub mod ipam;
 pub mod nodes;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -46,6 +48,9 @@ pub struct State {
     /// Registers: small replicated cells (the chaos suite's linearizability workload).
     pub registers: BTreeMap<String, String>,
     dedup: Dedup,
+    /// The last events (`events`), derived in apply.
+    pub events: events::Events,
+    pub webhooks: webhooks::Webhooks,
 }
 
 impl State {
@@ -69,6 +74,9 @@ impl State {
             Command::SetHostState { id, state } => self.set_host_state(id, state),
             Command::CancelDeployment { app } => self.cancel_deployment(&app),
             Command::SetDraining { id, draining } => self.set_draining(id, draining),
+            Command::AddWebhook { url, app, types } => self.webhooks.add(url, app, types, now, self.events.last),
+            Command::RemoveWebhook { id } => self.webhooks.remove(id),
+            Command::WebhookProgress { id, upto, error } => self.webhooks.progress(id, upto, error, now),
             Command::RegisterWrite { key, value } => {
                 self.registers.insert(key, value.clone());
                 Response(Ok(Reply::Register { value }))
@@ -106,8 +114,9 @@ impl StateMachine for State {
         }
     }
 
-    /// The IP ledger's and the registers' commands: no agent, scheduler or
-    /// registration loop acts on them (whoever allocates gets the address in the reply).
+    /// The IP ledger's, the registers' and webhook progress: no agent, scheduler or
+    /// registration loop acts on them (whoever allocates gets the address in the reply),
+    /// and they make no events.
     fn is_quiet(req: &Request) -> bool {
         matches!(
             req.cmd,
@@ -115,6 +124,7 @@ impl StateMachine for State {
                 | Command::Release { .. }
                 | Command::RegisterWrite { .. }
                 | Command::RegisterCas { .. }
+                | Command::WebhookProgress { .. }
         )
     }
 
@@ -125,7 +135,11 @@ impl StateMachine for State {
             tracing::debug!(%index, id = %req.id, "duplicate request answered from the dedup record");
             return previous.clone();
         }
+        let before = events::Before::note(self, &req.cmd);
         let response = self.dispatch(req.cmd);
+        for kind in before.events(self) {
+            self.events.push(index, self.clock_ms, kind);
+        }
         self.dedup.record(&req.id, self.clock_ms, &response);
         response
     }

@@ -95,6 +95,32 @@ pub enum InstanceState {
     Lost,
 }
 
+impl InstanceState {
+    /// Every state, in declaration order (`ALL[s as usize] == s`).
+    pub const ALL: [InstanceState; 7] = [
+        InstanceState::Pending,
+        InstanceState::Starting,
+        InstanceState::Running,
+        InstanceState::Stopping,
+        InstanceState::Stopped,
+        InstanceState::Failed,
+        InstanceState::Lost,
+    ];
+
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Failed => "failed",
+            InstanceState::Lost => "lost",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
@@ -155,6 +181,24 @@ impl Instance {
         let host = self.host.filter(|_| self.reserves())?;
         Some((host, Usage::of(self.cpus, self.mem_mb)))
     }
+
+    /// What an `instance_changed` event shows, but the message.
+    fn visible(&self) -> (Option<u64>, Option<Ipv4Addr>, u64, InstanceState, Health) {
+        (self.host, self.ip, self.version, self.state, self.health)
+    }
+
+    /// What the derived indexes of [`Apps`] know of this instance.
+    fn indexed(&self) -> Indexed {
+        Indexed { host: self.host, reservation: self.reservation(), state: self.state }
+    }
+}
+
+/// An instance as the derived indexes see it.
+#[derive(Clone, Copy, PartialEq)]
+struct Indexed {
+    host: Option<u64>,
+    reservation: Option<(u64, Usage)>,
+    state: InstanceState,
 }
 
 /// Resources reserved on a host. Cpus are counted in integer millionths, so the sum
@@ -228,6 +272,17 @@ pub struct Apps {
     /// placement's capacity check is O(1), not a sum over the host's instances.
     #[serde(skip)]
     usage: HashMap<u64, Usage>,
+    /// Instances per state (`InstanceState as usize`), derived like `by_host`: what
+    /// `/metrics` reports without a scan of a million instances.
+    #[serde(skip)]
+    by_state: [u64; InstanceState::ALL.len()],
+    /// Instances whose visible fields changed (or that came or went) in the command
+    /// being applied, for its events (`crate::state::events`); at most
+    /// `MAX_INSTANCE_EVENTS`, the rest counted per app in `touched_beyond`.
+    #[serde(skip)]
+    touched: Vec<String>,
+    #[serde(skip)]
+    touched_beyond: BTreeMap<String, u64>,
 }
 
 impl Apps {
@@ -297,7 +352,8 @@ impl Apps {
     pub fn insert(&mut self, inst: Instance) {
         debug_assert_eq!(split_id(&inst.id), Some((inst.app.as_str(), inst.index)), "instance id is app-index");
         self.remove(&inst.id);
-        self.index(&inst.id, None, inst.host, None, inst.reservation());
+        self.index(&inst.id, None, Some(inst.indexed()));
+        self.touch(&inst.id);
         self.instances.entry(inst.app.clone()).or_default().insert(inst.index, inst);
     }
 
@@ -305,11 +361,18 @@ impl Apps {
     /// no such instance. Every change of an instance goes through here.
     pub fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut Instance) -> R) -> Option<R> {
         let inst = self.instance_mut(id)?;
-        let (host, reservation) = (inst.host, inst.reservation());
+        let before = inst.indexed();
+        let (seen, message) = (inst.visible(), inst.message.clone());
         let r = f(inst);
         debug_assert_eq!(inst.id, id, "an instance's id (its key) never changes");
-        let (new_host, new_reservation) = (inst.host, inst.reservation());
-        self.index(id, host, new_host, reservation, new_reservation);
+        let after = inst.indexed();
+        let changed = inst.visible() != seen || inst.message != message;
+        if after != before {
+            self.index(id, Some(before), Some(after));
+        }
+        if changed {
+            self.touch(id);
+        }
         Some(r)
     }
 
@@ -324,19 +387,46 @@ impl Apps {
         if of_app.is_empty() {
             self.instances.remove(app);
         }
-        self.index(id, inst.host, None, inst.reservation(), None);
+        self.index(id, Some(inst.indexed()), None);
+        self.touch(id);
         Some(inst)
     }
 
-    /// Moves `id` in the indexes from its old host and reservation to its new ones.
-    fn index(
-        &mut self,
-        id: &str,
-        host: Option<u64>,
-        new_host: Option<u64>,
-        reservation: Option<(u64, Usage)>,
-        new_reservation: Option<(u64, Usage)>,
-    ) {
+    /// Notes that instance `id` changed in the command being applied.
+    fn touch(&mut self, id: &str) {
+        if self.touched.len() < super::events::MAX_INSTANCE_EVENTS {
+            self.touched.push(id.to_string());
+        } else if let Some((app, _)) = split_id(id) {
+            match self.touched_beyond.get_mut(app) {
+                Some(n) => *n += 1,
+                None => {
+                    self.touched_beyond.insert(app.to_string(), 1);
+                }
+            }
+        }
+    }
+
+    /// The instances the command being applied changed (each once, in the order first
+    /// changed), and per app how many more changes there were beyond those; both are
+    /// cleared.
+    pub fn take_touched(&mut self) -> (Vec<String>, BTreeMap<String, u64>) {
+        let mut seen = std::collections::HashSet::new();
+        let mut ids = std::mem::take(&mut self.touched);
+        ids.retain(|id| seen.insert(id.clone()));
+        (ids, std::mem::take(&mut self.touched_beyond))
+    }
+
+    /// Moves `id` in the indexes from what it was (None: new) to what it is (None:
+    /// removed).
+    fn index(&mut self, id: &str, before: Option<Indexed>, after: Option<Indexed>) {
+        let (host, reservation) = before.map_or((None, None), |b| (b.host, b.reservation));
+        let (new_host, new_reservation) = after.map_or((None, None), |a| (a.host, a.reservation));
+        if let Some(b) = before {
+            self.by_state[b.state as usize] -= 1;
+        }
+        if let Some(a) = after {
+            self.by_state[a.state as usize] += 1;
+        }
         if host != new_host {
             if let Some(old) = host {
                 if let Some(set) = self.by_host.get_mut(&old) {
@@ -379,14 +469,21 @@ impl Apps {
     pub fn indexes_are_exact(&self) -> bool {
         let mut fresh = self.clone();
         fresh.rebuild_index();
-        fresh.by_host == self.by_host && fresh.usage == self.usage
+        fresh.by_host == self.by_host && fresh.usage == self.usage && fresh.by_state == self.by_state
+    }
+
+    /// How many instances are in each state.
+    pub fn count_by_state(&self) -> impl Iterator<Item = (InstanceState, u64)> + '_ {
+        InstanceState::ALL.into_iter().map(|s| (s, self.by_state[s as usize]))
     }
 
     /// Rebuilds the derived indexes (after a snapshot was restored).
     pub fn rebuild_index(&mut self) {
         self.by_host.clear();
         self.usage.clear();
+        self.by_state = Default::default();
         for i in self.instances.values().flat_map(|of_app| of_app.values()) {
+            self.by_state[i.state as usize] += 1;
             if let Some(h) = i.host {
                 self.by_host.entry(h).or_default().insert(i.id.clone());
             }
