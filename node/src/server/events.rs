@@ -67,8 +67,11 @@ pub async fn serve(
         )?),
         None => param("since").map(|s| parse_id("since", &s)).transpose()?,
     };
-    let last = node.state.read().state.events.last;
-    let after = resume.unwrap_or(if follow { last } else { 0 });
+    let after = match resume {
+        Some(id) => id,
+        None if follow => node.state.read().state.events.last,
+        None => 0,
+    };
     if !follow {
         let (list, _) = read(&node, after, app.as_deref(), crate::state::events::RETAINED);
         return Ok(Json(list.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>()).into_response());

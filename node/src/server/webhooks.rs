@@ -137,10 +137,12 @@ pub async fn deliver(node: Arc<Node>) {
     // Per failing webhook: when to retry, and the current backoff.
     let mut backoff: HashMap<u64, (Instant, Duration)> = HashMap::new();
     loop {
-        let hooks: Vec<Webhook> = node.state.read().state.webhooks.hooks.values().cloned().collect();
+        let (hooks, last) = {
+            let r = node.state.read();
+            (r.state.webhooks.hooks.values().cloned().collect::<Vec<Webhook>>(), r.state.events.last)
+        };
         backoff.retain(|id, _| hooks.iter().any(|h| h.id == *id));
         let now = Instant::now();
-        let last = node.state.read().state.events.last;
         let due: Vec<&Webhook> = hooks
             .iter()
             .filter(|h| h.delivered < last && backoff.get(&h.id).is_none_or(|(at, _)| now >= *at))

@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::apps::{Health, InstanceState};
+use super::apps::{split_id, Health, InstanceState};
 use super::nodes::HostState;
 use super::{Command, State};
 
@@ -416,7 +416,7 @@ impl Before {
                         message: i.message.clone(),
                     },
                     None => {
-                        let app = id.rsplit_once('-').map_or(id.as_str(), |(a, _)| a).to_string();
+                        let app = split_id(&id).map_or(id.as_str(), |(a, _)| a).to_string();
                         EventKind::InstanceRemoved { app, instance: id }
                     }
                 });
@@ -424,7 +424,7 @@ impl Before {
         } else {
             let mut counts = beyond;
             for id in &ids {
-                if let Some((app, _)) = id.rsplit_once('-') {
+                if let Some((app, _)) = split_id(id) {
                     *counts.entry(app.to_string()).or_default() += 1;
                 }
             }

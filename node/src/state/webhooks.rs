@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::command::{DomainError, Reply, Response};
-use super::events::{Event, TYPES};
+use super::events::TYPES;
 
 /// At most this many webhooks.
 pub const MAX_WEBHOOKS: usize = 64;
@@ -31,13 +31,6 @@ pub struct Webhook {
     pub last_error: Option<String>,
     /// When delivery started failing (ms), while it fails.
     pub failing_since: Option<u64>,
-}
-
-impl Webhook {
-    pub fn wants(&self, e: &Event) -> bool {
-        self.app.as_deref().is_none_or(|a| e.kind.app() == Some(a))
-            && (self.types.is_empty() || self.types.iter().any(|t| t == e.kind.name()))
-    }
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -507,7 +507,7 @@ impl Apps {
 }
 
 /// `web-12` → (`web`, 12). App ids may hold dashes; the index follows the last one.
-fn split_id(id: &str) -> Option<(&str, u64)> {
+pub(crate) fn split_id(id: &str) -> Option<(&str, u64)> {
     let (app, index) = id.rsplit_once('-')?;
     Some((app, index.parse().ok()?))
 }
