@@ -5,6 +5,7 @@
 //! configuration (fields at least `scenario`, `system`, `clients`, `ops_per_s`,
 //! `p50_ms`, `p99_ms`) and a last line with the ratio to the anchor.
 
+pub mod contact;
 pub mod deploy;
 pub mod etcd;
 pub mod failover;

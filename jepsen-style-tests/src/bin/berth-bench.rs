@@ -63,6 +63,17 @@ enum Scenario {
         #[arg(long, default_value_t = 6)]
         instances: u32,
     },
+    /// The leader cut off from the other nodes (namespaces): how long each other host
+    /// is out of contact with a leader, beside the fence timeout (half the deadline).
+    Contact {
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        #[arg(long, default_value_t = 5)]
+        nodes: u64,
+        /// The hosts' --host-deadline-s.
+        #[arg(long, default_value_t = 6.0)]
+        deadline_s: f64,
+    },
     /// Scheduler throughput: placements per second committed through Raft (anchor:
     /// Nomad's published C1M figure).
     Placement {
@@ -104,6 +115,12 @@ async fn main() -> Result<()> {
                 bench::placement::footprint(&mut cluster, instances).await?;
             }
             Ok(())
+        }
+        Scenario::Contact { trials, nodes, deadline_s } => {
+            if trials == 0 || nodes < 3 {
+                bail!("--trials needs at least one trial and --nodes at least 3");
+            }
+            bench::contact::run(trials, nodes, deadline_s).await
         }
         Scenario::Deploy { runs } => bench::deploy::run(runs).await,
         Scenario::Hostloss { trials, leader_trials, deadline_s, instances } => {

@@ -247,54 +247,81 @@ pub fn quorum_age(node: &Node) -> Option<Duration> {
 }
 
 /// Every node: tell the leader this host is alive.
+///
+/// Once per heartbeat interval while in contact. A host out of contact is counting
+/// down to fencing itself, so it does not wait out the interval: a failed heartbeat is
+/// retried after a quarter of it, and a change of leader (or of this node's role) is
+/// acted on at once — an answer still awaited from the old leader is dropped. That
+/// keeps the silence a leader partition costs at about the election plus one round
+/// trip, well inside the fence timeout (`berth-bench contact`).
 pub async fn heartbeat(node: Arc<Node>) {
+    use berth_raft::openraft::type_config::async_runtime::WatchReceiver as _;
+    let interval = node.timing().heartbeat_interval();
+    let retry = interval / 4;
+    // Role and leader changes only (not every applied entry).
+    let mut server = node.raft.server_metrics();
+    loop {
+        server.borrow_and_update();
+        let in_contact = tokio::select! {
+            _ = node.stopping() => return,
+            ok = beat(&node, interval) => ok,
+            changed = server.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = tokio::time::sleep(if in_contact { interval } else { retry }) => {}
+            changed = server.changed(), if !in_contact => if changed.is_err() { return },
+        }
+    }
+}
+
+/// One heartbeat to the leader this node knows of; whether it made contact.
+async fn beat(node: &Node, interval: Duration) -> bool {
     use berth_proto::berth::internal_client::InternalClient;
     use berth_proto::berth::HeartbeatRequest;
     use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
-    let interval = node.timing().heartbeat_interval();
-    loop {
-        let (leader, term) = {
-            let m = node.raft.metrics();
-            let m = m.borrow_watched();
-            (m.current_leader, m.current_term)
-        };
-        match leader {
-            Some(l) if l == node.id => {
-                node.liveness.record(node.id);
-                // A leader is in contact while a quorum acknowledges it — once its
-                // replica caught up in this term.
-                let ready = node.leader_ready.load(std::sync::atomic::Ordering::SeqCst) == term;
-                let acked_at = quorum_age(&node).and_then(|age| std::time::Instant::now().checked_sub(age));
-                if let (true, Some(at)) = (ready, acked_at) {
+    let (leader, term, addr) = {
+        let m = node.raft.metrics();
+        let m = m.borrow_watched();
+        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        (m.current_leader, m.current_term, addr)
+    };
+    match leader {
+        Some(l) if l == node.id => {
+            node.liveness.record(node.id);
+            // A leader is in contact while a quorum acknowledges it — once its
+            // replica caught up in this term.
+            let ready = node.leader_ready.load(std::sync::atomic::Ordering::SeqCst) == term;
+            let acked_at = quorum_age(node).and_then(|age| std::time::Instant::now().checked_sub(age));
+            match (ready, acked_at) {
+                (true, Some(at)) => {
                     node.contact.record(at);
+                    true
                 }
+                _ => false,
             }
-            Some(l) => {
-                let addr = {
-                    let m = node.raft.metrics();
-                    let m = m.borrow_watched();
-                    m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
-                };
-                if let Some(ch) = addr.and_then(|a| node.connections.get(&a).ok()) {
-                    let mut req = tonic::Request::new(HeartbeatRequest { host: node.id });
-                    req.set_timeout(interval);
-                    let sent = std::time::Instant::now();
-                    if let Ok(reply) = InternalClient::new(ch).heartbeat(req).await {
-                        // In contact as of the request, once the replica has applied
-                        // what the leader had committed.
-                        let committed = reply.into_inner().committed;
-                        if node.state.wait_applied(committed, interval).await {
-                            node.contact.record(sent);
-                        }
-                    }
-                }
+        }
+        Some(_) => {
+            let Some(ch) = addr.and_then(|a| node.connections.get(&a).ok()) else { return false };
+            let mut req = tonic::Request::new(HeartbeatRequest { host: node.id });
+            req.set_timeout(interval);
+            let sent = std::time::Instant::now();
+            let Ok(reply) = InternalClient::new(ch).heartbeat(req).await else { return false };
+            // In contact as of the request, once the replica has applied what the
+            // leader had committed.
+            let committed = reply.into_inner().committed;
+            let caught_up = node.state.wait_applied(committed, interval).await;
+            if caught_up {
+                node.contact.record(sent);
             }
-            None => {}
+            caught_up
         }
-        tokio::select! {
-            _ = node.stopping() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
+        None => false,
     }
 }
 

@@ -29,7 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
 use berth_raft::typ;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::Node;
 use crate::error::ApiError;
@@ -63,6 +63,8 @@ pub struct Metrics {
     pool_size: IntGaugeVec,
     pool_used: IntGaugeVec,
     hosts: IntGaugeVec,
+    contact_age: Gauge,
+    fence_after: Gauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -96,7 +98,22 @@ impl Metrics {
         let leader_changes =
             IntCounter::new("berth_raft_leader_changes_total", "times this node saw a new leader").expect("valid");
         r.register(Box::new(leader_changes.clone())).expect("registered once");
+        let seconds = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("a valid metric name");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let contact_age = seconds(
+            "berth_leader_contact_age_seconds",
+            "time since this host was last in contact with a leader that a quorum follows",
+        );
+        let fence_after = seconds(
+            "berth_fence_after_seconds",
+            "contact age at which this host fences its sticky-IP instances (half its host deadline)",
+        );
         Metrics {
+            contact_age,
+            fence_after,
             requests,
             leader_changes,
             term: gauge(&r, "berth_raft_term", "current Raft term"),
@@ -155,6 +172,8 @@ impl Metrics {
         let voters = membership.voter_ids().count();
         self.voters.set(voters as i64);
         self.learners.set(membership.learner_ids().count() as i64);
+        self.contact_age.set(node.contact.silent_for().as_secs_f64());
+        self.fence_after.set(node.timing().fence_after().as_secs_f64());
         {
             let replica = node.state.read();
             let s = &replica.state;
