@@ -47,6 +47,11 @@ pub struct RollbackArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RestartArgs {
+    app: String,
+}
+
+#[derive(Debug, Args)]
 pub struct LogsArgs {
     /// APP (every instance) or APP/INSTANCE (an index such as 2, or a full id).
     target: String,
@@ -267,6 +272,12 @@ pub async fn rollback(client: &Client, output: Output, args: RollbackArgs) -> Re
         None => json!({}),
     };
     let app: AppView = client.post(&format!("/v1/apps/{}/rollback", seg(&args.app)), &body).await?;
+    print(output, &app, &APP_HEADER, app_rows(std::slice::from_ref(&app)));
+    Ok(())
+}
+
+pub async fn restart(client: &Client, output: Output, args: RestartArgs) -> Result<(), CliError> {
+    let app: AppView = client.post(&format!("/v1/apps/{}/restart", seg(&args.app)), &json!({})).await?;
     print(output, &app, &APP_HEADER, app_rows(std::slice::from_ref(&app)));
     Ok(())
 }

@@ -57,6 +57,8 @@ pub enum Cmd {
     Scale(apps::ScaleArgs),
     /// Roll an app back to an earlier version (a new version with the old spec).
     Rollback(apps::RollbackArgs),
+    /// Restart an app's instances, one rollout as its `upgrade` allows (same IPs).
+    Restart(apps::RestartArgs),
     /// Show (and follow) the output of an app's instances, from any node.
     Logs(apps::LogsArgs),
     /// List hosts with their resources and state.
@@ -118,6 +120,7 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Ps(args) => apps::ps(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Scale(args) => apps::scale(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Rollback(args) => apps::rollback(&Client::new(&cli.addr), cli.output, args).await,
+        Cmd::Restart(args) => apps::restart(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Logs(args) => apps::logs(&Client::new(&cli.addr), args).await,
         Cmd::Hosts => apps::hosts(&Client::new(&cli.addr), cli.output).await,
         Cmd::Drain(args) => apps::drain(&Client::new(&cli.addr), cli.output, args).await,

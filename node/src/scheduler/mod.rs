@@ -286,9 +286,12 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     let mut to_move: Vec<&Instance> = Vec::new();
     if !old.is_empty() || !leaving.is_empty() {
         // Instances of a version with the target's very spec (a rollback to what they
-        // run, a cancelled rollout) only change their label: no restart, no cost.
-        let (same, old): (Vec<&Instance>, Vec<&Instance>) =
-            old.iter().partition(|i| app.version(i.version).is_some_and(|v| v.spec.same_but_instances(spec)));
+        // run, a cancelled rollout) only change their label: no restart, no cost —
+        // unless the target is a restart, which replaces them all.
+        let restart = app.version(target).is_some_and(|v| v.restart);
+        let (same, old): (Vec<&Instance>, Vec<&Instance>) = old
+            .iter()
+            .partition(|i| !restart && app.version(i.version).is_some_and(|v| v.spec.same_but_instances(spec)));
         upgrades.extend(&same);
         // Instances that are not healthy anyway are replaced at no cost.
         let (sick_old, well_old): (Vec<&Instance>, Vec<&Instance>) = old.iter().partition(|i| !i.is_healthy(has_check));
@@ -344,7 +347,9 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     plan.stops.extend(stopping.iter().cloned());
 
     // Placement: instances without a host first (and those leaving a host: down past
-    // their app's wait, or draining), then surge instances, then new ones.
+    // their app's wait, or draining), then new ones, then surge instances — a scale-up
+    // during a rollout is wanted for good, a surge only helps the rollout along, so it
+    // never takes the place a new instance needs.
     let mut reason = None;
     let mut ranked = None;
     let unplaced: Vec<&Instance> = live
@@ -378,6 +383,18 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
     if reason.is_some() {
         plan.stops.extend(unplaced.iter().filter(|i| i.surge && !placed.contains(i.id.as_str())).map(|i| i.id.clone()));
     }
+    // Only what this round can take (a million-instance deploy creates `max` a round).
+    let room = max.saturating_sub(plan.creates.len());
+    for _ in 0..creates.min(room) {
+        let mut n = NewInstance { app: app.id.clone(), version: target, host: None, surge: false };
+        if reason.is_none() {
+            match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
+                Ok(h) => n.host = Some(h),
+                Err(r) => reason = Some(r),
+            }
+        }
+        plan.creates.push(n);
+    }
     let mut surge_refused = None;
     for k in 0..surges_wanted {
         if plan.creates.len() >= max {
@@ -401,18 +418,6 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
                 break;
             }
         }
-    }
-    // Only what this round can take (a million-instance deploy creates `max` a round).
-    let room = max.saturating_sub(plan.creates.len());
-    for _ in 0..creates.min(room) {
-        let mut n = NewInstance { app: app.id.clone(), version: target, host: None, surge: false };
-        if reason.is_none() {
-            match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
-                Ok(h) => n.host = Some(h),
-                Err(r) => reason = Some(r),
-            }
-        }
-        plan.creates.push(n);
     }
 
     // A rollout (or a drain) is stuck when nothing of it moves this round and nothing

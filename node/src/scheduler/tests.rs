@@ -497,6 +497,27 @@ fn a_rollout_min_healthy_forbids_says_exactly_why_and_rollback_ends_it() {
 }
 
 #[test]
+fn a_restart_replaces_every_instance_in_place_with_its_ip() {
+    let mut w = three_hosts_with_lan();
+    let unique = r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]],"upgrade":{"min_healthy":0.6,"max_surge":1}"#;
+    w.deploy(&process_app("web", 3, unique));
+    w.settle(3);
+    w.run_all();
+    let before: BTreeMap<String, (Option<u64>, Option<std::net::Ipv4Addr>, u64)> =
+        w.s.apps.instances_of("web").map(|i| (i.id.clone(), (i.host, i.ip, i.epoch))).collect();
+    assert!(w.apply(Command::RestartApp { id: "web".into() }).0.is_ok());
+    assert!(w.apply(Command::RestartApp { id: "nope".into() }).0.is_err(), "an unknown app");
+    assert_eq!(w.s.apps.apps["web"].version, 2, "a restart is a new version");
+    roll(&mut w, "web", 2, 20);
+    assert!(w.s.apps.apps["web"].deployment.is_none(), "the restart finished");
+    for i in w.s.apps.instances_of("web") {
+        let (host, ip, epoch) = before[&i.id];
+        assert_eq!((i.host, i.ip, i.version), (host, ip, 2), "{} restarted on its host with its IP", i.id);
+        assert!(i.epoch > epoch, "{} was restarted, not relabelled", i.id);
+    }
+}
+
+#[test]
 fn a_stuck_rollout_moves_again_when_a_host_joins() {
     let mut w = World::new();
     for h in 1..=2 {
@@ -686,4 +707,24 @@ fn instances_of_a_removed_node_move_once_it_had_its_deadline_to_fence() {
     w.apply(Command::ApplyPlan(p));
     let moved = w.s.apps.instance(&on_3.id).unwrap();
     assert!(moved.host.is_some_and(|h| h != 3) && moved.ip == on_3.ip);
+}
+
+#[test]
+fn a_scale_up_in_a_stuck_rollout_still_places_the_new_instances() {
+    let mut w = three_hosts_with_lan();
+    let unique = r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]],"upgrade":{"min_healthy":0.5,"max_surge":0}"#;
+    w.deploy(&process_app("web", 2, unique));
+    w.settle(3);
+    w.run_all();
+    let strict = r#","network":{"pool":"lan"},"constraints":[["hostname","UNIQUE"]],"upgrade":{"min_healthy":1.0,"max_surge":1},"env":{"V":"2"}"#;
+    w.deploy(&process_app("web", 3, strict));
+    roll(&mut w, "web", 2, 10);
+    let placed: Vec<(String, Option<u64>, bool)> =
+        w.s.apps.instances_of("web").map(|i| (i.id.clone(), i.host, i.surge)).collect();
+    // The new instance takes the free host, not a surge: the rollout is then stuck, and
+    // says so, but the app has its 3 instances.
+    assert_eq!(placed.iter().filter(|(_, h, surge)| h.is_some() && !surge).count(), 3, "{placed:?}");
+    assert!(placed.iter().all(|(_, _, surge)| !surge), "no surge instance: {placed:?}");
+    let why = w.s.apps.apps["web"].deployment.as_ref().and_then(|d| d.blocked.clone()).expect("stuck, and says why");
+    assert!(why.contains("no surge instance can be placed"), "{why}");
 }

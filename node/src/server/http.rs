@@ -100,7 +100,7 @@ fn stale(query: &Option<String>) -> Result<bool, ApiError> {
 }
 
 /// The request id of a write: the client's `Idempotency-Key`, if it sent one.
-fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
@@ -138,6 +138,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/apps/{id}", put(apps::put).get(apps::get).delete(apps::delete))
         .route("/v1/apps/{id}/scale", post(apps::scale))
         .route("/v1/apps/{id}/rollback", post(apps::rollback))
+        .route("/v1/apps/{id}/restart", post(apps::restart))
         .route("/v1/apps/{id}/versions", get(apps::versions))
         .route("/v1/instances", get(apps::instances))
         .route("/v1/instances/{id}/logs", get(apps::logs))
@@ -152,6 +153,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/webhooks/{id}", delete(super::webhooks::delete))
         .route("/v1/registers/{key}", get(registers::read).put(registers::write))
         .route("/v1/registers/{key}/cas", post(registers::cas))
+        .merge(super::marathon::routes())
         .fallback(|| async { ApiError::not_found("no_route", "no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(405, "method_not_allowed", "this endpoint does not take that method")
@@ -340,6 +342,14 @@ mod apps {
         let input: RollbackInput =
             if body.iter().all(u8::is_ascii_whitespace) { RollbackInput::default() } else { parse_json(&body)? };
         Ok(Json(node.rollback_app(&id, input.version, request_id(&headers)?).await?))
+    }
+
+    pub async fn restart(
+        State(node): Ctx,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.restart_app(&id, request_id(&headers)?).await?))
     }
 
     pub async fn versions(

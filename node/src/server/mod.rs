@@ -13,6 +13,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod leader;
+pub mod marathon;
 pub mod metrics;
 pub mod network;
 pub mod ops;

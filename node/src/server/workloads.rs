@@ -264,6 +264,12 @@ impl Node {
         Ok(self.app_write(cmd, request_id).await?.0)
     }
 
+    /// A rolling restart: every instance replaced (in place, same IPs) as the app's
+    /// `upgrade` allows.
+    pub async fn restart_app(&self, id: &str, request_id: Option<String>) -> Result<AppView, ApiError> {
+        Ok(self.app_write(Command::RestartApp { id: id.to_string() }, request_id).await?.0)
+    }
+
     pub async fn delete_app(&self, id: &str, request_id: Option<String>) -> Result<AppView, ApiError> {
         self.proposer.linearize().await?;
         let view = self.read_app(id)?;

@@ -123,6 +123,12 @@ pub enum Command {
         upto: u64,
         error: Option<String>,
     },
+    /// A rolling restart: a new version with the current spec whose rollout replaces
+    /// every instance (in place, same IPs, as `upgrade` allows), Marathon's
+    /// `POST /v2/apps/{id}/restart`.
+    RestartApp {
+        id: String,
+    },
 }
 
 /// A scheduling plan: what the leader's scheduler decided from one view of the state.
@@ -217,6 +223,7 @@ impl fmt::Display for Request {
             Command::AddWebhook { url, .. } => write!(f, "add-webhook {url}"),
             Command::RemoveWebhook { id } => write!(f, "remove-webhook {id}"),
             Command::WebhookProgress { id, upto, error } => write!(f, "webhook {id} upto {upto} error={error:?}"),
+            Command::RestartApp { id } => write!(f, "restart-app {id}"),
         }
     }
 }

@@ -311,7 +311,10 @@ impl Before {
         let mut app = |id: &str| b.apps.push((id.to_string(), app_mark(state, id)));
         match cmd {
             Command::PutApp { spec } => app(&spec.id),
-            Command::ScaleApp { id, .. } | Command::DeleteApp { id } | Command::RollbackApp { id, .. } => app(id),
+            Command::ScaleApp { id, .. }
+            | Command::DeleteApp { id }
+            | Command::RollbackApp { id, .. }
+            | Command::RestartApp { id } => app(id),
             Command::CancelDeployment { app: id } => app(id),
             Command::ApplyPlan(p) => {
                 let mut ids: Vec<&str> = p.finished.iter().map(|(a, _)| a.as_str()).collect();

@@ -69,6 +69,7 @@ impl State {
             Command::ScaleApp { id, instances } => self.scale_app(&id, instances),
             Command::DeleteApp { id } => self.delete_app(&id),
             Command::RollbackApp { id, version } => self.rollback_app(&id, version),
+            Command::RestartApp { id } => self.restart_app(&id),
             Command::ApplyPlan(plan) => self.apply_plan(plan),
             Command::ReportInstance(report) => self.report_instance(report),
             Command::SetHostState { id, state } => self.set_host_state(id, state),

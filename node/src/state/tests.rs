@@ -136,3 +136,16 @@ constraints: [["hostname", "UNIQUE"]]
         }
     }
 }
+
+#[test]
+fn putting_the_stored_spec_after_a_scale_scales_back() {
+    let mut s = State::default();
+    let spec = crate::state::apps::AppSpec::from_json(br#"{"id": "web", "cmd": ["x"], "instances": 2}"#).unwrap();
+    assert!(s.apply(1, req("a", 1, Command::PutApp { spec: spec.clone() })).0.is_ok());
+    s.apply(2, req("b", 2, Command::ScaleApp { id: "web".into(), instances: 3 }));
+    assert_eq!(s.apps.apps["web"].instances, 3);
+    // The very spec of version 1 (instances 2): a scale back to 2, not a no-op.
+    s.apply(3, req("c", 3, Command::PutApp { spec }));
+    let app = &s.apps.apps["web"];
+    assert_eq!((app.instances, app.version, app.deployment.is_none()), (2, 1, true));
+}

@@ -93,6 +93,13 @@ impl State {
         self.put_app(spec)
     }
 
+    pub(crate) fn restart_app(&mut self, id: &str) -> Response {
+        match self.apps.restart(id, self.clock_ms) {
+            Some(version) => Response(Ok(Reply::App { id: id.to_string(), version, created: false })),
+            None => Response(Err(app_not_found(id))),
+        }
+    }
+
     pub(crate) fn delete_app(&mut self, id: &str) -> Response {
         if self.apps.apps.remove(id).is_none() {
             return Response(Err(app_not_found(id)));
@@ -287,7 +294,9 @@ impl State {
         if inst.desired != Desired::Run || inst.version == version {
             return;
         }
-        let Some(spec) = self.apps.apps.get(&inst.app).and_then(|a| a.version(version)).map(|v| v.spec.clone()) else {
+        let Some((spec, restart)) =
+            self.apps.apps.get(&inst.app).and_then(|a| a.version(version)).map(|v| (v.spec.clone(), v.restart))
+        else {
             return;
         };
         let now = self.clock_ms;
@@ -297,7 +306,7 @@ impl State {
             .get(&inst.app)
             .and_then(|a| a.version(inst.version))
             .is_some_and(|v| v.spec.same_but_instances(&spec));
-        if same {
+        if same && !restart {
             // The very spec it runs (a rollback, a cancelled rollout): a new label only.
             self.apps.update(id, |inst| {
                 inst.version = version;

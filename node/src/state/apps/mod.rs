@@ -29,6 +29,10 @@ pub struct Version {
     pub version: u64,
     pub created_at: u64,
     pub spec: AppSpec,
+    /// A restart: its rollout replaces instances of older versions even where they run
+    /// this very spec (which otherwise are only relabelled).
+    #[serde(default)]
+    pub restart: bool,
 }
 
 /// A rollout from one version to another.
@@ -71,9 +75,24 @@ impl App {
         self.versions.iter().find(|x| x.version == v)
     }
 
-    fn push_version(&mut self, spec: AppSpec, at: u64) -> u64 {
+    /// A new version and its rollout (deployment `deployment`) from the current one.
+    fn roll_to(&mut self, spec: AppSpec, at: u64, restart: bool, deployment: u64) -> u64 {
+        let from = self.version;
+        let to = self.push_version(spec, at, restart);
+        self.deployment = Some(Deployment {
+            id: deployment,
+            app: self.id.clone(),
+            from: Some(from),
+            to,
+            started_at: at,
+            blocked: None,
+        });
+        to
+    }
+
+    fn push_version(&mut self, spec: AppSpec, at: u64, restart: bool) -> u64 {
         let version = self.versions.back().map(|v| v.version).unwrap_or(0) + 1;
-        self.versions.push_back(Version { version, created_at: at, spec });
+        self.versions.push_back(Version { version, created_at: at, spec, restart });
         while self.versions.len() > MAX_VERSIONS {
             self.versions.pop_front();
         }
@@ -300,35 +319,35 @@ impl Apps {
                     deployment: None,
                     pending_reason: None,
                 };
-                let v = app.push_version(spec, at);
+                let v = app.push_version(spec, at, false);
                 self.apps.insert(app.id.clone(), app);
                 (v, true)
             }
             Some(app) => {
                 let current = app.spec().clone();
-                if current == spec {
+                if current.same_but_instances(&spec) {
+                    // A scale, not a new version; the stored spec keeps its count. (A
+                    // spec equal to the stored one scales too: back to its count.)
+                    if app.instances != spec.instances {
+                        app.instances = spec.instances;
+                        app.updated_at = at;
+                    }
                     return (app.version, false);
                 }
                 app.instances = spec.instances;
-                if current.same_but_instances(&spec) {
-                    // A scale, not a new version; the stored spec keeps its count.
-                    app.updated_at = at;
-                    return (app.version, false);
-                }
-                let from = app.version;
-                let v = app.push_version(spec, at);
                 self.next_deployment += 1;
-                app.deployment = Some(Deployment {
-                    id: self.next_deployment,
-                    app: app.id.clone(),
-                    from: Some(from),
-                    to: v,
-                    started_at: at,
-                    blocked: None,
-                });
-                (v, false)
+                (app.roll_to(spec, at, false, self.next_deployment), false)
             }
         }
+    }
+
+    /// A rolling restart of app `id`: a new version with its spec, every instance
+    /// replaced. Its new version, or None for an unknown app.
+    pub fn restart(&mut self, id: &str, at: u64) -> Option<u64> {
+        let app = self.apps.get_mut(id)?;
+        let spec = app.spec().clone();
+        self.next_deployment += 1;
+        Some(app.roll_to(spec, at, true, self.next_deployment))
     }
 
     /// Every instance, by app id, then in creation order.

@@ -1,0 +1,64 @@
+//! The Marathon `/v2` adapter against the client deploy jobs use: the `marathon`
+//! package from PyPI drives a real 3-node cluster (process runtime) through
+//! `tests/marathon_client.py` — create, tasks with their IPs from any node, a partial
+//! update rolled out in place, scale, restart, versions and rollback, a stuck rollout
+//! that locks the app and is cancelled, 422s and 404s, delete.
+//!
+//! The client comes from `BERTH_PYTHON` (default `python3`); CI installs it
+//! (`pip install marathon==0.13.0`). Without it the test says so and passes, unless
+//! `BERTH_REQUIRE_CLIENTS=1` (set by `.ci/run`), when it fails.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::Cluster;
+
+fn python() -> String {
+    std::env::var("BERTH_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Whether the interpreter has `module`; when not, why, or a panic under CI.
+fn has_module(module: &str) -> bool {
+    let found = Command::new(python()).args(["-c", &format!("import {module}")]).output();
+    let ok = found.as_ref().is_ok_and(|o| o.status.success());
+    if !ok {
+        let why = match found {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::env::var("BERTH_REQUIRE_CLIENTS").is_err(),
+            "BERTH_REQUIRE_CLIENTS is set but {} cannot import {module}: {why}",
+            python()
+        );
+        eprintln!("SKIPPED: {} cannot import {module} ({why}); pip install {module}", python());
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marathon_client_deploys_scales_restarts_and_rolls_back() {
+    if !has_module("marathon") {
+        return;
+    }
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    c.create_pool(leader, "lan", 77).await;
+    c.eventually(Duration::from_secs(20), "3 hosts registered", || async {
+        let (_, hosts) = c.get(leader, "/v1/hosts").await;
+        (hosts.as_array().map_or(0, Vec::len) == 3).then_some(())
+    })
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/marathon_client.py");
+    let urls: Vec<String> = c.ids().iter().map(|id| c.url(*id)).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python()).arg(script).arg("lan").args(&urls).output().expect("run the marathon client")
+    })
+    .await
+    .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the marathon client failed:\n{said}\nnode 1's log:\n{}", c.log_of(1));
+    assert!(said.contains("all checks passed"), "{said}");
+}
