@@ -118,6 +118,12 @@ pub struct NodeConfig {
     pub listen: Option<String>,
     /// HTTP API address (`--http`).
     pub http: Option<String>,
+    /// Where to serve the Consul-compatible upstream feed for nginx-upsync-module and
+    /// Consul clients (`--consul-listen`, e.g. 127.0.0.1:8500); off when absent.
+    pub consul_listen: Option<String>,
+    /// Where to answer DNS for `APP.berth` and `INSTANCE.APP.berth`, UDP and TCP
+    /// (`--dns-listen`, e.g. 127.0.0.1:8600); off when absent.
+    pub dns_listen: Option<String>,
     /// The initial cluster, `id=host:port,...` (`--peers`), or a table `{1 = "host:port"}`.
     pub peers: Option<Peers>,
     /// `docker` or `process` (`--runtime`).
@@ -166,6 +172,8 @@ pub struct ValidConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub http: SocketAddr,
+    pub consul_listen: Option<SocketAddr>,
+    pub dns_listen: Option<SocketAddr>,
     /// Node id to gRPC address, as given (host:port).
     pub peers: BTreeMap<u64, String>,
     pub runtime: Runtime,
@@ -254,6 +262,8 @@ impl NodeConfig {
             data_dir,
             listen,
             http,
+            consul_listen,
+            dns_listen,
             peers,
             runtime,
             macvlan_parent,
@@ -294,6 +304,15 @@ impl NodeConfig {
         let http = socket("http", self.http.as_deref().ok_or(ConfigError::Missing { key: "http", flag: "http" })?)?;
         if http == listen {
             return Err(invalid("http", format!("{http} is also the gRPC --listen address")));
+        }
+        let consul_listen = self.consul_listen.as_deref().map(|a| socket("consul_listen", a)).transpose()?;
+        if let Some(c) = consul_listen.filter(|c| *c == http || *c == listen) {
+            return Err(invalid("consul_listen", format!("{c} is also the --http or --listen address")));
+        }
+        // DNS takes UDP and TCP on its port; only TCP clashes with the others.
+        let dns_listen = self.dns_listen.as_deref().map(|a| socket("dns_listen", a)).transpose()?;
+        if let Some(d) = dns_listen.filter(|d| *d == http || *d == listen || Some(*d) == consul_listen) {
+            return Err(invalid("dns_listen", format!("{d} is also the --http, --listen or --consul-listen address")));
         }
         let peers = match self.peers.ok_or(ConfigError::Missing { key: "peers", flag: "peers" })? {
             Peers::List(s) => parse_peers(&s)?,
@@ -377,6 +396,8 @@ impl NodeConfig {
             data_dir,
             listen,
             http,
+            consul_listen,
+            dns_listen,
             peers,
             runtime: self.runtime.unwrap_or_default(),
             macvlan_parent: self.macvlan_parent,

@@ -141,3 +141,18 @@ fn bad_raft_timing_is_rejected() {
     c.raft = Some(RaftTuning { heartbeat_ms: Some(200), ..Default::default() });
     assert!(c.validate().unwrap_err().to_string().contains("heartbeat_ms"));
 }
+
+#[test]
+fn the_consul_feed_address_is_optional_and_must_be_its_own() {
+    assert_eq!(base().validate().unwrap().consul_listen, None);
+    let on = NodeConfig { consul_listen: Some("127.0.0.1:8500".into()), ..base() };
+    assert_eq!(on.validate().unwrap().consul_listen.unwrap().to_string(), "127.0.0.1:8500");
+    let clash = NodeConfig { consul_listen: Some("127.0.0.1:7481".into()), ..base() };
+    assert!(clash.validate().unwrap_err().to_string().contains("consul_listen"));
+    let bad = NodeConfig { consul_listen: Some("nowhere".into()), ..base() };
+    assert!(bad.validate().unwrap_err().to_string().contains("consul_listen"));
+    let dns = NodeConfig { dns_listen: Some("127.0.0.1:8600".into()), ..base() };
+    assert_eq!(dns.validate().unwrap().dns_listen.unwrap().to_string(), "127.0.0.1:8600");
+    let clash = NodeConfig { dns_listen: Some("127.0.0.1:7401".into()), ..base() };
+    assert!(clash.validate().unwrap_err().to_string().contains("dns_listen"));
+}

@@ -117,3 +117,18 @@ stop_grace_s: 2
     assert_ne!(code, 0);
     assert!(err.contains("cpus:"), "{err}");
 }
+
+#[test]
+fn completions_are_generated_for_each_shell_and_a_bad_shell_is_refused() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef berth"), ("fish", "complete -c berth")] {
+        let (code, out, err) = berth("http://127.0.0.1:1", &["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: {marker:?} not in the script");
+        for sub in ["deploy", "restart", "drain", "events"] {
+            assert!(out.contains(sub), "{shell}: no {sub} in the script");
+        }
+    }
+    let (code, _, err) = berth("http://127.0.0.1:1", &["completions", "tcsh"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("tcsh") && err.contains("see berth --help"), "{err}");
+}

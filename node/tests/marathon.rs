@@ -13,34 +13,11 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::Cluster;
-
-fn python() -> String {
-    std::env::var("BERTH_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Whether the interpreter has `module`; when not, why, or a panic under CI.
-fn has_module(module: &str) -> bool {
-    let found = Command::new(python()).args(["-c", &format!("import {module}")]).output();
-    let ok = found.as_ref().is_ok_and(|o| o.status.success());
-    if !ok {
-        let why = match found {
-            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            std::env::var("BERTH_REQUIRE_CLIENTS").is_err(),
-            "BERTH_REQUIRE_CLIENTS is set but {} cannot import {module}: {why}",
-            python()
-        );
-        eprintln!("SKIPPED: {} cannot import {module} ({why}); pip install {module}", python());
-    }
-    ok
-}
+use support::{has_python_module, python, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_marathon_client_deploys_scales_restarts_and_rolls_back() {
-    if !has_module("marathon") {
+    if !has_python_module("marathon") {
         return;
     }
     let c = Cluster::start(3, &[]);

@@ -126,6 +126,7 @@ pub fn task_for(state: &State, i: &Instance) -> Task {
                 env: Default::default(),
                 labels: Default::default(),
                 network: None,
+                port: None,
                 health_check: None,
                 constraints: Vec::new(),
                 upgrade: Default::default(),

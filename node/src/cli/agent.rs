@@ -23,6 +23,14 @@ pub struct AgentArgs {
     /// HTTP API address, e.g. 127.0.0.1:7481.
     #[arg(long)]
     http: Option<String>,
+    /// Serve the Consul-compatible upstream feed (nginx-upsync-module, Consul clients)
+    /// here, e.g. 127.0.0.1:8500 (default: off).
+    #[arg(long)]
+    consul_listen: Option<String>,
+    /// Answer DNS for APP.berth and INSTANCE.APP.berth here, UDP and TCP, e.g.
+    /// 127.0.0.1:8600 (default: off).
+    #[arg(long)]
+    dns_listen: Option<String>,
     /// The initial cluster, the same on every node: 1=host:port,2=host:port,...
     #[arg(long)]
     peers: Option<String>,
@@ -101,6 +109,8 @@ impl AgentArgs {
             data_dir: self.data_dir.clone(),
             listen: self.listen.clone(),
             http: self.http.clone(),
+            consul_listen: self.consul_listen.clone(),
+            dns_listen: self.dns_listen.clone(),
             peers: self.peers.clone().map(Peers::List),
             runtime: self.runtime,
             macvlan_parent: self.macvlan_parent.clone(),

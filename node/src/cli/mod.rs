@@ -70,6 +70,11 @@ pub enum Cmd {
     Exec(apps::ExecArgs),
     /// Follow the cluster's events (apps, rollouts, instances, hosts), from any node.
     Events(events::EventsArgs),
+    /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// (Started by `berth agent`.) Kill this host's sticky-IP instances once the
     /// agent's fence lease expires.
     #[command(hide = true)]
@@ -113,6 +118,11 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Agent(args) => return agent::run(*args).await,
         Cmd::Dev(args) => return dev::run(args).await,
         Cmd::FenceGuard(args) => return agent::run_guard(args).await,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
         Cmd::Cluster(args) => cluster::run(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Ipam(args) => ipam::run(&Client::new(&cli.addr), cli.output, args).await,
         Cmd::Deploy(args) => apps::deploy(&Client::new(&cli.addr), cli.output, args).await,

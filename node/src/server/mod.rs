@@ -9,6 +9,8 @@
 //! stops Raft and the servers.
 
 pub mod bootstrap;
+pub mod consul;
+pub mod dns;
 pub mod events;
 pub mod grpc;
 pub mod http;
@@ -140,11 +142,12 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<File, StartError> {
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
-        addr,
-        what,
-        reason: if e.kind() == std::io::ErrorKind::AddrInUse { "the port is in use".into() } else { e.to_string() },
-    })
+    TcpListener::bind(addr).await.map_err(|e| bind_failed(addr, what, e))
+}
+
+fn bind_failed(addr: SocketAddr, what: &'static str, e: std::io::Error) -> StartError {
+    let reason = if e.kind() == std::io::ErrorKind::AddrInUse { "the port is in use".into() } else { e.to_string() };
+    StartError::Bind { addr, what, reason }
 }
 
 /// The interface of the default route (from /proc/net/route).
@@ -184,6 +187,14 @@ impl Node {
             .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
         let grpc_listener = bind(config.listen, "--listen, gRPC").await?;
         let http_listener = bind(config.http, "--http").await?;
+        let consul_listener = match config.consul_listen {
+            Some(addr) => Some(bind(addr, "--consul-listen").await?),
+            None => None,
+        };
+        let dns_sockets = match config.dns_listen {
+            Some(addr) => Some(dns::bind(addr).await.map_err(|e| bind_failed(addr, "--dns-listen", e))?),
+            None => None,
+        };
         let grpc_addr = grpc_listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
         let http_addr = http_listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
 
@@ -255,6 +266,14 @@ impl Node {
         let tasks = vec![
             tokio::spawn(grpc::serve(node.clone(), grpc_listener, node.shutdown.clone())),
             tokio::spawn(http::serve(node.clone(), http_listener, node.shutdown.clone())),
+            match consul_listener {
+                Some(l) => tokio::spawn(consul::serve(node.clone(), l, node.shutdown.clone())),
+                None => tokio::spawn(async {}),
+            },
+            match dns_sockets {
+                Some((udp, tcp)) => tokio::spawn(dns::serve(node.clone(), udp, tcp, node.shutdown.clone())),
+                None => tokio::spawn(async {}),
+            },
             tokio::spawn(bootstrap::run(node.clone())),
             tokio::spawn(register(node.clone())),
             tokio::spawn(leader::run(node.clone())),

@@ -27,6 +27,43 @@ pub fn berth(addr: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The Python that drives the real clients (`BERTH_PYTHON`, default `python3`).
+pub fn python() -> String {
+    std::env::var("BERTH_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Whether that Python has `module`. When not, the test part says so and is skipped —
+/// unless `BERTH_REQUIRE_CLIENTS` is set (CI installs the clients), when it fails.
+pub fn has_python_module(module: &str) -> bool {
+    let found = Command::new(python()).args(["-c", &format!("import {module}")]).output();
+    let ok = found.as_ref().is_ok_and(|o| o.status.success());
+    if !ok {
+        let why = match found {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::env::var("BERTH_REQUIRE_CLIENTS").is_err(),
+            "BERTH_REQUIRE_CLIENTS is set but {} cannot import {module}: {why}",
+            python()
+        );
+        eprintln!("SKIPPED: {} cannot import {module} ({why})", python());
+    }
+    ok
+}
+
+/// A process app that serves nothing but says it does: `port` 8080, IPs from `pool`,
+/// healthy as soon as it runs.
+pub fn served_app(id: &str, instances: u32, pool: &str) -> Value {
+    serde_json::json!({
+        "id": id,
+        "cmd": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.5 & wait $!; done"],
+        "instances": instances, "cpus": 0.01, "mem_mb": 16, "stop_grace_s": 1, "port": 8080,
+        "network": {"pool": pool},
+        "health_check": {"cmd": ["/bin/true"], "interval_s": 1, "timeout_s": 1, "grace_s": 0, "max_failures": 2},
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -215,11 +215,9 @@ pub fn marathon_id(spec: &AppSpec) -> String {
     spec.labels.get(ID_LABEL).cloned().unwrap_or_else(|| format!("/{}", spec.id))
 }
 
-fn port_of(app: &MarathonApp, hc: &HealthCheck, path: &str) -> Result<u16, Invalid> {
-    if let Some(p) = hc.port {
-        return Ok(p);
-    }
-    let index = hc.port_index.unwrap_or(0);
+/// The app's port `index` (container port mappings, else port definitions, else
+/// `ports`); the first is the app's `port`, what upstream feeds announce.
+fn port_at(app: &MarathonApp, index: usize) -> Option<u16> {
     let container = app.container.as_ref();
     let mappings = container
         .and_then(|c| c.port_mappings.as_ref())
@@ -231,7 +229,15 @@ fn port_of(app: &MarathonApp, hc: &HealthCheck, path: &str) -> Result<u16, Inval
             None => app.ports.as_ref().and_then(|p| p.get(index).copied()),
         },
     };
-    port.filter(|p| *p != 0).ok_or_else(|| {
+    port.filter(|p| *p != 0)
+}
+
+fn port_of(app: &MarathonApp, hc: &HealthCheck, path: &str) -> Result<u16, Invalid> {
+    if let Some(p) = hc.port {
+        return Ok(p);
+    }
+    let index = hc.port_index.unwrap_or(0);
+    port_at(app, index).ok_or_else(|| {
         invalid(
             path,
             format!(
@@ -405,6 +411,9 @@ pub fn to_spec(app: &MarathonApp, id: &str) -> Result<Value, Invalid> {
     if let Some(p) = pool(app)? {
         spec.insert("network".into(), json!({"pool": p}));
     }
+    if let Some(port) = port_at(app, 0) {
+        spec.insert("port".into(), json!(port));
+    }
     Ok(Value::Object(spec))
 }
 
@@ -493,6 +502,9 @@ pub fn spec_json(spec: &AppSpec, instances: u32) -> Map<String, Value> {
         None => json!([{"mode": "host"}]),
     };
     m.insert("networks".into(), networks);
+    if let Some(port) = spec.port {
+        m.insert("portDefinitions".into(), json!([{"port": port, "protocol": "tcp"}]));
+    }
     m
 }
 
@@ -640,6 +652,7 @@ mod tests {
         assert_eq!((spec.upgrade.min_healthy, spec.upgrade.max_surge), (0.5, 2));
         assert_eq!(spec.unreachable.reschedule_after_s, 30);
         assert_eq!(spec.network.as_ref().unwrap().pool, "lan");
+        assert_eq!(spec.port, Some(8080), "the first port mapping is the app's port");
         let back = spec_json(&spec, 3);
         assert_eq!(back["id"], "/team/shop");
         assert_eq!(back["cmd"], "python3 -m http.server 8080");

@@ -28,6 +28,10 @@ pub struct AppSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub network: Option<Network>,
+    /// The port the app serves on, at each instance's IP: what upstream feeds (Consul
+    /// KV and health for nginx-upsync) announce. Default: the health check's port.
+    #[serde(default)]
+    pub port: Option<u16>,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
@@ -324,6 +328,9 @@ impl AppSpec {
                 return Err(format!("network.pool: {:?} is not a pool name", n.pool));
             }
         }
+        if self.port == Some(0) {
+            return Err("port: must be 1 to 65535".into());
+        }
         if let Some(h) = &self.health_check {
             let kinds = [h.http.is_some(), h.tcp.is_some(), h.cmd.is_some()].iter().filter(|b| **b).count();
             if kinds != 1 {
@@ -388,6 +395,14 @@ impl AppSpec {
     }
 
     /// Whether `other` differs only in `instances` (a scale, not a new version).
+    /// The port upstream feeds announce: `port`, else the health check's (http or tcp).
+    pub fn serving_port(&self) -> Option<u16> {
+        self.port.or_else(|| {
+            let h = self.health_check.as_ref()?;
+            h.http.as_ref().map(|c| c.port).or(h.tcp.as_ref().map(|c| c.port))
+        })
+    }
+
     pub fn same_but_instances(&self, other: &AppSpec) -> bool {
         let mut a = self.clone();
         a.instances = other.instances;

@@ -1,0 +1,224 @@
+//! DNS for apps, on `--dns-listen` (UDP and TCP): every node answers from its replica
+//! (docs/api.md, "DNS").
+//!
+//! - `APP.berth` A: the IPs of the app's healthy instances (those with a sticky IP).
+//! - `INDEX.APP.berth` or `INSTANCE.APP.berth` (`3.web.berth`, `web-3.web.berth`) A:
+//!   that instance's IP while it is placed, healthy or not (it is its address).
+//! - `_APP._tcp.berth` SRV: one record per healthy instance, its app `port`, target
+//!   `INDEX.APP.berth` (with its A record in the additional section).
+//!
+//! Names are case-insensitive; the TTL is 5 s (placements move). An unknown app or
+//! instance is NXDOMAIN, a known name without records of the asked type NOERROR with
+//! no answer; names outside `berth.` are REFUSED (this is not a recursive resolver).
+//! Answers come from the local replica without a read barrier — a few milliseconds
+//! behind the leader at worst, like Consul's DNS with stale reads — so a lookup costs
+//! no Raft round. Message encoding is hickory-proto's (the hickory-dns project); the
+//! serving loops are here.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use super::Node;
+use crate::state::apps::{App, Instance};
+use crate::state::State;
+
+/// The zone berth answers for.
+pub const ZONE: &str = "berth.";
+const TTL: u32 = 5;
+/// Without EDNS a UDP answer must fit in 512 bytes (RFC 1035), else it is truncated
+/// and the client retries over TCP.
+const UDP_PLAIN: usize = 512;
+
+/// Serves DNS on `addr` (UDP and TCP) until `stop`.
+pub async fn serve(node: Arc<Node>, udp: UdpSocket, tcp: TcpListener, stop: CancellationToken) {
+    let udp = Arc::new(udp);
+    let udp_loop = {
+        let (node, stop) = (node.clone(), stop.clone());
+        async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, from) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = udp.recv_from(&mut buf) => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "dns: udp receive");
+                            continue;
+                        }
+                    },
+                };
+                let reply = answer_bytes(&node.state.read().state, &buf[..n], true);
+                if let Some(reply) = reply {
+                    if let Err(e) = udp.send_to(&reply, from).await {
+                        tracing::debug!(error = %e, %from, "dns: udp send");
+                    }
+                }
+            }
+        }
+    };
+    let tcp_loop = async move {
+        loop {
+            let (mut stream, from) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = tcp.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "dns: tcp accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let node = node.clone();
+            tokio::spawn(async move {
+                // Length-prefixed messages (RFC 1035 4.2.2), several per connection.
+                loop {
+                    let read = async {
+                        let len = stream.read_u16().await? as usize;
+                        let mut msg = vec![0u8; len];
+                        stream.read_exact(&mut msg).await?;
+                        Ok::<_, std::io::Error>(msg)
+                    };
+                    let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(10), read).await else { return };
+                    let reply = answer_bytes(&node.state.read().state, &msg, false);
+                    let Some(reply) = reply else { return };
+                    let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&reply);
+                    if stream.write_all(&out).await.is_err() {
+                        tracing::debug!(%from, "dns: tcp client went away");
+                        return;
+                    }
+                }
+            });
+        }
+    };
+    tokio::join!(udp_loop, tcp_loop);
+}
+
+/// The wire answer to a wire query; None for what is not a query (dropped, as
+/// servers do with garbage).
+pub fn answer_bytes(state: &State, query: &[u8], udp: bool) -> Option<Vec<u8>> {
+    let request = Message::from_vec(query).ok()?;
+    if request.message_type() != MessageType::Query {
+        return None;
+    }
+    let mut reply = answer(state, &request);
+    let mut bytes = reply.to_vec().ok()?;
+    let limit = request.extensions().as_ref().map_or(UDP_PLAIN, |e| usize::from(e.max_payload()).max(UDP_PLAIN));
+    if udp && bytes.len() > limit {
+        reply.take_answers();
+        reply.take_additionals();
+        reply.set_truncated(true);
+        bytes = reply.to_vec().ok()?;
+    }
+    Some(bytes)
+}
+
+/// The answer to one query message.
+pub fn answer(state: &State, request: &Message) -> Message {
+    let mut reply = Message::new();
+    reply
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired())
+        .set_recursion_available(false);
+    reply.add_queries(request.queries().iter().cloned());
+    let query = match (request.op_code(), request.queries()) {
+        (OpCode::Query, [q]) => q,
+        (OpCode::Query, _) => {
+            reply.set_response_code(ResponseCode::FormErr);
+            return reply;
+        }
+        _ => {
+            reply.set_response_code(ResponseCode::NotImp);
+            return reply;
+        }
+    };
+    let zone = Name::from_ascii(ZONE).expect("a valid zone");
+    let name = query.name().to_lowercase();
+    if !zone.zone_of(&name) || query.query_class() != DNSClass::IN {
+        reply.set_response_code(ResponseCode::Refused);
+        return reply;
+    }
+    reply.set_authoritative(true);
+    // The labels below the zone, most specific first: ["3", "web"].
+    let labels: Vec<String> = name
+        .iter()
+        .take(name.num_labels().saturating_sub(zone.num_labels()) as usize)
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    let wants = |t: RecordType| query.query_type() == t || query.query_type() == RecordType::ANY;
+    let a = |ip: Ipv4Addr| Record::from_rdata(name.clone(), TTL, RData::A(A(ip)));
+    match labels.as_slice() {
+        [] => {} // the zone itself: no records of its own
+        [app] => match state.apps.apps.get(app) {
+            None => {
+                reply.set_response_code(ResponseCode::NXDomain);
+            }
+            Some(app) if wants(RecordType::A) => {
+                reply.add_answers(healthy(state, app).filter_map(|i| i.ip).map(a));
+            }
+            Some(_) => {}
+        },
+        [service, proto] if service.starts_with('_') && proto == "_tcp" => match state.apps.apps.get(&service[1..]) {
+            None => {
+                reply.set_response_code(ResponseCode::NXDomain);
+            }
+            Some(app) if wants(RecordType::SRV) => {
+                if let Some(port) = app.spec().serving_port() {
+                    for i in healthy(state, app) {
+                        let Some(ip) = i.ip else { continue };
+                        let Ok(target) = Name::from_ascii(format!("{}.{}.{ZONE}", i.index, app.id)) else {
+                            continue;
+                        };
+                        let srv = SRV::new(0, 1, port, target.clone());
+                        reply.add_answer(Record::from_rdata(name.clone(), TTL, RData::SRV(srv)));
+                        reply.add_additional(Record::from_rdata(target, TTL, RData::A(A(ip))));
+                    }
+                }
+            }
+            Some(_) => {}
+        },
+        [instance, app] => {
+            let id = if instance.chars().all(|c| c.is_ascii_digit()) {
+                format!("{app}-{instance}")
+            } else {
+                instance.clone()
+            };
+            let found = state.apps.instance(&id).filter(|i| &i.app == app && i.host.is_some());
+            match found {
+                None => {
+                    reply.set_response_code(ResponseCode::NXDomain);
+                }
+                Some(i) if wants(RecordType::A) => {
+                    reply.add_answers(i.ip.map(a));
+                }
+                Some(_) => {}
+            }
+        }
+        _ => {
+            reply.set_response_code(ResponseCode::NXDomain);
+        }
+    }
+    reply
+}
+
+/// An app's instances that serve: wanted, placed, running and healthy.
+fn healthy<'a>(state: &'a State, app: &'a App) -> impl Iterator<Item = &'a Instance> + 'a {
+    let has_check = app.spec().health_check.is_some();
+    state.apps.instances_of(&app.id).filter(move |i| i.host.is_some() && i.is_healthy(has_check))
+}
+
+/// Binds the DNS sockets (UDP and TCP on the same address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    Ok((UdpSocket::bind(addr).await?, TcpListener::bind(addr).await?))
+}
