@@ -124,6 +124,10 @@ pub struct NodeConfig {
     /// Where to answer DNS for `APP.berth` and `INSTANCE.APP.berth`, UDP and TCP
     /// (`--dns-listen`, e.g. 127.0.0.1:8600); off when absent.
     pub dns_listen: Option<String>,
+    /// Serve Docker's remote IPAM plugin protocol on this unix socket
+    /// (`--docker-ipam-socket`, normally /run/docker/plugins/berth.sock, which makes
+    /// `--ipam-driver berth` work); off when absent.
+    pub docker_ipam_socket: Option<PathBuf>,
     /// The initial cluster, `id=host:port,...` (`--peers`), or a table `{1 = "host:port"}`.
     pub peers: Option<Peers>,
     /// `docker` or `process` (`--runtime`).
@@ -174,6 +178,7 @@ pub struct ValidConfig {
     pub http: SocketAddr,
     pub consul_listen: Option<SocketAddr>,
     pub dns_listen: Option<SocketAddr>,
+    pub docker_ipam_socket: Option<PathBuf>,
     /// Node id to gRPC address, as given (host:port).
     pub peers: BTreeMap<u64, String>,
     pub runtime: Runtime,
@@ -264,6 +269,7 @@ impl NodeConfig {
             http,
             consul_listen,
             dns_listen,
+            docker_ipam_socket,
             peers,
             runtime,
             macvlan_parent,
@@ -398,6 +404,7 @@ impl NodeConfig {
             http,
             consul_listen,
             dns_listen,
+            docker_ipam_socket: self.docker_ipam_socket,
             peers,
             runtime: self.runtime.unwrap_or_default(),
             macvlan_parent: self.macvlan_parent,

@@ -13,55 +13,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::Cluster;
+use support::{ensure_image, missing_capability, sh, Cluster, IMAGE};
 
-const IMAGE: &str = "berth-test/busybox:1";
 const CONVERGE: Duration = Duration::from_secs(60);
-
-fn sh(cmd: &str) -> Result<String, String> {
-    let out = Command::new("sh").args(["-c", cmd]).output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// Why the test cannot run here, if it cannot.
-fn missing_capability() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (macvlan links need CAP_NET_ADMIN)".into());
-    }
-    if sh("docker info --format '{{.ServerVersion}}'").is_err() {
-        return Some("no Docker engine answers".into());
-    }
-    if sh("command -v busybox").is_err() {
-        return Some("no static busybox to build the test image (apt-get install busybox-static)".into());
-    }
-    None
-}
-
-/// Builds the test image from the host's static busybox: `docker import`, no pull.
-fn ensure_image() {
-    if sh(&format!("docker image inspect {IMAGE} >/dev/null 2>&1")).is_ok() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    sh(&format!(
-        "mkdir -p {r}/bin && cp \"$(command -v busybox)\" {r}/bin/busybox && \
-         for a in sh httpd sleep echo cat ls true false test wget nc kill ps; do ln -s busybox {r}/bin/$a; done && \
-         tar -C {r} -c . | docker import - {IMAGE} >/dev/null",
-        r = root.display()
-    ))
-    .expect("build the test image");
-}
 
 /// A bridge and a veth pair whose one end is the macvlan parent; removed on drop.
 struct Lan {

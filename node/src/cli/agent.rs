@@ -31,6 +31,11 @@ pub struct AgentArgs {
     /// 127.0.0.1:8600 (default: off).
     #[arg(long)]
     dns_listen: Option<String>,
+    /// Serve Docker's IPAM plugin protocol on this unix socket, normally
+    /// /run/docker/plugins/berth.sock (then `docker network create --ipam-driver berth`
+    /// allocates from berth's pools; default: off).
+    #[arg(long)]
+    docker_ipam_socket: Option<PathBuf>,
     /// The initial cluster, the same on every node: 1=host:port,2=host:port,...
     #[arg(long)]
     peers: Option<String>,
@@ -111,6 +116,7 @@ impl AgentArgs {
             http: self.http.clone(),
             consul_listen: self.consul_listen.clone(),
             dns_listen: self.dns_listen.clone(),
+            docker_ipam_socket: self.docker_ipam_socket.clone(),
             peers: self.peers.clone().map(Peers::List),
             runtime: self.runtime,
             macvlan_parent: self.macvlan_parent.clone(),

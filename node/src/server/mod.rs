@@ -11,6 +11,7 @@
 pub mod bootstrap;
 pub mod consul;
 pub mod dns;
+pub mod docker_ipam;
 pub mod events;
 pub mod grpc;
 pub mod http;
@@ -54,6 +55,8 @@ pub enum StartError {
     Locked { path: String },
     #[error("cannot listen on {addr} ({what}): {reason}")]
     Bind { addr: SocketAddr, what: &'static str, reason: String },
+    #[error("cannot listen on unix socket {path} (--docker-ipam-socket): {reason}")]
+    BindSocket { path: String, reason: String },
     #[error("cannot start Raft: {0}")]
     Raft(String),
     #[error("{0}")]
@@ -195,6 +198,13 @@ impl Node {
             Some(addr) => Some(dns::bind(addr).await.map_err(|e| bind_failed(addr, "--dns-listen", e))?),
             None => None,
         };
+        let ipam_socket = match &config.docker_ipam_socket {
+            Some(path) => Some(
+                docker_ipam::bind(path)
+                    .map_err(|e| StartError::BindSocket { path: path.display().to_string(), reason: e.to_string() })?,
+            ),
+            None => None,
+        };
         let grpc_addr = grpc_listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
         let http_addr = http_listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
 
@@ -268,6 +278,13 @@ impl Node {
             tokio::spawn(http::serve(node.clone(), http_listener, node.shutdown.clone())),
             match consul_listener {
                 Some(l) => tokio::spawn(consul::serve(node.clone(), l, node.shutdown.clone())),
+                None => tokio::spawn(async {}),
+            },
+            match ipam_socket {
+                Some(l) => {
+                    let path = node.config.docker_ipam_socket.clone().unwrap_or_default();
+                    tokio::spawn(docker_ipam::serve(node.clone(), l, path, node.shutdown.clone()))
+                }
                 None => tokio::spawn(async {}),
             },
             match dns_sockets {

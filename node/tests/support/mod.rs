@@ -64,8 +64,20 @@ pub fn served_app(id: &str, instances: u32, pool: &str) -> Value {
     })
 }
 
+/// A port free for a node to bind (TCP and UDP), chosen below the kernel's ephemeral
+/// range (32768–60999 by default): a port from that range, checked free and released,
+/// can be taken by any outgoing connection before the node binds it — which made a
+/// node of a test fail to start now and then. Each test process walks its own stretch.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = (std::process::id() % 1000) * 20;
+    loop {
+        let port = 10_000 + ((base + NEXT.fetch_add(1, Ordering::Relaxed)) % 20_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct NodeProc {
@@ -408,4 +420,48 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The image the Docker tests run, built locally by [`ensure_image`].
+pub const IMAGE: &str = "berth-test/busybox:1";
+
+/// Runs a shell command: its stdout, or an error naming it and its stderr.
+pub fn sh(cmd: &str) -> Result<String, String> {
+    let out = Command::new("sh").args(["-c", cmd]).output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Why a Docker test cannot run here, if it cannot.
+pub fn missing_capability() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (macvlan links need CAP_NET_ADMIN)".into());
+    }
+    if sh("docker info --format '{{.ServerVersion}}'").is_err() {
+        return Some("no Docker engine answers".into());
+    }
+    if sh("command -v busybox").is_err() {
+        return Some("no static busybox to build the test image (apt-get install busybox-static)".into());
+    }
+    None
+}
+
+/// Builds the test image from the host's static busybox: `docker import`, no pull.
+pub fn ensure_image() {
+    if sh(&format!("docker image inspect {IMAGE} >/dev/null 2>&1")).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    sh(&format!(
+        "mkdir -p {r}/bin && cp \"$(command -v busybox)\" {r}/bin/busybox && \
+         for a in sh httpd sleep echo cat ls true false test wget nc kill ps; do ln -s busybox {r}/bin/$a; done && \
+         tar -C {r} -c . | docker import - {IMAGE} >/dev/null",
+        r = root.display()
+    ))
+    .expect("build the test image");
 }
