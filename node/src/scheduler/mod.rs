@@ -483,4 +483,4 @@ pub fn runs_anywhere_but(state: &State, app: &App, except: u64) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

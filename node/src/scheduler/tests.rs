@@ -11,17 +11,19 @@ use crate::state::apps::{Desired, Health, Instance, InstanceState};
 use crate::state::nodes::{HostState, NodeInfo};
 use crate::state::{Command, Plan, Report, Request, State};
 
-struct World {
-    s: State,
+/// A state driven by hand: hosts, deploys, scheduler rounds, agent reports (also used
+/// by other modules' tests that need a populated state).
+pub(crate) struct World {
+    pub(crate) s: State,
     index: u64,
 }
 
 impl World {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         World { s: State::default(), index: 0 }
     }
 
-    fn apply(&mut self, cmd: Command) -> crate::state::Response {
+    pub(crate) fn apply(&mut self, cmd: Command) -> crate::state::Response {
         self.index += 1;
         let r = self.s.apply(self.index, Request { id: String::new(), at_ms: self.index, cmd });
         assert!(self.s.apps.indexes_are_exact(), "the derived indexes drifted at entry {}", self.index);
@@ -29,7 +31,7 @@ impl World {
     }
 
     /// Creates pool `lan` (198.18.0.0/24).
-    fn lan(&mut self) {
+    pub(crate) fn lan(&mut self) {
         let r = self.apply(Command::CreatePool {
             name: "lan".into(),
             subnet: "198.18.0.0/24".parse().unwrap(),
@@ -39,7 +41,7 @@ impl World {
         assert!(r.0.is_ok(), "{r:?}");
     }
 
-    fn host(&mut self, id: u64, runtime: &str, cpus: f64, mem_mb: u64, labels: &[(&str, &str)]) {
+    pub(crate) fn host(&mut self, id: u64, runtime: &str, cpus: f64, mem_mb: u64, labels: &[(&str, &str)]) {
         let info = NodeInfo {
             id,
             grpc: format!("h{id}:7401"),
@@ -53,7 +55,7 @@ impl World {
         assert!(self.apply(Command::RegisterNode(info)).0.is_ok());
     }
 
-    fn deploy(&mut self, json: &str) {
+    pub(crate) fn deploy(&mut self, json: &str) {
         let spec = AppSpec::from_json(json.as_bytes()).unwrap();
         spec.validate().unwrap();
         let r = self.apply(Command::PutApp { spec });
@@ -61,7 +63,7 @@ impl World {
     }
 
     /// Plans and applies until nothing changes (at most `rounds`).
-    fn settle(&mut self, rounds: usize) {
+    pub(crate) fn settle(&mut self, rounds: usize) {
         for _ in 0..rounds {
             let p = plan(&self.s);
             if p.is_empty() {
@@ -72,7 +74,7 @@ impl World {
     }
 
     /// Every agent reports its starting instances running and healthy.
-    fn run_all(&mut self) {
+    pub(crate) fn run_all(&mut self) {
         let reports: Vec<Report> = self
             .s
             .apps
@@ -114,7 +116,7 @@ impl World {
     }
 }
 
-fn process_app(id: &str, n: u32, extra: &str) -> String {
+pub(crate) fn process_app(id: &str, n: u32, extra: &str) -> String {
     format!(r#"{{"id":"{id}","cmd":["sleep","100"],"instances":{n},"cpus":0.5,"mem_mb":100{extra}}}"#)
 }
 

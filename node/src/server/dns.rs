@@ -222,3 +222,63 @@ fn healthy<'a>(state: &'a State, app: &'a App) -> impl Iterator<Item = &'a Insta
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     Ok((UdpSocket::bind(addr).await?, TcpListener::bind(addr).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::{Edns, Query};
+
+    use super::*;
+    use crate::scheduler::tests::{process_app, World};
+
+    fn web(instances: u32) -> World {
+        let mut w = World::new();
+        w.lan();
+        w.host(1, "process", 64.0, 65536, &[]);
+        w.deploy(&process_app("web", instances, r#","network":{"pool":"lan"},"port":80"#));
+        w.settle(3);
+        w.run_all();
+        w
+    }
+
+    fn query(name: &str, kind: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(1).set_message_type(MessageType::Query).set_op_code(OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_big_answer_is_truncated_over_udp_unless_edns_or_tcp_has_room() {
+        let w = web(60);
+        let ask = query("web.berth.", RecordType::A, None);
+        let udp = Message::from_vec(&answer_bytes(&w.s, &ask, true).unwrap()).unwrap();
+        assert!(udp.truncated() && udp.answers().is_empty(), "60 A records do not fit in 512 bytes");
+        let tcp = Message::from_vec(&answer_bytes(&w.s, &ask, false).unwrap()).unwrap();
+        assert_eq!((tcp.truncated(), tcp.answers().len()), (false, 60));
+        let roomy = query("web.berth.", RecordType::A, Some(4096));
+        let edns = Message::from_vec(&answer_bytes(&w.s, &roomy, true).unwrap()).unwrap();
+        assert_eq!((edns.truncated(), edns.answers().len()), (false, 60));
+        let small = web(3);
+        let fits = Message::from_vec(&answer_bytes(&small.s, &ask, true).unwrap()).unwrap();
+        assert_eq!((fits.truncated(), fits.answers().len()), (false, 3));
+    }
+
+    #[test]
+    fn what_is_not_a_query_gets_no_answer_and_a_bad_query_a_clear_code() {
+        let w = web(1);
+        assert!(answer_bytes(&w.s, b"\x00\x01garbage", true).is_none());
+        let mut two = Message::from_vec(&query("web.berth.", RecordType::A, None)).unwrap();
+        two.add_query(Query::query(Name::from_ascii("web.berth.").unwrap(), RecordType::A));
+        let r = Message::from_vec(&answer_bytes(&w.s, &two.to_vec().unwrap(), true).unwrap()).unwrap();
+        assert_eq!(r.response_code(), ResponseCode::FormErr);
+        let srv =
+            Message::from_vec(&answer_bytes(&w.s, &query("_web._tcp.berth.", RecordType::SRV, None), true).unwrap())
+                .unwrap();
+        assert_eq!(srv.answers().len(), 1);
+    }
+}
