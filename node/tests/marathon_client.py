@@ -175,6 +175,15 @@ try:
 except NotFoundError:
     pass
 
+# A scale is never a new version, though Marathon says maxOverCapacity as a fraction
+# of the instances (defaults: 1.0 and 1.0).
+c.create_app("/team/echo", MarathonApp(cmd=LOOP, instances=1, cpus=0.01, mem=16))
+v = c.get_app("/team/echo").version
+c.scale_app("/team/echo", instances=2)
+wait("echo scaled", lambda: c.get_app("/team/echo").tasks_running == 2)
+check(c.get_app("/team/echo").version == v, "a scale kept the version (nothing restarted)")
+c.delete_app("/team/echo")
+
 c.delete_app(APP)
 wait("deleted", lambda: APP not in [a.id for a in c.list_apps()] and not c.list_tasks())
 print("marathon client: all checks passed")

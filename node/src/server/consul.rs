@@ -120,6 +120,9 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
         let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
         let (n, tail) = rest.split_at(digits);
         let n: f64 = n.parse().map_err(|_| format!("wait: {s:?} is not a duration such as 30s or 5m"))?;
+        if !n.is_finite() {
+            return Err(format!("wait: {s:?} is not a duration such as 30s or 5m"));
+        }
         let unit = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
         let (u, tail) = tail.split_at(unit);
         let scale = match u {
@@ -129,7 +132,9 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
             "h" => 3600.0,
             _ => return Err(format!("wait: {s:?} is not a duration such as 30s or 5m")),
         };
-        total += Duration::from_secs_f64(n * scale);
+        // Anything past the longest wait is the longest wait (and never overflows).
+        let secs = (n * scale).min(MAX_WAIT.as_secs_f64());
+        total = total.saturating_add(Duration::from_secs_f64(secs)).min(MAX_WAIT);
         rest = tail;
     }
     Ok(total)
@@ -239,13 +244,19 @@ fn catalog_view(state: &crate::state::State, app_id: &str) -> View {
 
 impl Feed {
     /// The index of `view` under `name`: unchanged while the view is, else the applied
-    /// index now (never lower than before, never 0).
+    /// index now (never lower than before, never 0). Only views that exist are
+    /// remembered — a client asking for made-up keys or a deleted app grows nothing —
+    /// so a missing view is numbered by the applied index.
     fn index(&self, name: &str, view: &View) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        view.as_ref().map(Value::to_string).hash(&mut h);
-        let hash = h.finish();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let applied = self.node.state.applied_index().max(1);
+        let Some(v) = view else {
+            seen.remove(name);
+            return applied;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v.to_string().hash(&mut h);
+        let hash = h.finish();
         let entry = seen.entry(name.to_string()).or_insert((hash, applied));
         if entry.0 != hash {
             *entry = (hash, applied.max(entry.1 + 1));
@@ -344,5 +355,7 @@ mod tests {
         assert_eq!(parse_wait("7").unwrap(), Duration::from_secs(7));
         assert!(parse_wait("soon").is_err());
         assert!(parse_wait("5x").is_err());
+        assert_eq!(parse_wait("99999999999999999999s").unwrap(), MAX_WAIT, "clamped, no panic");
+        assert_eq!(parse_wait("9999999999999999m9999999999999999m").unwrap(), MAX_WAIT);
     }
 }

@@ -36,6 +36,9 @@ const TTL: u32 = 5;
 /// Without EDNS a UDP answer must fit in 512 bytes (RFC 1035), else it is truncated
 /// and the client retries over TCP.
 const UDP_PLAIN: usize = 512;
+/// The most a UDP answer carries even when a client's EDNS offers more (the DNS flag
+/// day's advice is 1232; 4096 is the common ceiling; beyond ~65 KB `send_to` fails).
+const UDP_MAX: usize = 4096;
 
 /// Serves DNS on `addr` (UDP and TCP) until `stop`.
 pub async fn serve(node: Arc<Node>, udp: UdpSocket, tcp: TcpListener, stop: CancellationToken) {
@@ -112,7 +115,8 @@ pub fn answer_bytes(state: &State, query: &[u8], udp: bool) -> Option<Vec<u8>> {
     }
     let mut reply = answer(state, &request);
     let mut bytes = reply.to_vec().ok()?;
-    let limit = request.extensions().as_ref().map_or(UDP_PLAIN, |e| usize::from(e.max_payload()).max(UDP_PLAIN));
+    let limit =
+        request.extensions().as_ref().map_or(UDP_PLAIN, |e| usize::from(e.max_payload()).clamp(UDP_PLAIN, UDP_MAX));
     if udp && bytes.len() > limit {
         reply.take_answers();
         reply.take_additionals();

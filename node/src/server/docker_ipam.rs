@@ -180,14 +180,21 @@ async fn request_address(State(node): Ctx, RawBody(b): RawBody) -> PResult {
         (false, None) => "docker".to_string(),
     };
     let ip = (!r.address.is_empty()).then(|| r.address.clone());
+    let pool = node.list_pools(false).await?.into_iter().find(|p| p.name == r.pool_id);
+    let Some(pool) = pool else { return Err(PluginError(format!("berth: no pool {:?}", r.pool_id))) };
+    let prefix = pool.subnet.split_once('/').map_or("32", |(_, len)| len).to_string();
+    // A pool with a gateway of its own (a berth pool Docker adopted): that is the
+    // network's gateway — reserved in the ledger, never allocated, never released.
+    if let (true, Some(gw)) = (gateway, pool.gateway.as_deref()) {
+        if ip.as_deref().is_some_and(|asked| asked.split('/').next() != Some(gw)) {
+            return Err(PluginError(format!(
+                "berth: pool {} has gateway {gw}; give the network that one or none",
+                pool.name
+            )));
+        }
+        return Ok(Json(json!({"Address": format!("{gw}/{prefix}"), "Data": {}})));
+    }
     let a = node.allocate(&r.pool_id, AllocationInput { owner, ip }, None).await?;
-    let prefix = node
-        .list_pools(true)
-        .await?
-        .into_iter()
-        .find(|p| p.name == r.pool_id)
-        .and_then(|p| p.subnet.split_once('/').map(|(_, len)| len.to_string()))
-        .unwrap_or_else(|| "32".into());
     Ok(Json(json!({"Address": format!("{}/{prefix}", a.ip), "Data": {}})))
 }
 
@@ -202,6 +209,18 @@ struct ReleaseAddress {
 async fn release_address(State(node): Ctx, RawBody(b): RawBody) -> PResult {
     let r: ReleaseAddress = body(&b)?;
     let ip = r.address.split('/').next().unwrap_or("");
+    // Only what Docker holds: a retried release of an address that berth has since
+    // given to someone else must not free theirs. (Read, then release: the window
+    // between is one round trip; a conditional release in the ledger would close it.)
+    let held = node.list_allocations(&r.pool_id, false).await;
+    let docker_owns = match &held {
+        Ok(list) => list.iter().any(|a| a.ip == ip && a.owner.starts_with("docker")),
+        Err(e) if e.status == 404 => false,
+        Err(e) => return Err(e.clone().into()),
+    };
+    if !docker_owns {
+        return Ok(Json(json!({})));
+    }
     match node.release(&r.pool_id, ip, None).await {
         // Docker releases what it may have released before (a retried teardown).
         Ok(()) => Ok(Json(json!({}))),

@@ -76,8 +76,17 @@ impl IntoResponse for MarathonError {
 
 type MResult = Result<Response, MarathonError>;
 
-/// An app as `PUT` finds it: berth id, Marathon JSON, (version id, version) pairs.
-type Found = (String, Value, Vec<(String, u64)>);
+/// An app as `PUT` finds it.
+struct Found {
+    berth: String,
+    json: Value,
+    /// (Marathon version id, berth version).
+    versions: Vec<(String, u64)>,
+    /// Marathon says `maximumOverCapacity` as a fraction of the instances; a partial
+    /// update that does not touch `upgradeStrategy` keeps berth's own, or a scale would
+    /// round it into a new version (and restart everything).
+    upgrade: crate::state::apps::spec::Upgrade,
+}
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -200,7 +209,8 @@ async fn info(State(node): Ctx) -> MResult {
 }
 
 async fn leader(State(node): Ctx) -> MResult {
-    let cluster = node.cluster_view(false).await?;
+    // This node's view: a linearizable read would fail, not answer 404, without one.
+    let cluster = node.cluster_view(true).await?;
     let leader = cluster.leader.and_then(|l| cluster.members.iter().find(|m| m.id == l)).and_then(|m| m.http.clone());
     match leader {
         Some(l) => Ok(Json(json!({ "leader": l })).into_response()),
@@ -269,9 +279,12 @@ async fn app_path(
         }
         (Method::PUT, []) => update_app(&node, &id, &q, &headers, &body).await,
         (Method::DELETE, []) => {
-            let berth = read(&node, |s| find(s, &id).map(|a| a.map(|a| (a.id.clone(), version_id(a.current())))))
-                .await??
-                .ok_or_else(|| no_app(&id))?;
+            let berth = read(&node, |s| -> Result<(String, String), MarathonError> {
+                let app = find(s, &id)?.ok_or_else(|| no_app(&id))?;
+                unlocked(app, param_flag(&q, "force"))?;
+                Ok((app.id.clone(), version_id(app.current())))
+            })
+            .await??;
             node.delete_app(&berth.0, request_id(&headers)?).await?;
             Ok(Json(json!({"deploymentId": format!("delete-{}", berth.0), "version": berth.1})).into_response())
         }
@@ -343,12 +356,17 @@ async fn update_app(node: &Node, id: &str, q: &Option<String>, headers: &HeaderM
         let Some(app) = find(s, id)? else { return Ok(None) };
         unlocked(app, force)?;
         let versions = app.versions.iter().map(|v| (version_id(v), v.version)).collect();
-        Ok(Some((app.id.clone(), Value::Object(spec_json(app.spec(), app.instances)), versions)))
+        Ok(Some(Found {
+            berth: app.id.clone(),
+            json: Value::Object(spec_json(app.spec(), app.instances)),
+            versions,
+            upgrade: app.spec().upgrade.clone(),
+        }))
     })
     .await??;
     let rid = request_id(headers)?;
     if let Some(v) = patch.get("version").and_then(Value::as_str) {
-        let (berth, _, versions) = current.ok_or_else(|| no_app(id))?;
+        let Found { berth, versions, .. } = current.ok_or_else(|| no_app(id))?;
         let target = versions.iter().find(|(s, _)| s == v).map(|(_, n)| *n);
         let target =
             target.ok_or_else(|| MarathonError::new(404, format!("App '{id}' does not exist in version {v}")))?;
@@ -356,8 +374,10 @@ async fn update_app(node: &Node, id: &str, q: &Option<String>, headers: &HeaderM
         return deployment_answer(&node.state.read().state, &berth, StatusCode::OK);
     }
     let created = current.is_none();
+    let keep_upgrade =
+        current.as_ref().filter(|_| partial && !patch.contains_key("upgradeStrategy")).map(|f| f.upgrade.clone());
     let merged = match current {
-        Some((_, Value::Object(mut base), _)) if partial => {
+        Some(Found { json: Value::Object(mut base), .. }) if partial => {
             // cmd and args replace each other, as do the two ways of naming a network.
             if patch.contains_key("cmd") || patch.contains_key("args") {
                 base.remove("cmd");
@@ -371,7 +391,11 @@ async fn update_app(node: &Node, id: &str, q: &Option<String>, headers: &HeaderM
         }
         _ => Value::Object(patch),
     };
-    let spec = spec_for(merged, id)?;
+    let mut spec = spec_for(merged, id)?;
+    if let Some(upgrade) = keep_upgrade {
+        spec.upgrade = upgrade;
+        spec.validate().map_err(|e| MarathonError::new(422, e))?;
+    }
     let berth = spec.id.clone();
     node.put_app(spec, rid).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

@@ -366,7 +366,10 @@ pub fn to_spec(app: &MarathonApp, id: &str) -> Result<Value, Invalid> {
     }
     spec.insert("env".into(), Value::Object(env));
     let mut labels: BTreeMap<String, String> = app.labels.clone().unwrap_or_default();
-    labels.insert(ID_LABEL.into(), id.to_string());
+    // Only a path the berth id does not spell already is kept (`/shop` is `shop`).
+    if id != format!("/{}", berth_id(id)) {
+        labels.insert(ID_LABEL.into(), id.to_string());
+    }
     spec.insert("labels".into(), json!(labels));
     let mut constraints = Vec::new();
     for (i, c) in app.constraints.iter().flatten().enumerate() {
