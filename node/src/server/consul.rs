@@ -103,10 +103,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
     }
 }
 
-/// Every value of query parameter `key` (`?recurse` alone gives "").
+/// The first value of query parameter `key` (`?recurse` alone gives "").
 fn param(query: &Option<String>, key: &str) -> Option<String> {
-    let q = query.as_deref().unwrap_or("");
-    form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+    super::http::query_values(query, key).into_iter().next()
 }
 
 /// Consul's duration syntax: `10s`, `5m`, `1m30s`, `500ms`, or bare seconds.
@@ -191,12 +190,7 @@ fn kv_view(state: &crate::state::State, key: &str, recurse: bool, keys_only: boo
 /// (node name, node address) of a host.
 fn host_of(state: &crate::state::State, i: &Instance) -> (String, String) {
     let h = i.host.unwrap_or(0);
-    let addr = state
-        .nodes
-        .registered
-        .get(&h)
-        .map(|n| n.http.rsplit_once(':').map_or(n.http.as_str(), |(a, _)| a).to_string())
-        .unwrap_or_default();
+    let addr = state.nodes.registered.get(&h).map(|n| n.address().to_string()).unwrap_or_default();
     (format!("berth-host-{h}"), addr)
 }
 

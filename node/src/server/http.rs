@@ -84,6 +84,13 @@ pub(crate) fn query_param<'a>(query: &'a Option<String>, key: &str) -> Option<&'
         .map(|(_, v)| v)
 }
 
+/// Every value of query parameter `key`, percent-decoded (`?embed=a&embed=b`;
+/// `?recurse` alone gives ""). The adapters' clients send encoded and repeated keys.
+pub(crate) fn query_values(query: &Option<String>, key: &str) -> Vec<String> {
+    let q = query.as_deref().unwrap_or("");
+    form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == key).map(|(_, v)| v.into_owned()).collect()
+}
+
 /// Reads a boolean query parameter (absent: false).
 pub(crate) fn flag(query: &Option<String>, key: &str) -> Result<bool, ApiError> {
     match query_param(query, key) {

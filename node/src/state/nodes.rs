@@ -51,6 +51,12 @@ pub struct Nodes {
 }
 
 impl NodeInfo {
+    /// The host's address: its HTTP API's without the port (what Marathon's task
+    /// `host` and Consul's node `Address` report).
+    pub fn address(&self) -> &str {
+        self.http.rsplit_once(':').map_or(self.http.as_str(), |(a, _)| a)
+    }
+
     /// Whether this host runs apps of `runtime`: a docker host runs process apps too.
     pub fn runs(&self, runtime: &str) -> bool {
         self.runtime == runtime || runtime == "process"

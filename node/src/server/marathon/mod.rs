@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use self::model::{app_json, berth_id, deployment_id, deployment_json, normalize_id, spec_json, task_json, version_id};
-use super::http::{request_id, RawBody};
+use super::http::{query_values, request_id, RawBody};
 use super::Node;
 use crate::error::ApiError;
 use crate::state::apps::spec::AppSpec;
@@ -100,19 +100,13 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v2/deployments/{id}", delete(cancel_deployment))
 }
 
-/// Every value of query parameter `key`, decoded (`embed=a&embed=b`).
-fn params(query: &Option<String>, key: &str) -> Vec<String> {
-    let q = query.as_deref().unwrap_or("");
-    form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == key).map(|(_, v)| v.into_owned()).collect()
-}
-
 /// A boolean parameter as Marathon clients send it (`true`, `True`, `1`).
 fn param_flag(query: &Option<String>, key: &str) -> bool {
-    params(query, key).last().is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+    query_values(query, key).last().is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 fn embeds_tasks(query: &Option<String>) -> bool {
-    params(query, "embed").iter().any(|e| e == "apps.tasks" || e == "app.tasks")
+    query_values(query, "embed").iter().any(|e| e == "apps.tasks" || e == "app.tasks")
 }
 
 fn no_app(id: &str) -> MarathonError {
@@ -220,8 +214,8 @@ async fn leader(State(node): Ctx) -> MResult {
 
 async fn list_apps(State(node): Ctx, RawQuery(q): RawQuery) -> MResult {
     let embed = embeds_tasks(&q);
-    let id_filter = params(&q, "id").pop();
-    let cmd_filter = params(&q, "cmd").pop();
+    let id_filter = query_values(&q, "id").pop();
+    let cmd_filter = query_values(&q, "cmd").pop();
     let apps = read(&node, |s| {
         s.apps
             .apps
@@ -351,7 +345,7 @@ async fn update_app(node: &Node, id: &str, q: &Option<String>, headers: &HeaderM
         return Err(MarathonError::new(400, "the body must be a JSON object"));
     };
     let force = param_flag(q, "force");
-    let partial = params(q, "partialUpdate").last().is_none_or(|v| !v.eq_ignore_ascii_case("false"));
+    let partial = query_values(q, "partialUpdate").last().is_none_or(|v| !v.eq_ignore_ascii_case("false"));
     let current = read(node, |s| -> Result<Option<Found>, MarathonError> {
         let Some(app) = find(s, id)? else { return Ok(None) };
         unlocked(app, force)?;
@@ -403,7 +397,7 @@ async fn update_app(node: &Node, id: &str, q: &Option<String>, headers: &HeaderM
 }
 
 async fn tasks(State(node): Ctx, RawQuery(q): RawQuery) -> MResult {
-    let status = params(&q, "status").pop();
+    let status = query_values(&q, "status").pop();
     let tasks = read(&node, |s| {
         let mut out = Vec::new();
         for app in s.apps.apps.values() {

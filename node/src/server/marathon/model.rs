@@ -528,7 +528,7 @@ fn task_state(i: &Instance) -> &'static str {
 pub fn task_json(state: &State, app: &App, i: &Instance) -> Value {
     let host = i.host.and_then(|h| state.nodes.registered.get(&h));
     // Marathon's `host` is the agent's address; berth's hosts are known by their API's.
-    let address = host.map(|h| h.http.rsplit_once(':').map_or(h.http.as_str(), |(a, _)| a).to_string());
+    let address = host.map(|h| h.address().to_string());
     let version = app.version(i.version).map(version_id);
     let has_check = app.spec().health_check.is_some();
     let checks = if has_check {
