@@ -159,7 +159,14 @@ pub struct NodeConfig {
     /// Seconds a voter must be dead before the autopilot replaces it with a healthy
     /// learner (`--autopilot-dead-after-s`, default 30).
     pub autopilot_dead_after_s: Option<f64>,
+    /// The most instances an app may ask for through this node's API
+    /// (`--max-instances-per-app`, default and at most 1000000): a deploy or scale
+    /// beyond it is refused with a 400 naming the limit. Set the same on every node.
+    pub max_instances_per_app: Option<u32>,
 }
+
+/// The highest `max_instances_per_app` (and its default).
+pub const MAX_INSTANCES_PER_APP: u32 = 1_000_000;
 
 /// `peers` in the file: the flag's string form, or a table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +201,7 @@ pub struct ValidConfig {
     /// The ids that vote from the start (the first `voters` peers).
     pub voters: std::collections::BTreeSet<u64>,
     pub autopilot_dead_after: std::time::Duration,
+    pub max_instances_per_app: u32,
 }
 
 /// The shortest `host_deadline_s`: fencing at half of it must leave room for a leader's
@@ -280,7 +288,8 @@ impl NodeConfig {
             stop_instances_on_exit,
             host_deadline_s,
             voters,
-            autopilot_dead_after_s
+            autopilot_dead_after_s,
+            max_instances_per_app
         );
         if let Some(labels) = flags.labels {
             let mut merged = self.labels.take().unwrap_or_default();
@@ -397,6 +406,13 @@ impl NodeConfig {
         if !(dead_after.is_finite() && (1.0..=86_400.0).contains(&dead_after)) {
             return Err(invalid("autopilot_dead_after_s", format!("{dead_after} is not between 1 and 86400 seconds")));
         }
+        let max_instances_per_app = self.max_instances_per_app.unwrap_or(MAX_INSTANCES_PER_APP);
+        if !(1..=MAX_INSTANCES_PER_APP).contains(&max_instances_per_app) {
+            return Err(invalid(
+                "max_instances_per_app",
+                format!("{max_instances_per_app} is not between 1 and {MAX_INSTANCES_PER_APP}"),
+            ));
+        }
         Ok(ValidConfig {
             id,
             data_dir,
@@ -418,6 +434,7 @@ impl NodeConfig {
             host_deadline: std::time::Duration::from_secs_f64(deadline),
             voters,
             autopilot_dead_after: std::time::Duration::from_secs_f64(dead_after),
+            max_instances_per_app,
         })
     }
 }

@@ -112,6 +112,17 @@ async fn the_same_idempotency_key_applies_once_through_any_node() {
     }
     assert!(ips.iter().all(|ip| ip == &ips[0]), "{ips:?}");
     assert_eq!(c.allocations(2, "lan").await.len(), 1);
+    // The same key on a different request (other arguments, another operation) is
+    // refused: answering the allocation's outcome to it would claim a write that never ran.
+    let (s, v) =
+        c.req(2, Method::POST, "/v1/ipam/pools/lan/allocations", Some(json!({"owner": "other"})), Some("key-1")).await;
+    assert_error(s, &v, 409, "idempotency_key_reused");
+    let (s, v) = c.req(3, Method::PUT, "/v1/registers/r", Some(json!({"value": 1})), Some("key-1")).await;
+    assert_error(s, &v, 409, "idempotency_key_reused");
+    assert!(v["error"]["message"].as_str().unwrap().contains("\"key-1\""), "{v}");
+    let (s, v) = c.get(1, "/v1/registers/r").await;
+    assert_eq!((s, &v["value"]), (200, &serde_json::Value::Null), "the refused write did not apply: {v}");
+    assert_eq!(c.allocations(1, "lan").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,11 +75,7 @@ async fn deploy_through_a_follower_places_instances_only_where_constraints_allow
     let leader = c.wait_leader(FORM).await;
     let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
     pool(&c, follower, 30).await;
-    c.eventually(FORM, "three hosts registered", || async {
-        let (_, v) = c.get(follower, "/v1/hosts").await;
-        (v.as_array().map(|a| a.len()) == Some(3)).then_some(())
-    })
-    .await;
+    c.wait_hosts(follower, 3).await;
 
     let spec = app("web", 4, json!({"constraints": [["rack", "CLUSTER", "r1"]], "network": {"pool": "lan"}}));
     let (s, v) = put(&c, follower, &spec).await;

@@ -23,11 +23,7 @@ async fn the_marathon_client_deploys_scales_restarts_and_rolls_back() {
     let c = Cluster::start(3, &[]);
     let leader = c.wait_leader(Duration::from_secs(20)).await;
     c.create_pool(leader, "lan", 77).await;
-    c.eventually(Duration::from_secs(20), "3 hosts registered", || async {
-        let (_, hosts) = c.get(leader, "/v1/hosts").await;
-        (hosts.as_array().map_or(0, Vec::len) == 3).then_some(())
-    })
-    .await;
+    c.wait_hosts(leader, 3).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/marathon_client.py");
     let urls: Vec<String> = c.ids().iter().map(|id| c.url(*id)).collect();
     let out = tokio::task::spawn_blocking(move || {

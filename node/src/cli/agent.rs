@@ -87,6 +87,10 @@ pub struct AgentArgs {
     /// Seconds a voter must be dead before a healthy learner replaces it (default 30).
     #[arg(long)]
     autopilot_dead_after_s: Option<f64>,
+    /// The most instances an app may ask for through this node (default and at most
+    /// 1000000); set the same on every node.
+    #[arg(long)]
+    max_instances_per_app: Option<u32>,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -130,6 +134,7 @@ impl AgentArgs {
             host_deadline_s: self.host_deadline_s,
             voters: self.voters,
             autopilot_dead_after_s: self.autopilot_dead_after_s,
+            max_instances_per_app: self.max_instances_per_app,
         }
     }
 }

@@ -52,6 +52,12 @@ pub(crate) fn read(node: &Node, after: u64, app: Option<&str>, max: usize) -> (V
 }
 
 /// `GET /v1/events`.
+#[utoipa::path(get, path = "/v1/events", operation_id = "events", tag = "events",
+    params(super::openapi::EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id (what an EventSource sends)")),
+    responses((status = 200, description = "Server-Sent Events (`id`, `event` = type, `data` = the event as JSON); \
+        with `?follow=false` a JSON list of the events",
+        content((String = "text/event-stream"), (Vec<Object> = "application/json")))))]
 pub async fn serve(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,

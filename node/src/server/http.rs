@@ -7,15 +7,21 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::ops::{AllocationInput, MemberInput, PoolInput};
+use super::openapi::{IdempotencyKey, InstancesQuery, LogsQuery, Stale};
+use super::ops::{AllocationInput, ClusterView, MemberInput, PoolInput, SnapshotView};
 use super::Node;
 use crate::error::ApiError;
+use crate::state::ipam::{AllocationInfo, PoolInfo};
 
 /// The largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -27,8 +33,7 @@ type Ctx = State<Arc<Node>>;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (status, Json(body)).into_response()
+        (status, Json(super::openapi::ErrorBody::from(&self))).into_response()
     }
 }
 
@@ -101,18 +106,16 @@ pub(crate) fn flag(query: &Option<String>, key: &str) -> Result<bool, ApiError> 
     }
 }
 
-/// Reads `?stale=true`.
-fn stale(query: &Option<String>) -> Result<bool, ApiError> {
-    flag(query, "stale")
-}
-
 /// The request id of a write: the client's `Idempotency-Key`, if it sent one.
 pub(crate) fn request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
-            let s =
-                v.to_str().map_err(|_| ApiError::invalid("invalid_request", "Idempotency-Key is not visible ASCII"))?;
+            let s = v
+                .to_str()
+                .ok()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| ApiError::invalid("invalid_request", "Idempotency-Key is not visible ASCII"))?;
             if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY {
                 return Err(ApiError::invalid(
                     "invalid_request",
@@ -128,39 +131,60 @@ fn parse_id(s: &str) -> Result<u64, ApiError> {
     s.parse().map_err(|_| ApiError::invalid("invalid_request", format!("{s:?} is not a node id")))
 }
 
+/// The `/v1` routes, each registered with its OpenAPI description (`openapi.rs`).
+fn v1() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::with_openapi(super::openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(get_cluster))
+        .routes(routes!(add_member))
+        .routes(routes!(snapshot))
+        .routes(routes!(remove_member))
+        .routes(routes!(create_pool, list_pools))
+        .routes(routes!(delete_pool))
+        .routes(routes!(allocate, list_allocations))
+        .routes(routes!(release))
+        .routes(routes!(apps::list))
+        .routes(routes!(apps::put, apps::get, apps::delete))
+        .routes(routes!(apps::scale))
+        .routes(routes!(apps::rollback))
+        .routes(routes!(apps::restart))
+        .routes(routes!(apps::versions))
+        .routes(routes!(apps::instances))
+        .routes(routes!(apps::logs))
+        .routes(routes!(apps::exec))
+        .routes(routes!(apps::hosts))
+        .routes(routes!(apps::drain))
+        .routes(routes!(apps::eligible))
+        .routes(routes!(apps::deployments))
+        .routes(routes!(apps::cancel_deployment))
+        .routes(routes!(super::events::serve))
+        .routes(routes!(super::webhooks::create, super::webhooks::list))
+        .routes(routes!(super::webhooks::delete))
+        .routes(routes!(registers::read, registers::write))
+        .routes(routes!(registers::cas))
+}
+
+/// The OpenAPI document of the `/v1` API, as served at `/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = v1().split_for_parts();
+    super::openapi::add_error_responses(&mut doc);
+    doc
+}
+
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let (routes, mut doc) = v1().split_for_parts();
+    super::openapi::add_error_responses(&mut doc);
+    let doc = super::openapi::for_node(&doc, &node.config);
+    let doc = Bytes::from(serde_json::to_vec_pretty(&doc).expect("the OpenAPI document serializes"));
+    routes
         .route("/metrics", get(super::metrics::serve))
-        .route("/v1/cluster", get(get_cluster))
-        .route("/v1/cluster/members", post(add_member))
-        .route("/v1/cluster/snapshot", post(snapshot))
-        .route("/v1/cluster/members/{id}", delete(remove_member))
-        .route("/v1/ipam/pools", post(create_pool).get(list_pools))
-        .route("/v1/ipam/pools/{pool}", delete(delete_pool))
-        .route("/v1/ipam/pools/{pool}/allocations", post(allocate).get(list_allocations))
-        .route("/v1/ipam/pools/{pool}/allocations/{ip}", delete(release))
-        .route("/v1/apps", get(apps::list))
-        .route("/v1/apps/{id}", put(apps::put).get(apps::get).delete(apps::delete))
-        .route("/v1/apps/{id}/scale", post(apps::scale))
-        .route("/v1/apps/{id}/rollback", post(apps::rollback))
-        .route("/v1/apps/{id}/restart", post(apps::restart))
-        .route("/v1/apps/{id}/versions", get(apps::versions))
-        .route("/v1/instances", get(apps::instances))
-        .route("/v1/instances/{id}/logs", get(apps::logs))
-        .route("/v1/instances/{id}/exec", post(apps::exec))
-        .route("/v1/hosts", get(apps::hosts))
-        .route("/v1/hosts/{id}/drain", post(apps::drain))
-        .route("/v1/hosts/{id}/eligible", post(apps::eligible))
-        .route("/v1/deployments", get(apps::deployments))
-        .route("/v1/deployments/{id}", delete(apps::cancel_deployment))
-        .route("/v1/events", get(super::events::serve))
-        .route("/v1/webhooks", post(super::webhooks::create).get(super::webhooks::list))
-        .route("/v1/webhooks/{id}", delete(super::webhooks::delete))
-        .route("/v1/registers/{key}", get(registers::read).put(registers::write))
-        .route("/v1/registers/{key}/cas", post(registers::cas))
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc) }),
+        )
         .merge(super::marathon::routes())
+        .merge(super::ui::routes())
         .fallback(|| async { ApiError::not_found("no_route", "no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(405, "method_not_allowed", "this endpoint does not take that method")
@@ -184,31 +208,38 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
     }
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(serde_json::json!({"status": "up"}))
+#[utoipa::path(get, path = "/healthz", tag = "cluster", responses((status = 200, description = "The process is up", body = Status)))]
+async fn healthz() -> Json<Status> {
+    Json(Status { status: "up" })
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "cluster", responses((status = 200, description = "The node knows a leader and has applied what it committed", body = Ready)))]
 async fn readyz(State(node): Ctx) -> Result<impl IntoResponse, ApiError> {
     node.ready().await?;
-    Ok(Json(serde_json::json!({"status": "ready", "applied": node.state.applied_index()})))
+    Ok(Json(Ready { status: "ready", applied: node.state.applied_index() }))
 }
 
-async fn get_cluster(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(node.cluster_view(stale(&q)?).await?))
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", params(Stale), responses((status = 200, body = ClusterView)))]
+async fn get_cluster(State(node): Ctx, stale: Stale) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.cluster_view(stale.get()).await?))
 }
 
+#[utoipa::path(post, path = "/v1/cluster/snapshot", tag = "cluster", responses((status = 200, description = "The snapshot this node built", body = SnapshotView)))]
 async fn snapshot(State(node): Ctx) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.snapshot_now().await?))
 }
 
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body = MemberInput, responses((status = 200, body = ClusterView)))]
 async fn add_member(State(node): Ctx, JsonBody(input): JsonBody<MemberInput>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.add_member(input).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path, description = "Node id")), responses((status = 200, body = ClusterView)))]
 async fn remove_member(State(node): Ctx, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.remove_member(parse_id(&id)?).await?))
 }
 
+#[utoipa::path(post, path = "/v1/ipam/pools", tag = "ipam", request_body = PoolInput, params(IdempotencyKey), responses((status = 201, description = "Created", body = PoolInfo), (status = 200, description = "The same pool existed already", body = PoolInfo)))]
 async fn create_pool(
     State(node): Ctx,
     headers: HeaderMap,
@@ -219,10 +250,12 @@ async fn create_pool(
     Ok((status, Json(pool)))
 }
 
-async fn list_pools(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(node.list_pools(stale(&q)?).await?))
+#[utoipa::path(get, path = "/v1/ipam/pools", tag = "ipam", params(Stale), responses((status = 200, body = Vec<PoolInfo>)))]
+async fn list_pools(State(node): Ctx, stale: Stale) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.list_pools(stale.get()).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/ipam/pools/{pool}", tag = "ipam", params(("pool" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "Pool name"), IdempotencyKey), responses((status = 204, description = "Deleted")))]
 async fn delete_pool(
     State(node): Ctx,
     headers: HeaderMap,
@@ -232,6 +265,7 @@ async fn delete_pool(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/ipam/pools/{pool}/allocations", tag = "ipam", request_body = AllocationInput, params(("pool" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "Pool name"), IdempotencyKey), responses((status = 201, body = AllocationInfo)))]
 async fn allocate(
     State(node): Ctx,
     headers: HeaderMap,
@@ -242,14 +276,16 @@ async fn allocate(
     Ok((StatusCode::CREATED, Json(a)))
 }
 
+#[utoipa::path(get, path = "/v1/ipam/pools/{pool}/allocations", tag = "ipam", params(("pool" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "Pool name"), Stale), responses((status = 200, body = Vec<AllocationInfo>)))]
 async fn list_allocations(
     State(node): Ctx,
     Path(pool): Path<String>,
-    RawQuery(q): RawQuery,
+    stale: Stale,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(node.list_allocations(&pool, stale(&q)?).await?))
+    Ok(Json(node.list_allocations(&pool, stale.get()).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/ipam/pools/{pool}/allocations/{ip}", tag = "ipam", params(("pool" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "Pool name"), ("ip" = String, Path, format = Ipv4, description = "The address"), IdempotencyKey), responses((status = 204, description = "Released")))]
 async fn release(
     State(node): Ctx,
     headers: HeaderMap,
@@ -259,21 +295,43 @@ async fn release(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+struct Status {
+    /// Always `up`.
+    status: &'static str,
+}
+
+/// `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+struct Ready {
+    /// Always `ready` (not ready is a 503).
+    status: &'static str,
+    /// The last log index this node applied.
+    applied: u64,
+}
+
 /// Registers: tiny replicated cells with read, write and compare-and-set (used by the
 /// chaos suite's linearizability workload).
 mod registers {
     use super::*;
     use crate::server::ops::{RegisterCas, RegisterWrite};
 
-    pub async fn read(
-        State(node): Ctx,
-        Path(key): Path<String>,
-        RawQuery(q): RawQuery,
-    ) -> Result<impl IntoResponse, ApiError> {
-        let value = node.read_register(&key, stale(&q)?).await?;
-        Ok(Json(serde_json::json!({"key": key, "value": value})))
+    /// A register and its value.
+    #[derive(Serialize, ToSchema)]
+    pub struct RegisterView {
+        pub key: String,
+        /// Any JSON value; `null` when never written.
+        pub value: serde_json::Value,
     }
 
+    #[utoipa::path(get, path = "/v1/registers/{key}", operation_id = "read_register", tag = "registers", params(("key" = String, Path, min_length = 1, max_length = 128, description = "Register key"), Stale), responses((status = 200, body = RegisterView)))]
+    pub async fn read(State(node): Ctx, Path(key): Path<String>, stale: Stale) -> Result<impl IntoResponse, ApiError> {
+        let value = node.read_register(&key, stale.get()).await?;
+        Ok(Json(RegisterView { key, value }))
+    }
+
+    #[utoipa::path(put, path = "/v1/registers/{key}", operation_id = "write_register", tag = "registers", request_body = RegisterWrite, params(("key" = String, Path, min_length = 1, max_length = 128, description = "Register key"), IdempotencyKey), responses((status = 200, body = RegisterView)))]
     pub async fn write(
         State(node): Ctx,
         headers: HeaderMap,
@@ -281,9 +339,10 @@ mod registers {
         JsonBody(input): JsonBody<RegisterWrite>,
     ) -> Result<impl IntoResponse, ApiError> {
         node.write_register(&key, &input.value, request_id(&headers)?).await?;
-        Ok(Json(serde_json::json!({"key": key, "value": input.value})))
+        Ok(Json(RegisterView { key, value: input.value }))
     }
 
+    #[utoipa::path(post, path = "/v1/registers/{key}/cas", operation_id = "cas_register", tag = "registers", request_body = RegisterCas, params(("key" = String, Path, min_length = 1, max_length = 128, description = "Register key"), IdempotencyKey), responses((status = 200, description = "Swapped", body = RegisterView)))]
     pub async fn cas(
         State(node): Ctx,
         headers: HeaderMap,
@@ -291,15 +350,20 @@ mod registers {
         JsonBody(input): JsonBody<RegisterCas>,
     ) -> Result<impl IntoResponse, ApiError> {
         node.cas_register(&key, &input.from, &input.to, request_id(&headers)?).await?;
-        Ok(Json(serde_json::json!({"key": key, "value": input.to})))
+        Ok(Json(RegisterView { key, value: input.to }))
     }
 }
 
 /// Handlers of the app, instance, host and deployment endpoints.
 mod apps {
     use super::*;
-    use crate::server::workloads::{parse_spec, RollbackInput, ScaleInput};
+    use crate::server::workloads::{
+        parse_spec, AppView, DeploymentView, ExecInput, ExecOutput, HostView, InstanceView, RollbackInput, ScaleInput,
+        VersionView,
+    };
+    use crate::state::apps::spec::AppSpec;
 
+    #[utoipa::path(put, path = "/v1/apps/{id}", operation_id = "put_app", tag = "apps", request_body(content = AppSpec, description = "The app spec (docs/spec.md); `id` may be left out"), params(("id" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "App id"), IdempotencyKey), responses((status = 201, description = "Created", body = AppView), (status = 200, description = "Updated (a new version when the spec changed)", body = AppView)))]
     pub async fn put(
         State(node): Ctx,
         headers: HeaderMap,
@@ -311,18 +375,17 @@ mod apps {
         Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
     }
 
-    pub async fn get(
-        State(node): Ctx,
-        Path(id): Path<String>,
-        RawQuery(q): RawQuery,
-    ) -> Result<impl IntoResponse, ApiError> {
-        Ok(Json(node.get_app(&id, stale(&q)?).await?))
+    #[utoipa::path(get, path = "/v1/apps/{id}", operation_id = "get_app", tag = "apps", params(("id" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "App id"), Stale), responses((status = 200, body = AppView)))]
+    pub async fn get(State(node): Ctx, Path(id): Path<String>, stale: Stale) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.get_app(&id, stale.get()).await?))
     }
 
-    pub async fn list(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
-        Ok(Json(node.list_apps(stale(&q)?).await?))
+    #[utoipa::path(get, path = "/v1/apps", operation_id = "list_apps", tag = "apps", params(Stale), responses((status = 200, body = Vec<AppView>)))]
+    pub async fn list(State(node): Ctx, stale: Stale) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.list_apps(stale.get()).await?))
     }
 
+    #[utoipa::path(delete, path = "/v1/apps/{id}", operation_id = "delete_app", tag = "apps", params(("id" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "App id"), IdempotencyKey), responses((status = 200, description = "Deleted: its instances stop and release their addresses", body = AppView)))]
     pub async fn delete(
         State(node): Ctx,
         headers: HeaderMap,
@@ -331,6 +394,7 @@ mod apps {
         Ok(Json(node.delete_app(&id, request_id(&headers)?).await?))
     }
 
+    #[utoipa::path(post, path = "/v1/apps/{id}/scale", operation_id = "scale_app", tag = "apps", request_body = ScaleInput, params(("id" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "App id"), IdempotencyKey), responses((status = 200, body = AppView)))]
     pub async fn scale(
         State(node): Ctx,
         headers: HeaderMap,
@@ -340,17 +404,23 @@ mod apps {
         Ok(Json(node.scale_app(&id, input.instances, request_id(&headers)?).await?))
     }
 
+    #[utoipa::path(post, path = "/v1/apps/{id}/rollback", operation_id = "rollback_app", tag = "apps", request_body(content = Option<RollbackInput>, description = "Empty: the previous version"), params(("id" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "App id"), IdempotencyKey), responses((status = 200, body = AppView)))]
     pub async fn rollback(
         State(node): Ctx,
         headers: HeaderMap,
         Path(id): Path<String>,
         RawBody(body): RawBody,
     ) -> Result<impl IntoResponse, ApiError> {
-        let input: RollbackInput =
-            if body.iter().all(u8::is_ascii_whitespace) { RollbackInput::default() } else { parse_json(&body)? };
+        // No body, or `null`: the previous version.
+        let input: RollbackInput = if body.iter().all(u8::is_ascii_whitespace) {
+            RollbackInput::default()
+        } else {
+            parse_json::<Option<RollbackInput>>(&body)?.unwrap_or_default()
+        };
         Ok(Json(node.rollback_app(&id, input.version, request_id(&headers)?).await?))
     }
 
+    #[utoipa::path(post, path = "/v1/apps/{id}/restart", operation_id = "restart_app", tag = "apps", params(("id" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "App id"), IdempotencyKey), responses((status = 200, description = "A rolling restart began", body = AppView)))]
     pub async fn restart(
         State(node): Ctx,
         headers: HeaderMap,
@@ -359,27 +429,31 @@ mod apps {
         Ok(Json(node.restart_app(&id, request_id(&headers)?).await?))
     }
 
+    #[utoipa::path(get, path = "/v1/apps/{id}/versions", operation_id = "app_versions", tag = "apps", params(("id" = String, Path, pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description = "App id"), Stale), responses((status = 200, body = Vec<VersionView>)))]
     pub async fn versions(
         State(node): Ctx,
         Path(id): Path<String>,
-        RawQuery(q): RawQuery,
+        stale: Stale,
     ) -> Result<impl IntoResponse, ApiError> {
-        Ok(Json(node.app_versions(&id, stale(&q)?).await?))
+        Ok(Json(node.app_versions(&id, stale.get()).await?))
     }
 
+    #[utoipa::path(get, path = "/v1/instances", operation_id = "list_instances", tag = "instances", params(InstancesQuery), responses((status = 200, body = Vec<InstanceView>)))]
     pub async fn instances(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
         let app = query_param(&q, "app").filter(|a| !a.is_empty());
-        Ok(Json(node.list_instances(app, stale(&q)?).await?))
+        Ok(Json(node.list_instances(app, flag(&q, "stale")?).await?))
     }
 
-    pub async fn hosts(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
-        Ok(Json(node.list_hosts(stale(&q)?).await?))
+    #[utoipa::path(get, path = "/v1/hosts", operation_id = "list_hosts", tag = "hosts", params(Stale), responses((status = 200, body = Vec<HostView>)))]
+    pub async fn hosts(State(node): Ctx, stale: Stale) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.list_hosts(stale.get()).await?))
     }
 
     fn host_id(id: &str) -> Result<u64, ApiError> {
         id.parse().map_err(|_| ApiError::invalid("invalid_request", format!("{id:?} is not a host id")))
     }
 
+    #[utoipa::path(post, path = "/v1/hosts/{id}/drain", operation_id = "drain_host", tag = "hosts", params(("id" = u64, Path, description = "Host (node) id"), IdempotencyKey), responses((status = 200, body = HostView)))]
     pub async fn drain(
         State(node): Ctx,
         headers: HeaderMap,
@@ -388,6 +462,7 @@ mod apps {
         Ok(Json(node.set_draining(host_id(&id)?, true, request_id(&headers)?).await?))
     }
 
+    #[utoipa::path(post, path = "/v1/hosts/{id}/eligible", operation_id = "make_host_eligible", tag = "hosts", params(("id" = u64, Path, description = "Host (node) id"), IdempotencyKey), responses((status = 200, body = HostView)))]
     pub async fn eligible(
         State(node): Ctx,
         headers: HeaderMap,
@@ -396,10 +471,12 @@ mod apps {
         Ok(Json(node.set_draining(host_id(&id)?, false, request_id(&headers)?).await?))
     }
 
-    pub async fn deployments(State(node): Ctx, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
-        Ok(Json(node.list_deployments(stale(&q)?).await?))
+    #[utoipa::path(get, path = "/v1/deployments", operation_id = "list_deployments", tag = "apps", params(Stale), responses((status = 200, body = Vec<DeploymentView>)))]
+    pub async fn deployments(State(node): Ctx, stale: Stale) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.list_deployments(stale.get()).await?))
     }
 
+    #[utoipa::path(delete, path = "/v1/deployments/{id}", operation_id = "cancel_deployment", tag = "apps", params(("id" = u64, Path, description = "Deployment id"), IdempotencyKey), responses((status = 200, description = "Cancelled: the app rolls back to the version before", body = AppView)))]
     pub async fn cancel_deployment(
         State(node): Ctx,
         headers: HeaderMap,
@@ -435,13 +512,14 @@ mod apps {
     }
 
     /// Runs a command in the instance; proxied to the host that runs it.
+    #[utoipa::path(post, path = "/v1/instances/{id}/exec", operation_id = "exec_instance", tag = "instances", request_body = ExecInput, params(("id" = String, Path, description = "Instance id")), responses((status = 200, body = ExecOutput)))]
     pub async fn exec(
         State(node): Ctx,
         headers: HeaderMap,
         Path(id): Path<String>,
         RawBody(body): RawBody,
     ) -> Result<Response, ApiError> {
-        let input: crate::server::workloads::ExecInput = parse_json(&body)?;
+        let input: ExecInput = parse_json(&body)?;
         let Some(http) = remote_host(&node, &id, &headers)? else {
             return Ok(Json(node.exec_here(&id, &input).await?).into_response());
         };
@@ -461,6 +539,7 @@ mod apps {
     }
 
     /// The instance's output, streamed; proxied to the host that runs it.
+    #[utoipa::path(get, path = "/v1/instances/{id}/logs", operation_id = "instance_logs", tag = "instances", params(("id" = String, Path, description = "Instance id"), LogsQuery), responses((status = 200, description = "The output, as text", content_type = "text/plain", body = String)))]
     pub async fn logs(
         State(node): Ctx,
         headers: HeaderMap,
@@ -496,11 +575,12 @@ mod tests {
 
     #[test]
     fn stale_query_parses() {
-        assert!(!stale(&None).unwrap());
-        assert!(stale(&Some("stale=true".into())).unwrap());
-        assert!(stale(&Some("a=b&stale".into())).unwrap());
-        assert!(!stale(&Some("stale=false".into())).unwrap());
-        assert_eq!(stale(&Some("stale=maybe".into())).unwrap_err().status, 400);
+        let stale = |q: Option<&str>| flag(&q.map(str::to_string), "stale");
+        assert!(!stale(None).unwrap());
+        assert!(stale(Some("stale=true")).unwrap());
+        assert!(stale(Some("a=b&stale")).unwrap());
+        assert!(!stale(Some("stale=false")).unwrap());
+        assert_eq!(stale(Some("stale=maybe")).unwrap_err().status, 400);
     }
 
     #[test]
@@ -524,5 +604,7 @@ mod tests {
         assert_eq!(request_id(&h).unwrap().as_deref(), Some("key:abc"));
         h.insert("idempotency-key", "x".repeat(200).parse().unwrap());
         assert_eq!(request_id(&h).unwrap_err().status, 400);
+        h.insert("idempotency-key", "a b".parse().unwrap());
+        assert_eq!(request_id(&h).unwrap_err().status, 400, "a space is not visible ASCII");
     }
 }

@@ -19,8 +19,10 @@ pub mod leader;
 pub mod marathon;
 pub mod metrics;
 pub mod network;
+pub mod openapi;
 pub mod ops;
 pub mod proposer;
+pub mod ui;
 pub mod webhooks;
 pub mod workloads;
 

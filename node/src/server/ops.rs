@@ -14,7 +14,7 @@ use crate::state::ipam::{AllocationInfo, PoolInfo};
 use crate::state::{Command, Reply, Response};
 
 /// `GET /v1/cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ClusterView {
     pub leader: Option<u64>,
     pub term: u64,
@@ -22,7 +22,7 @@ pub struct ClusterView {
 }
 
 /// `POST /v1/cluster/snapshot`: the snapshot this node built.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SnapshotView {
     /// The last log index it covers.
     pub index: u64,
@@ -33,7 +33,7 @@ pub struct SnapshotView {
 /// How long `POST /v1/cluster/snapshot` waits for the snapshot.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MemberView {
     pub id: u64,
     pub grpc: String,
@@ -42,29 +42,39 @@ pub struct MemberView {
 }
 
 /// The body of `POST /v1/ipam/pools`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolInput {
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
+    /// IPv4 CIDR, e.g. `10.1.0.0/24`.
+    #[schema(pattern = "^([0-9]{1,3}\\.){3}[0-9]{1,3}/[0-9]{1,2}$")]
     pub subnet: String,
+    /// An address of the subnet, never allocated.
     #[serde(default)]
+    #[schema(format = Ipv4)]
     pub gateway: Option<String>,
+    /// A CIDR inside the subnet to allocate from (default: all of it).
     #[serde(default)]
+    #[schema(pattern = "^([0-9]{1,3}\\.){3}[0-9]{1,3}/[0-9]{1,2}$")]
     pub range: Option<String>,
 }
 
 /// The body of `POST /v1/ipam/pools/{pool}/allocations`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllocationInput {
+    /// Who holds the address: any text of at most 256 bytes.
+    #[schema(max_length = 256)]
     pub owner: String,
     /// A specific address instead of the lowest free one.
     #[serde(default)]
+    #[schema(format = Ipv4)]
     pub ip: Option<String>,
 }
 
 /// The body of `POST /v1/cluster/members`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberInput {
     pub id: u64,
@@ -81,14 +91,14 @@ fn check_register_key(key: &str) -> Result<(), ApiError> {
 }
 
 /// The body of `PUT /v1/registers/{key}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterWrite {
     pub value: serde_json::Value,
 }
 
 /// The body of `POST /v1/registers/{key}/cas`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterCas {
     pub from: serde_json::Value,

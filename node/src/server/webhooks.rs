@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::http::JsonBody;
+use super::openapi::Stale;
 use super::Node;
 use crate::error::ApiError;
 use crate::state::webhooks::Webhook;
@@ -29,9 +30,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Events per delivery round (then progress is recorded).
 const BATCH: usize = 100;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
+    /// Where events are POSTed (`http://` only).
+    #[schema(pattern = "^http://")]
     pub url: String,
     #[serde(default)]
     pub app: Option<String>,
@@ -40,7 +43,7 @@ pub struct WebhookInput {
     pub events: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct WebhookView {
     pub id: u64,
     pub url: String,
@@ -77,6 +80,8 @@ async fn write(node: &Node, cmd: Command) -> Result<WebhookView, ApiError> {
 }
 
 /// `POST /v1/webhooks`.
+#[utoipa::path(post, path = "/v1/webhooks", operation_id = "create_webhook", tag = "events", request_body = WebhookInput,
+    responses((status = 201, description = "Created; delivery starts at the next event", body = WebhookView)))]
 pub async fn create(
     State(node): State<Arc<Node>>,
     JsonBody(input): JsonBody<WebhookInput>,
@@ -87,13 +92,16 @@ pub async fn create(
 }
 
 /// `GET /v1/webhooks`.
-pub async fn list(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> Result<impl IntoResponse, ApiError> {
-    node.read_barrier(super::http::flag(&q, "stale")?).await?;
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "events", params(Stale), responses((status = 200, body = Vec<WebhookView>)))]
+pub async fn list(State(node): State<Arc<Node>>, stale: Stale) -> Result<impl IntoResponse, ApiError> {
+    node.read_barrier(stale.get()).await?;
     let r = node.state.read();
     Ok(Json(r.state.webhooks.hooks.values().map(view).collect::<Vec<_>>()))
 }
 
 /// `DELETE /v1/webhooks/{id}`.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "delete_webhook", tag = "events",
+    params(("id" = u64, Path, description = "Webhook id")), responses((status = 200, description = "Removed", body = WebhookView)))]
 pub async fn delete(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(write(&node, Command::RemoveWebhook { id: webhook_id(&id)? }).await?))
 }

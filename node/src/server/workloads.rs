@@ -18,7 +18,7 @@ pub fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DeploymentView {
     pub id: u64,
     pub app: String,
@@ -33,7 +33,7 @@ pub struct DeploymentView {
     pub blocked: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AppView {
     pub id: String,
     pub version: u64,
@@ -51,14 +51,14 @@ pub struct AppView {
     pub spec: AppSpec,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct VersionView {
     pub version: u64,
     pub created_at: String,
     pub spec: AppSpec,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct InstanceView {
     pub id: String,
     pub app: String,
@@ -72,7 +72,7 @@ pub struct InstanceView {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct HostView {
     pub id: u64,
     pub state: HostState,
@@ -89,7 +89,7 @@ pub struct HostView {
 }
 
 /// The body of `POST /v1/instances/{id}/exec`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecInput {
     pub cmd: Vec<String>,
@@ -99,21 +99,22 @@ pub struct ExecInput {
 }
 
 /// What `POST /v1/instances/{id}/exec` answers.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecOutput {
     pub exit_code: i64,
     pub output: String,
 }
 
 /// The body of `POST /v1/apps/{id}/scale`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleInput {
+    #[schema(maximum = 1_000_000)]
     pub instances: u32,
 }
 
 /// The body of `POST /v1/apps/{id}/rollback` (empty: the previous version).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackInput {
     #[serde(default)]
@@ -239,17 +240,25 @@ impl Node {
         Ok((self.read_app(&id)?, created))
     }
 
+    /// Refuses more instances than this node's `--max-instances-per-app` allows.
+    fn check_instances(&self, code: &str, instances: u32) -> Result<(), ApiError> {
+        let limit = self.config.max_instances_per_app;
+        if instances > limit {
+            return Err(ApiError::invalid(
+                code,
+                format!("instances: {instances} is more than this cluster allows per app ({limit}, --max-instances-per-app)"),
+            ));
+        }
+        Ok(())
+    }
+
     pub async fn put_app(&self, spec: AppSpec, request_id: Option<String>) -> Result<(AppView, bool), ApiError> {
+        self.check_instances("invalid_spec", spec.instances)?;
         self.app_write(Command::PutApp { spec }, request_id).await
     }
 
     pub async fn scale_app(&self, id: &str, instances: u32, request_id: Option<String>) -> Result<AppView, ApiError> {
-        if instances > crate::state::apps::spec::MAX_INSTANCES {
-            return Err(ApiError::invalid(
-                "invalid_request",
-                format!("instances: {instances} is more than {}", crate::state::apps::spec::MAX_INSTANCES),
-            ));
-        }
+        self.check_instances("invalid_request", instances)?;
         let cmd = Command::ScaleApp { id: id.to_string(), instances };
         Ok(self.app_write(cmd, request_id).await?.0)
     }

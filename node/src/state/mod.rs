@@ -132,16 +132,31 @@ impl StateMachine for State {
     fn apply(&mut self, index: u64, req: Request) -> Response {
         self.clock_ms = self.clock_ms.max(req.at_ms);
         self.applied_index = index;
-        if let Some(previous) = self.dedup.get(&req.id) {
-            tracing::debug!(%index, id = %req.id, "duplicate request answered from the dedup record");
-            return previous.clone();
+        let fp = if req.id.is_empty() { 0 } else { dedup::fingerprint(&req.cmd) };
+        match self.dedup.check(&req.id, fp) {
+            dedup::Seen::New => {}
+            dedup::Seen::Repeat(previous) => {
+                tracing::debug!(%index, id = %req.id, "duplicate request answered from the dedup record");
+                return previous.clone();
+            }
+            dedup::Seen::Reused => {
+                let key = req.id.strip_prefix("key:").unwrap_or(&req.id);
+                return Response(Err(DomainError::conflict(
+                    "idempotency_key_reused",
+                    format!(
+                        "Idempotency-Key {key:?} was used for a different request in the last {} minutes; \
+                         a new request needs a new key",
+                        dedup::WINDOW_MS / 60_000
+                    ),
+                )));
+            }
         }
         let before = events::Before::note(self, &req.cmd);
         let response = self.dispatch(req.cmd);
         for kind in before.events(self) {
             self.events.push(index, self.clock_ms, kind);
         }
-        self.dedup.record(&req.id, self.clock_ms, &response);
+        self.dedup.record(&req.id, fp, self.clock_ms, &response);
         response
     }
 

@@ -24,7 +24,7 @@ pub struct NodeInfo {
 }
 
 /// A host's liveness, decided by the leader from heartbeats.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
     #[default]

@@ -107,6 +107,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeProc>,
     pub peers: String,
     pub http: reqwest::Client,
+    /// Environment set on every node process (beside the inherited one).
+    pub env: Vec<(String, String)>,
 }
 
 fn signal(pid: i32, sig: i32) {
@@ -130,6 +132,11 @@ impl Cluster {
 
     /// Starts nodes with the given ids and per-node extra flags.
     pub fn start_ids(ids: &[u64], extra: impl Fn(u64) -> Vec<String>) -> Cluster {
+        Self::start_ids_env(ids, extra, &[])
+    }
+
+    /// Starts nodes with the given ids, per-node extra flags and environment variables.
+    pub fn start_ids_env(ids: &[u64], extra: impl Fn(u64) -> Vec<String>, env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = BTreeMap::new();
         for &id in ids {
@@ -143,6 +150,7 @@ impl Cluster {
             nodes,
             peers,
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         for &id in ids {
             c.spawn(id);
@@ -193,6 +201,7 @@ impl Cluster {
             .args(["--peers", peers])
             .args(&n.extra)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -331,6 +340,15 @@ impl Cluster {
             assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until `n` hosts have registered, as node `via` sees it.
+    pub async fn wait_hosts(&self, via: u64, n: usize) {
+        self.eventually(Duration::from_secs(20), &format!("{n} hosts registered"), || async {
+            let (_, hosts) = self.get(via, "/v1/hosts").await;
+            (hosts.as_array().map_or(0, Vec::len) == n).then_some(())
+        })
+        .await;
     }
 
     /// Creates pool `name` with `size` addresses (a /24 with a range) through node `via`.

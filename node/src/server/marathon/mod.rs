@@ -141,11 +141,12 @@ fn spec_for(body: Value, id: &str) -> Result<AppSpec, MarathonError> {
     Ok(spec)
 }
 
-/// Reads the replica after a read barrier (linearizable, as berth's reads).
+/// Reads the replica after a read barrier (linearizable, as berth's reads), off the
+/// async worker like the `/v1` views (`berth_raft::blocking::run`): `/v2/apps` and
+/// `/v2/tasks` walk every instance, which at a million takes a while.
 async fn read<T>(node: &Node, f: impl FnOnce(&crate::state::State) -> T) -> Result<T, MarathonError> {
     node.read_barrier(false).await?;
-    let replica = node.state.read();
-    Ok(f(&replica.state))
+    Ok(berth_raft::blocking::run(|| f(&node.state.read().state)))
 }
 
 /// The app berth keeps for Marathon id `id`; 404 when there is none, 409 when its berth

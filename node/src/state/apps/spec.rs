@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// An app as users write it (JSON or YAML).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
     /// A DNS label.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub id: String,
     /// A container image (docker runtime); without it, `cmd` runs as a host process.
     #[serde(default)]
@@ -17,6 +18,7 @@ pub struct AppSpec {
     #[serde(default)]
     pub cmd: Vec<String>,
     #[serde(default = "defaults::instances")]
+    #[schema(maximum = 1_000_000)]
     pub instances: u32,
     #[serde(default = "defaults::cpus")]
     pub cpus: f64,
@@ -48,7 +50,7 @@ pub struct AppSpec {
 /// `unreachableStrategy`, Nomad's `disconnect`): placed elsewhere, with their IPs,
 /// `reschedule_after_s` after the host went down (default: at once), or — with
 /// `reschedule: false` — kept on their host, `lost`, until it comes back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Unreachable {
     #[serde(default = "defaults::reschedule")]
@@ -64,14 +66,14 @@ impl Default for Unreachable {
 }
 
 /// `network: {pool: lan}`: one sticky IP per instance from the pool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     pub pool: String,
 }
 
 /// One of `http`, `tcp`, `cmd`, with timing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(default)]
@@ -90,7 +92,7 @@ pub struct HealthCheck {
     pub max_failures: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheck {
     pub port: u16,
@@ -98,14 +100,14 @@ pub struct HttpCheck {
     pub path: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpCheck {
     pub port: u16,
 }
 
 /// How a spec change rolls over the instances.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upgrade {
     /// The fraction of `instances` that must stay healthy during a rollout.
@@ -161,8 +163,9 @@ mod defaults {
     }
 }
 
-/// Most instances one app may ask for.
-pub const MAX_INSTANCES: u32 = 1_000_000;
+/// Most instances one app may ask for (a node may allow fewer:
+/// `--max-instances-per-app`).
+pub const MAX_INSTANCES: u32 = berth_cluster_config::MAX_INSTANCES_PER_APP;
 
 /// A constraint, parsed (Marathon's operators).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

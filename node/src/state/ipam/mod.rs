@@ -42,7 +42,7 @@ pub struct Pool {
 }
 
 /// A pool as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PoolInfo {
     pub name: String,
     pub subnet: String,
@@ -53,7 +53,7 @@ pub struct PoolInfo {
 }
 
 /// An allocation as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AllocationInfo {
     pub ip: String,
     pub owner: String,
