@@ -100,6 +100,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_unlike_the_document() 
                 "--report-dir",
             ])
             .arg(&report_dir)
+            // Its cache (.schemathesis/) goes there too, not into the source tree.
+            .current_dir(&report_dir)
             .output()
             .expect("run schemathesis")
     })
