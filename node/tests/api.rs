@@ -83,6 +83,17 @@ async fn http_errors_follow_the_contract() {
     assert_error(s, &v, 405, "method_not_allowed");
     let (s, v) = c.get(f, "/v1/cluster?stale=perhaps").await;
     assert_error(s, &v, 400, "invalid_request");
+    // Limits, each named.
+    let (s, v) = c.get(f, "/v1/instances/web-1/logs?tail=100001").await;
+    assert_error(s, &v, 400, "invalid_request");
+    assert!(v["error"]["message"].as_str().unwrap().contains("100000 lines"), "{v}");
+    let blob = json!({"cmd": ["/bin/true"], "env": {"BLOB": "x".repeat(70 * 1024)}});
+    let (s, v) = c.req(f, Method::PUT, "/v1/apps/big", Some(blob), None).await;
+    assert_error(s, &v, 400, "invalid_spec");
+    assert!(v["error"]["message"].as_str().unwrap().contains("more than 65536"), "{v}");
+    let (s, v) =
+        c.req(f, Method::PUT, "/v1/apps/many", Some(json!({"cmd": ["/bin/true"], "instances": 1_000_001})), None).await;
+    assert_error(s, &v, 400, "invalid_spec");
     // Too large: last, because the server closes a connection whose body it refused.
     // (The server may close the connection while the client still sends: then the
     // client sees a broken pipe instead of the answer, and tries again.)

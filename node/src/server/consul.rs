@@ -72,6 +72,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(feed)
 }
 
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves the feed until `stop`: HTTP/1 with title-case header names.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
     let app = router(node);
@@ -93,11 +96,27 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .title_case_headers(true)
+                // A client that opens a connection and never finishes its headers is
+                // dropped instead of holding a task forever.
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(error = %e, "consul feed connection") },
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            let done = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stop.cancelled() => None,
+            };
+            // At shutdown: answer the request in flight (a held blocking query returns
+            // at once when the node stops), then close — never cut a response short.
+            let r = match done {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "consul feed connection");
             }
         });
     }

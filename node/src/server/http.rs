@@ -25,6 +25,10 @@ use crate::state::ipam::{AllocationInfo, PoolInfo};
 
 /// The largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The most log lines `?tail=N` may ask for: a tail is found by reading back from the
+/// end (the process runtime reads at most the last 4 MiB, Docker counts lines), so a
+/// bigger N is a mistake; `tail=all` streams everything from the start.
+pub const MAX_LOG_TAIL: usize = 100_000;
 /// The longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -549,9 +553,16 @@ mod apps {
         let follow = flag(&q, "follow")?;
         let tail = match query_param(&q, "tail") {
             None | Some("all") => usize::MAX,
-            Some(t) => {
-                t.parse().map_err(|_| ApiError::invalid("invalid_request", format!("tail: {t:?} is not a number")))?
-            }
+            Some(t) => match t.parse::<usize>() {
+                Ok(n) if n <= MAX_LOG_TAIL => n,
+                Ok(n) => {
+                    return Err(ApiError::invalid(
+                        "invalid_request",
+                        format!("tail: {n} is more than {MAX_LOG_TAIL} lines; ask for `all` to stream everything"),
+                    ))
+                }
+                Err(_) => return Err(ApiError::invalid("invalid_request", format!("tail: {t:?} is not a number"))),
+            },
         };
         let text = [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")];
         let Some(http) = remote_host(&node, &id, &headers)? else {

@@ -116,7 +116,7 @@ pub struct LogsQuery {
     /// Keep the stream open and send new output as it comes.
     #[param(value_type = Option<String>, pattern = "^(true|false|1|0)?$")]
     pub follow: Option<bool>,
-    /// The last this many lines first, or `all` (default).
+    /// The last this many lines first (at most 100000), or `all` (default).
     #[param(pattern = "^([0-9]+|all)$")]
     pub tail: Option<String>,
 }

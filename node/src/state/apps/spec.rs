@@ -167,6 +167,10 @@ mod defaults {
 /// `--max-instances-per-app`).
 pub const MAX_INSTANCES: u32 = berth_cluster_config::MAX_INSTANCES_PER_APP;
 
+/// The largest spec accepted, as JSON: every version is kept in the replicated state
+/// (and in every snapshot), so a spec is configuration, not a place for data.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+
 /// A constraint, parsed (Marathon's operators).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Constraint {
@@ -301,6 +305,13 @@ impl AppSpec {
         }
         if self.image.is_none() && self.cmd[0].is_empty() {
             return Err("cmd[0]: the program is empty".into());
+        }
+        let size = serde_json::to_vec(self).map_or(usize::MAX, |b| b.len());
+        if size > MAX_SPEC_BYTES {
+            return Err(format!(
+                "the spec is {size} bytes as JSON, more than {MAX_SPEC_BYTES} (every version is kept in the replicated \
+                 state; pass large data as a file or an image, not in env or labels)"
+            ));
         }
         if self.instances > MAX_INSTANCES {
             return Err(format!("instances: {} is more than {MAX_INSTANCES}", self.instances));
@@ -489,6 +500,7 @@ unreachable: {reschedule_after_s: 30}
             (Box::new(|s| s.cpus = 0.0), "cpus:"),
             (Box::new(|s| s.mem_mb = 0), "mem_mb:"),
             (Box::new(|s| s.instances = MAX_INSTANCES + 1), "instances:"),
+            (Box::new(|s| _ = s.env.insert("BLOB".into(), "x".repeat(MAX_SPEC_BYTES))), "the spec is "),
             (
                 Box::new(|s| {
                     s.image = None;
