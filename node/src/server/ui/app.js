@@ -77,7 +77,13 @@ async function api(method, path, body) {
     }
     if (r.status === 503 && attempt === 0 && method !== "GET") { await new Promise((ok) => setTimeout(ok, 1000)); continue; }
     const text = await r.text();
-    const data = text ? JSON.parse(text) : null;
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      // Not berth's JSON (a proxy's error page, a cut-off body): say what came back.
+      throw new Error(`${method} ${path}: HTTP ${r.status}, not JSON: ${text.slice(0, 200)}`);
+    }
     if (!r.ok) {
       const err = data && data.error ? `${data.error.code}: ${data.error.message}` : `HTTP ${r.status}`;
       throw new Error(err);
