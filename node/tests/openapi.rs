@@ -94,8 +94,12 @@ async fn schemathesis_finds_no_server_error_and_no_answer_unlike_the_document() 
                 "20261203",
                 "--request-timeout",
                 "20",
+                // One worker: with two threads, CPython 3.11.7's ast.parse (hypothesis
+                // describing its lambdas) can fail with "AST constructor recursion depth
+                // mismatch" (CPython gh-106905, fixed in 3.11.8) — an error in the tool,
+                // not a finding; it happened once in CI.
                 "--workers",
-                "2",
+                "1",
                 "--no-color",
                 "--report-dir",
             ])
