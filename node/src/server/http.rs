@@ -169,16 +169,20 @@ fn v1() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(registers::cas))
 }
 
+/// The `/v1` routes and their OpenAPI document (every operation with the error shape).
+fn v1_parts() -> (Router<Arc<Node>>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = v1().split_for_parts();
+    super::openapi::add_error_responses(&mut doc);
+    (routes, doc)
+}
+
 /// The OpenAPI document of the `/v1` API, as served at `/v1/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut doc) = v1().split_for_parts();
-    super::openapi::add_error_responses(&mut doc);
-    doc
+    v1_parts().1
 }
 
 pub fn router(node: Arc<Node>) -> Router {
-    let (routes, mut doc) = v1().split_for_parts();
-    super::openapi::add_error_responses(&mut doc);
+    let (routes, doc) = v1_parts();
     let doc = super::openapi::for_node(&doc, &node.config);
     let doc = Bytes::from(serde_json::to_vec_pretty(&doc).expect("the OpenAPI document serializes"));
     routes
