@@ -163,6 +163,13 @@ pub struct NodeConfig {
     /// (`--max-instances-per-app`, default and at most 1000000): a deploy or scale
     /// beyond it is refused with a 400 naming the limit. Set the same on every node.
     pub max_instances_per_app: Option<u32>,
+    /// Whether reads need an API token too, once tokens exist
+    /// (`--require-token-for-reads`; default false: reads stay open, writes need one).
+    pub require_token_for_reads: Option<bool>,
+    /// Requests per second each client (a token, else a source address) may send to
+    /// this node's HTTP API, with bursts of twice that; beyond, 429 (`--rate-limit`;
+    /// default 0: no limit).
+    pub rate_limit: Option<f64>,
 }
 
 /// The highest `max_instances_per_app` (and its default).
@@ -202,6 +209,9 @@ pub struct ValidConfig {
     pub voters: std::collections::BTreeSet<u64>,
     pub autopilot_dead_after: std::time::Duration,
     pub max_instances_per_app: u32,
+    pub require_token_for_reads: bool,
+    /// Requests per second per client (None: no limit).
+    pub rate_limit: Option<f64>,
 }
 
 /// The shortest `host_deadline_s`: fencing at half of it must leave room for a leader's
@@ -289,7 +299,9 @@ impl NodeConfig {
             host_deadline_s,
             voters,
             autopilot_dead_after_s,
-            max_instances_per_app
+            max_instances_per_app,
+            require_token_for_reads,
+            rate_limit
         );
         if let Some(labels) = flags.labels {
             let mut merged = self.labels.take().unwrap_or_default();
@@ -413,6 +425,17 @@ impl NodeConfig {
                 format!("{max_instances_per_app} is not between 1 and {MAX_INSTANCES_PER_APP}"),
             ));
         }
+        let rate_limit = match self.rate_limit {
+            None => None,
+            Some(0.0) => None,
+            Some(r) if r.is_finite() && (0.1..=1_000_000.0).contains(&r) => Some(r),
+            Some(r) => {
+                return Err(invalid(
+                    "rate_limit",
+                    format!("{r} is not 0 (no limit) or between 0.1 and 1000000 requests per second"),
+                ))
+            }
+        };
         Ok(ValidConfig {
             id,
             data_dir,
@@ -435,6 +458,8 @@ impl NodeConfig {
             voters,
             autopilot_dead_after: std::time::Duration::from_secs_f64(dead_after),
             max_instances_per_app,
+            require_token_for_reads: self.require_token_for_reads.unwrap_or(false),
+            rate_limit,
         })
     }
 }

@@ -48,6 +48,9 @@ impl ApiError {
         let msg = format!("{}: {}", self.code, self.message);
         match self.status {
             400 | 413 => tonic::Status::invalid_argument(msg),
+            401 => tonic::Status::unauthenticated(msg),
+            403 => tonic::Status::permission_denied(msg),
+            429 => tonic::Status::resource_exhausted(msg),
             404 => tonic::Status::not_found(msg),
             409 if self.code.ends_with("exhausted") => tonic::Status::resource_exhausted(msg),
             409 => tonic::Status::failed_precondition(msg),

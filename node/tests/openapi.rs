@@ -14,6 +14,9 @@
 //! - `events`, `instance_logs`: streams that stay open by design (`?follow`);
 //!   `tests/observe.rs` and `tests/apps.rs` cover them.
 //!
+//! Requests carry an admin token (created before the run), so the cluster is locked
+//! as a production one is and the token endpoints are exercised with the rest.
+//!
 //! The nodes run with an empty `PATH`, so a generated app's `cmd` starts nothing
 //! (absolute paths still run: the fixture app uses `/bin/sh`), and with
 //! `--max-instances-per-app 50`, which the document's `maximum` follows: the first run
@@ -65,6 +68,12 @@ async fn schemathesis_finds_no_server_error_and_no_answer_unlike_the_document() 
     })
     .await;
 
+    // Tokens on: every generated request carries an admin token (so writes, token
+    // creation and revocation run the checks a locked cluster runs).
+    let (s, v) = c.post(leader, "/v1/tokens", serde_json::json!({"role": "admin", "name": "schemathesis"})).await;
+    assert_eq!(s, 201, "{v}");
+    let auth = format!("Authorization: Bearer {}", v["token"].as_str().unwrap());
+
     let follower = c.ids().into_iter().find(|i| *i != leader).unwrap();
     let schema = format!("{}/v1/openapi.json", c.url(follower));
     let report = tempfile::tempdir().unwrap();
@@ -101,6 +110,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_unlike_the_document() 
                 "--workers",
                 "1",
                 "--no-color",
+                "--header",
+                &auth,
                 "--report-dir",
             ])
             .arg(&report_dir)

@@ -27,6 +27,21 @@ def api(path):
         return json.loads(r.read())
 
 
+def api_post(path, body):
+    req = urllib.request.Request(URL + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def scale_in_dialog(app, n):
+    click_action("app", app, "scale", confirm=False)
+    count = driver.find_element(By.ID, "scale-count")
+    count.clear()
+    count.send_keys(str(n))
+    driver.find_element(By.ID, "scale-ok").click()
+
+
 def eventually(what, f, within=WAIT):
     deadline = time.time() + within
     last = None
@@ -140,11 +155,7 @@ try:
     check("leader" in cluster and "no leader" not in cluster, f"the cluster line: {cluster}")
 
     # Scale through the dialog.
-    click_action("app", "web", "scale", confirm=False)
-    count = driver.find_element(By.ID, "scale-count")
-    count.clear()
-    count.send_keys("3")
-    driver.find_element(By.ID, "scale-ok").click()
+    scale_in_dialog("web", 3)
     eventually("web scaled to 3 (API)", lambda: api("/v1/apps/web")["instances"] == 3)
     eventually("3 running instances of web shown with IPs",
                lambda: len(shown_ips("web")) == 3 and shown_ips("web") == api_ips("web") and "—" not in shown_ips("web"))
@@ -240,10 +251,32 @@ try:
     check(True, "live events listed")
     shot("events.png")
 
-    # The only failed request is the deploy that was meant to fail; no script error.
+    # Tokens: once the cluster has one, a write without it is refused and says so (the
+    # page keeps reading: reads stay open); the token form fixes that and names it.
+    admin = api_post("/v1/tokens", {"role": "admin", "name": "ui-test"})["token"]
+    tab("apps")
+    scale_in_dialog("web", 2)
+    eventually("the refusal shown", lambda: "unauthenticated" in banner())
+    check(api("/v1/apps/web")["instances"] == 3, "a write without the token changed nothing")
+    check("needed" in driver.find_element(By.ID, "token-form").get_attribute("class"), "the token form is marked")
+    driver.find_element(By.ID, "token").send_keys(admin)
+    driver.find_element(By.ID, "token-save").click()
+    eventually("the token named", lambda: driver.find_element(By.ID, "token-who").text == "ui-test (admin)")
+    check(driver.find_element(By.ID, "token").get_attribute("value") == "", "the token is not left in the field")
+    scale_in_dialog("web", 2)
+    eventually("web scaled to 2 with the token", lambda: api("/v1/apps/web")["instances"] == 2)
+    tab("events")
+    eventually("events still follow, with the token",
+               lambda: len(driver.find_elements(By.CSS_SELECTOR, '#events-list li[data-type="app_scaled"]')) >= 2)
+    check(True, "writes with an API token from the UI")
+    shot("token.png")
+
+    # The only failed requests are the deploy meant to fail and the write without a
+    # token; no script error.
     logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    check(all(e["source"] == "network" and "/v1/apps/" in e["message"] and "400" in e["message"] for e in logs),
-          f"no script errors, no failed request but the bad deploy: {logs}")
+    expected = lambda m: ("/v1/apps/" in m and "400" in m) or ("/scale" in m and "401" in m)
+    check(all(e["source"] == "network" and expected(e["message"]) for e in logs),
+          f"no script errors, no failed request but the bad deploy and the tokenless write: {logs}")
     print("all checks passed")
 finally:
     driver.quit()

@@ -91,6 +91,13 @@ pub struct AgentArgs {
     /// 1000000); set the same on every node.
     #[arg(long)]
     max_instances_per_app: Option<u32>,
+    /// Once API tokens exist, reads need one too (by default only writes do).
+    #[arg(long)]
+    require_token_for_reads: bool,
+    /// Requests per second each client (a token, else an address) may send to this
+    /// node's HTTP API, bursts of twice that; beyond, 429 (default 0: no limit).
+    #[arg(long, value_name = "PER_SECOND")]
+    rate_limit: Option<f64>,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -135,6 +142,8 @@ impl AgentArgs {
             voters: self.voters,
             autopilot_dead_after_s: self.autopilot_dead_after_s,
             max_instances_per_app: self.max_instances_per_app,
+            require_token_for_reads: self.require_token_for_reads.then_some(true),
+            rate_limit: self.rate_limit,
         }
     }
 }

@@ -28,8 +28,10 @@ pub struct Client {
     addrs: Vec<String>,
     http: reqwest::Client,
     /// One idempotency key per CLI invocation: a write retried on the next node is
-    /// applied once.
-    key: String,
+    /// applied once. None for the one write that takes none (token creation).
+    key: Option<String>,
+    /// The API token (`--token`, `BERTH_TOKEN`), sent as `Authorization: Bearer`.
+    token: Option<String>,
 }
 
 fn normalize(addr: &str) -> String {
@@ -42,7 +44,7 @@ fn normalize(addr: &str) -> String {
 }
 
 impl Client {
-    pub fn new(addrs: &[String]) -> Self {
+    pub fn new(addrs: &[String], token: Option<&str>) -> Self {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         Client {
@@ -52,7 +54,22 @@ impl Client {
                 .timeout(Duration::from_secs(90))
                 .build()
                 .expect("HTTP client"),
-            key: format!("cli-{}-{nanos:x}", std::process::id()),
+            key: Some(format!("cli-{}-{nanos:x}", std::process::id())),
+            token: token.map(str::trim).filter(|t| !t.is_empty()).map(str::to_string),
+        }
+    }
+
+    /// This client without an idempotency key on its writes.
+    pub fn without_idempotency_key(mut self) -> Self {
+        self.key = None;
+        self
+    }
+
+    fn request(&self, client: &reqwest::Client, method: Method, url: String) -> reqwest::RequestBuilder {
+        let req = client.request(method, url);
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
     }
 
@@ -67,9 +84,9 @@ impl Client {
         let mut failures = Vec::new();
         let mut last_503 = None;
         for addr in &self.addrs {
-            let mut req = self.http.request(method.clone(), format!("{addr}{path}"));
-            if method != Method::GET {
-                req = req.header("Idempotency-Key", &self.key);
+            let mut req = self.request(&self.http, method.clone(), format!("{addr}{path}"));
+            if let (true, Some(key)) = (method != Method::GET, &self.key) {
+                req = req.header("Idempotency-Key", key);
             }
             if let Some(b) = body {
                 req = req.json(b);
@@ -102,7 +119,7 @@ impl Client {
             .build()
             .map_err(|e| CliError::Other(e.to_string()))?;
         for addr in &self.addrs {
-            match client.get(format!("{addr}{path}")).send().await {
+            match self.request(&client, Method::GET, format!("{addr}{path}")).send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => failures.push(format!("{addr} (503)")),
                 Ok(resp) => {

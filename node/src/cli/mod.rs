@@ -12,6 +12,7 @@ mod dev;
 mod events;
 mod ipam;
 mod output;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,10 @@ pub struct Cli {
     /// Node URLs to talk to, comma separated; the next one is tried when a node is down.
     #[arg(long, global = true, env = "BERTH_ADDR", value_delimiter = ',', default_value = "http://127.0.0.1:7481")]
     pub addr: Vec<String>,
+
+    /// The API token, once the cluster has tokens (`berth token create`).
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     /// Output of listing commands: a table, or JSON.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
@@ -70,6 +75,8 @@ pub enum Cmd {
     Exec(apps::ExecArgs),
     /// Follow the cluster's events (apps, rollouts, instances, hosts), from any node.
     Events(events::EventsArgs),
+    /// API tokens: create (admin, deploy or read-only), list, revoke.
+    Token(tokens::TokenArgs),
     /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -114,6 +121,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let client = Client::new(&cli.addr, cli.token.as_deref());
+    let out = cli.output;
     let result = match cli.command {
         Cmd::Agent(args) => return agent::run(*args).await,
         Cmd::Dev(args) => return dev::run(args).await,
@@ -123,19 +132,20 @@ async fn run(cli: Cli) -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
-        Cmd::Cluster(args) => cluster::run(&Client::new(&cli.addr), cli.output, args).await,
-        Cmd::Ipam(args) => ipam::run(&Client::new(&cli.addr), cli.output, args).await,
-        Cmd::Deploy(args) => apps::deploy(&Client::new(&cli.addr), cli.output, args).await,
-        Cmd::Apps => apps::apps(&Client::new(&cli.addr), cli.output).await,
-        Cmd::Ps(args) => apps::ps(&Client::new(&cli.addr), cli.output, args).await,
-        Cmd::Scale(args) => apps::scale(&Client::new(&cli.addr), cli.output, args).await,
-        Cmd::Rollback(args) => apps::rollback(&Client::new(&cli.addr), cli.output, args).await,
-        Cmd::Restart(args) => apps::restart(&Client::new(&cli.addr), cli.output, args).await,
-        Cmd::Logs(args) => apps::logs(&Client::new(&cli.addr), args).await,
-        Cmd::Hosts => apps::hosts(&Client::new(&cli.addr), cli.output).await,
-        Cmd::Drain(args) => apps::drain(&Client::new(&cli.addr), cli.output, args).await,
-        Cmd::Exec(args) => apps::exec(&Client::new(&cli.addr), args).await,
-        Cmd::Events(args) => events::events(&Client::new(&cli.addr), cli.output, args).await,
+        Cmd::Cluster(args) => cluster::run(&client, out, args).await,
+        Cmd::Ipam(args) => ipam::run(&client, out, args).await,
+        Cmd::Deploy(args) => apps::deploy(&client, out, args).await,
+        Cmd::Apps => apps::apps(&client, out).await,
+        Cmd::Ps(args) => apps::ps(&client, out, args).await,
+        Cmd::Scale(args) => apps::scale(&client, out, args).await,
+        Cmd::Rollback(args) => apps::rollback(&client, out, args).await,
+        Cmd::Restart(args) => apps::restart(&client, out, args).await,
+        Cmd::Logs(args) => apps::logs(&client, args).await,
+        Cmd::Hosts => apps::hosts(&client, out).await,
+        Cmd::Drain(args) => apps::drain(&client, out, args).await,
+        Cmd::Exec(args) => apps::exec(&client, args).await,
+        Cmd::Events(args) => events::events(&client, out, args).await,
+        Cmd::Token(args) => tokens::run(client, out, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,9 @@
 //! The gRPC server: Raft (node to node), the public `Cluster` and `Ipam` services, and
 //! the `Internal` service (bootstrap probe, write forwarding, read index).
+//!
+//! The public services check the caller's API token (`authorization: Bearer <token>`
+//! metadata) as the HTTP API does (`server::auth`); Raft and `Internal` are node to
+//! node.
 
 use std::sync::Arc;
 
@@ -12,11 +16,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::auth::{check_grpc, Need};
 use super::ops::{AllocationInput, ClusterView, MemberInput, PoolInput};
 use super::proposer::{LeaderCall, LeaderReply};
 use super::Node;
 use crate::error::ApiError;
 use crate::state::ipam::PoolInfo;
+use crate::state::tokens::Role;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
     // No Nagle: a small reply held back for a delayed ACK costs 40 ms. (The builder's
@@ -139,16 +145,19 @@ impl Internal for Svc {
 #[tonic::async_trait]
 impl Cluster for Svc {
     async fn get_cluster(&self, r: Request<pb::GetClusterRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
+        check_grpc(&self.0, &r, Need::Read).await?;
         Ok(Response::new(cluster_pb(self.0.cluster_view(r.get_ref().stale).await?)))
     }
 
     async fn add_member(&self, r: Request<pb::AddMemberRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
+        check_grpc(&self.0, &r, Need::Role(Role::Admin)).await?;
         let r = r.into_inner();
         let view = self.0.add_member(MemberInput { id: r.id, grpc: r.grpc, voter: r.voter }).await?;
         Ok(Response::new(cluster_pb(view)))
     }
 
     async fn remove_member(&self, r: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
+        check_grpc(&self.0, &r, Need::Role(Role::Admin)).await?;
         Ok(Response::new(cluster_pb(self.0.remove_member(r.get_ref().id).await?)))
     }
 }
@@ -156,6 +165,7 @@ impl Cluster for Svc {
 #[tonic::async_trait]
 impl Ipam for Svc {
     async fn create_pool(&self, r: Request<pb::CreatePoolRequest>) -> Result<Response<pb::Pool>, Status> {
+        check_grpc(&self.0, &r, Need::Role(Role::Admin)).await?;
         let r = r.into_inner();
         let input = PoolInput { name: r.name, subnet: r.subnet, gateway: opt(r.gateway), range: opt(r.range) };
         let (pool, _) = self.0.create_pool(input, rid(r.request_id)).await?;
@@ -163,17 +173,20 @@ impl Ipam for Svc {
     }
 
     async fn list_pools(&self, r: Request<pb::ListPoolsRequest>) -> Result<Response<pb::ListPoolsReply>, Status> {
+        check_grpc(&self.0, &r, Need::Read).await?;
         let pools = self.0.list_pools(r.get_ref().stale).await?;
         Ok(Response::new(pb::ListPoolsReply { pools: pools.into_iter().map(pool_pb).collect() }))
     }
 
     async fn delete_pool(&self, r: Request<pb::DeletePoolRequest>) -> Result<Response<pb::DeletePoolReply>, Status> {
+        check_grpc(&self.0, &r, Need::Role(Role::Admin)).await?;
         let r = r.into_inner();
         self.0.delete_pool(&r.name, rid(r.request_id)).await?;
         Ok(Response::new(pb::DeletePoolReply {}))
     }
 
     async fn allocate(&self, r: Request<pb::AllocateRequest>) -> Result<Response<pb::Allocation>, Status> {
+        check_grpc(&self.0, &r, Need::Role(Role::Deploy)).await?;
         let r = r.into_inner();
         let input = AllocationInput { owner: r.owner, ip: opt(r.ip) };
         let a = self.0.allocate(&r.pool, input, rid(r.request_id)).await?;
@@ -184,6 +197,7 @@ impl Ipam for Svc {
         &self,
         r: Request<pb::ListAllocationsRequest>,
     ) -> Result<Response<pb::ListAllocationsReply>, Status> {
+        check_grpc(&self.0, &r, Need::Read).await?;
         let r = r.into_inner();
         let list = self.0.list_allocations(&r.pool, r.stale).await?;
         Ok(Response::new(pb::ListAllocationsReply {
@@ -192,6 +206,7 @@ impl Ipam for Svc {
     }
 
     async fn release(&self, r: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseReply>, Status> {
+        check_grpc(&self.0, &r, Need::Role(Role::Deploy)).await?;
         let r = r.into_inner();
         self.0.release(&r.pool, &r.ip, rid(r.request_id)).await?;
         Ok(Response::new(pb::ReleaseReply {}))

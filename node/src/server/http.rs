@@ -167,6 +167,9 @@ fn v1() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(super::webhooks::delete))
         .routes(routes!(registers::read, registers::write))
         .routes(routes!(registers::cas))
+        .routes(routes!(super::auth::create, super::auth::list))
+        .routes(routes!(super::auth::whoami))
+        .routes(routes!(super::auth::revoke))
 }
 
 /// The `/v1` routes and their OpenAPI document (every operation with the error shape).
@@ -198,6 +201,7 @@ pub fn router(node: Arc<Node>) -> Router {
             ApiError::new(405, "method_not_allowed", "this endpoint does not take that method")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), super::auth::guard))
         .layer(axum::middleware::from_fn_with_state(node.clone(), super::metrics::track))
         .with_state(node)
 }
@@ -210,6 +214,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
@@ -519,6 +524,19 @@ mod apps {
             .ok_or_else(|| ApiError::unavailable("host_unknown", format!("host {host} has not registered its address")))
     }
 
+    /// The headers of a request proxied to another node: the mark that it was, and the
+    /// caller's token (the host checks it again).
+    fn forwarded(headers: &HeaderMap, from: u64) -> reqwest::header::HeaderMap {
+        let mut out = reqwest::header::HeaderMap::new();
+        out.insert("x-berth-proxied", from.into());
+        if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+            if let Ok(v) = reqwest::header::HeaderValue::from_bytes(auth.as_bytes()) {
+                out.insert(reqwest::header::AUTHORIZATION, v);
+            }
+        }
+        out
+    }
+
     /// Runs a command in the instance; proxied to the host that runs it.
     #[utoipa::path(post, path = "/v1/instances/{id}/exec", operation_id = "exec_instance", tag = "instances", request_body = ExecInput, params(("id" = String, Path, description = "Instance id")), responses((status = 200, body = ExecOutput)))]
     pub async fn exec(
@@ -534,7 +552,7 @@ mod apps {
         let resp = node
             .http_client
             .post(format!("http://{http}/v1/instances/{id}/exec"))
-            .header("x-berth-proxied", node.id.to_string())
+            .headers(forwarded(&headers, node.id))
             .body(body)
             .send()
             .await
@@ -574,10 +592,9 @@ mod apps {
             return Ok((text, axum::body::Body::from_stream(stream)).into_response());
         };
         let url = format!("http://{http}/v1/instances/{id}/logs?{}", q.unwrap_or_default());
-        let resp =
-            node.http_client.get(&url).header("x-berth-proxied", node.id.to_string()).send().await.map_err(|e| {
-                ApiError::unavailable("host_unreachable", format!("the host at {http} does not answer: {e}"))
-            })?;
+        let resp = node.http_client.get(&url).headers(forwarded(&headers, node.id)).send().await.map_err(|e| {
+            ApiError::unavailable("host_unreachable", format!("the host at {http} does not answer: {e}"))
+        })?;
         let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let body = axum::body::Body::from_stream(resp.bytes_stream());
         Ok((status, text, body).into_response())

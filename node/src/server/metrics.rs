@@ -19,6 +19,8 @@
 //! | `berth_apps`, `berth_deployments`, `berth_deployments_blocked` | gauge | |
 //! | `berth_pool_addresses`, `berth_pool_used_addresses` | gauge | `pool` |
 //! | `berth_hosts` | gauge | `state` (up, down, draining) |
+//! | `berth_auth_refused_total` (401/403 for a token, HTTP and gRPC) | counter | `code` |
+//! | `berth_rate_limited_total` (429) | counter | |
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,7 +31,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
 use berth_raft::typ;
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use super::Node;
 use crate::error::ApiError;
@@ -65,6 +69,10 @@ pub struct Metrics {
     hosts: IntGaugeVec,
     contact_age: Gauge,
     fence_after: Gauge,
+    /// Requests refused for their token (HTTP and gRPC), by error code.
+    pub auth_refused: IntCounterVec,
+    /// Requests refused with 429.
+    pub rate_limited: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -111,7 +119,18 @@ impl Metrics {
             "berth_fence_after_seconds",
             "contact age at which this host fences its sticky-IP instances (half its host deadline)",
         );
+        let auth_refused = IntCounterVec::new(
+            Opts::new("berth_auth_refused_total", "requests refused for their API token (401/403), by error code"),
+            &["code"],
+        )
+        .expect("a valid metric");
+        r.register(Box::new(auth_refused.clone())).expect("registered once");
+        let rate_limited =
+            IntCounter::new("berth_rate_limited_total", "requests refused with 429 (--rate-limit)").expect("valid");
+        r.register(Box::new(rate_limited.clone())).expect("registered once");
         Metrics {
+            auth_refused,
+            rate_limited,
             contact_age,
             fence_after,
             requests,

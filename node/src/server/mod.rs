@@ -8,6 +8,7 @@
 //! state). [`Node::shutdown`] hands leadership over first when this node leads, then
 //! stops Raft and the servers.
 
+pub mod auth;
 pub mod bootstrap;
 pub mod consul;
 pub mod dns;
@@ -16,6 +17,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod leader;
+pub mod limits;
 pub mod marathon;
 pub mod metrics;
 pub mod network;
@@ -84,6 +86,8 @@ pub struct Node {
     pub http_client: reqwest::Client,
     /// What `/metrics` reports.
     pub metrics: metrics::Metrics,
+    /// The per-client request rate limit (`--rate-limit`), if any.
+    pub rate_limiter: Option<limits::RateLimiter>,
     /// When this host was last in contact with a leader, caught up (for fencing).
     pub contact: Arc<crate::agent::Contact>,
     /// The term in which this node, as leader, has applied its read index (0: none):
@@ -251,6 +255,7 @@ impl Node {
         })?;
         let timing = crate::timing::HostTiming::new(config.host_deadline);
         let lease = crate::agent::guard::Lease::new(&config.data_dir, timing.fence_after());
+        let rate_limiter = config.rate_limit.map(limits::RateLimiter::new);
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -264,6 +269,7 @@ impl Node {
             runtime: runtime.clone(),
             http_client: reqwest::Client::new(),
             metrics: Default::default(),
+            rate_limiter,
             contact: Arc::new(crate::agent::Contact::new(Some(lease))),
             leader_ready: Default::default(),
             raft_open,

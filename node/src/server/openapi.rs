@@ -38,14 +38,38 @@ use crate::error::ApiError;
         (name = "hosts", description = "Hosts and draining"),
         (name = "events", description = "The replicated event log and webhooks"),
         (name = "registers", description = "Small replicated cells with compare-and-set"),
-    )
+        (name = "tokens", description = "API tokens and their roles (admin, deploy, read-only)"),
+    ),
+    modifiers(&TokenAuth),
 )]
 pub struct ApiDoc;
+
+/// The `token` security scheme (`Authorization: Bearer <token>`). Optional on every
+/// operation: a cluster without tokens is open (see `server::auth`).
+struct TokenAuth;
+
+impl utoipa::Modify for TokenAuth {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        let mut bearer = Http::new(HttpAuthScheme::Bearer);
+        bearer.description = Some(
+            "An API token (`berth token create`). Needed once any token exists: writes need role deploy \
+             (tokens, membership, pools and hosts: admin); reads need any token only on nodes run with \
+             --require-token-for-reads."
+                .into(),
+        );
+        components.add_security_scheme("token", SecurityScheme::Http(bearer));
+        doc.security =
+            Some(vec![SecurityRequirement::default(), SecurityRequirement::new("token", Vec::<String>::new())]);
+    }
+}
 
 /// Every error: `{"error": {"code", "message"}}`, with the HTTP status of the kind.
 #[derive(Debug, Serialize, ToSchema, ToResponse)]
 #[response(description = "An error: the status names its kind (400 a bad request, 404 nothing by that \
-                          name, 409 the state forbids it, 413 too large, 503 no leader or quorum — \
+                          name, 401 no valid token, 403 the token's role is too small, 409 the state forbids it, \
+                          413 too large, 429 over the rate limit, 503 no leader or quorum — \
                           safe to retry with the same Idempotency-Key)")]
 pub struct ErrorBody {
     pub error: ErrorDetail,

@@ -129,6 +129,12 @@ pub enum Command {
     RestartApp {
         id: String,
     },
+    /// Adds an API token (its secret's hash only; see [`super::tokens`]).
+    CreateToken(super::tokens::Token),
+    /// Revokes an API token.
+    RevokeToken {
+        id: String,
+    },
 }
 
 /// A scheduling plan: what the leader's scheduler decided from one view of the state.
@@ -224,6 +230,8 @@ impl fmt::Display for Request {
             Command::RemoveWebhook { id } => write!(f, "remove-webhook {id}"),
             Command::WebhookProgress { id, upto, error } => write!(f, "webhook {id} upto {upto} error={error:?}"),
             Command::RestartApp { id } => write!(f, "restart-app {id}"),
+            Command::CreateToken(t) => write!(f, "create-token {} {}", t.id, t.role.as_str()),
+            Command::RevokeToken { id } => write!(f, "revoke-token {id}"),
         }
     }
 }
@@ -261,6 +269,8 @@ pub enum Reply {
     },
     /// A webhook after it was added or removed.
     Webhook(super::webhooks::Webhook),
+    /// A token after it was created or revoked.
+    Token(super::tokens::Token),
 }
 
 /// The class of a [`DomainError`]; the API maps each to one status code.

@@ -21,6 +21,7 @@ pub mod dedup;
 pub mod events;
 pub mod ipam;
 pub mod nodes;
+pub mod tokens;
 pub mod webhooks;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,8 @@ pub struct State {
     /// The last events (`events`), derived in apply.
     pub events: events::Events,
     pub webhooks: webhooks::Webhooks,
+    /// API tokens (hashes only).
+    pub tokens: tokens::Tokens,
 }
 
 impl State {
@@ -78,6 +81,8 @@ impl State {
             Command::AddWebhook { url, app, types } => self.webhooks.add(url, app, types, now, self.events.last),
             Command::RemoveWebhook { id } => self.webhooks.remove(id),
             Command::WebhookProgress { id, upto, error } => self.webhooks.progress(id, upto, error, now),
+            Command::CreateToken(token) => self.tokens.create(token, now),
+            Command::RevokeToken { id } => self.tokens.revoke(&id),
             Command::RegisterWrite { key, value } => {
                 self.registers.insert(key, value.clone());
                 Response(Ok(Reply::Register { value }))
@@ -115,7 +120,7 @@ impl StateMachine for State {
         }
     }
 
-    /// The IP ledger's, the registers' and webhook progress: no agent, scheduler or
+    /// The IP ledger's, the registers', webhook progress and tokens: no agent, scheduler or
     /// registration loop acts on them (whoever allocates gets the address in the reply),
     /// and they make no events.
     fn is_quiet(req: &Request) -> bool {
@@ -126,6 +131,8 @@ impl StateMachine for State {
                 | Command::RegisterWrite { .. }
                 | Command::RegisterCas { .. }
                 | Command::WebhookProgress { .. }
+                | Command::CreateToken(_)
+                | Command::RevokeToken { .. }
         )
     }
 

@@ -1,4 +1,5 @@
-// berth's web UI: plain JavaScript over the /v1 API of the node that served it.
+// berth's web UI: plain JavaScript over the /v1 API of the node that served it, with
+// the API token given in the header's form (when the cluster has tokens).
 // Every view is re-read every 2 s and at once after an event arrives; writes carry an
 // Idempotency-Key and are retried once with it on a 503 or a dropped connection.
 "use strict";
@@ -60,8 +61,17 @@ function showError(msg) {
   showError.t = setTimeout(() => (b.hidden = true), 8000);
 }
 
+// The API token, if the cluster has tokens: kept for this tab only (sessionStorage).
+function token() {
+  return sessionStorage.getItem("berth-token") || "";
+}
+
+function authHeaders() {
+  return token() ? { Authorization: `Bearer ${token()}` } : {};
+}
+
 async function api(method, path, body) {
-  const opts = { method, headers: {} };
+  const opts = { method, headers: authHeaders() };
   if (method !== "GET") opts.headers["Idempotency-Key"] = key();
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
@@ -86,6 +96,7 @@ async function api(method, path, body) {
     }
     if (!r.ok) {
       const err = data && data.error ? `${data.error.code}: ${data.error.message}` : `HTTP ${r.status}`;
+      if (r.status === 401) $("#token-form").classList.add("needed");
       throw new Error(err);
     }
     return data;
@@ -235,19 +246,78 @@ function eventLine(e) {
     e.app ? el("b", {}, e.app) : null, " ", el("span", { class: "small mono" }, rest));
 }
 
-function follow() {
+// Server-sent events read with fetch (EventSource cannot send a token), resumed after
+// the last event seen when the stream ends or fails.
+async function follow() {
   const list = $("#events-list");
-  const src = new EventSource("/v1/events?since=0");
   let pending = null;
-  const onEvent = (m) => {
+  let last = 0;
+  const onEvent = (type, data) => {
+    if (!EVENT_TYPES.includes(type)) return;
     let e;
-    try { e = JSON.parse(m.data); } catch { return; }
+    try { e = JSON.parse(data); } catch { return; }
     list.prepend(eventLine(e));
     while (list.children.length > 200) list.lastChild.remove();
     if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 250);
   };
-  for (const t of EVENT_TYPES) src.addEventListener(t, onEvent);
-  // EventSource reconnects by itself and resumes after Last-Event-ID.
+  for (;;) {
+    try {
+      const r = await fetch(`/v1/events?since=${last}`, { headers: authHeaders() });
+      if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}`);
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      let ev = { type: "message", data: [], id: null };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).replace(/\r$/, "");
+          buf = buf.slice(nl + 1);
+          if (line === "") {
+            if (ev.id !== null) last = Number(ev.id) || last;
+            if (ev.data.length) onEvent(ev.type, ev.data.join("\n"));
+            ev = { type: "message", data: [], id: null };
+          } else if (!line.startsWith(":")) {
+            const i = line.indexOf(":");
+            const field = i < 0 ? line : line.slice(0, i);
+            const val = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+            if (field === "event") ev.type = val;
+            else if (field === "data") ev.data.push(val);
+            else if (field === "id") ev.id = val;
+          }
+        }
+      }
+    } catch {
+      // Down, restarting, or no token yet: try again shortly.
+    }
+    await new Promise((ok) => setTimeout(ok, 1000));
+  }
+}
+
+// The token form: saved for this tab, checked at once (GET /v1/tokens/self).
+function tokenForm() {
+  const show = async () => {
+    const who = $("#token-who");
+    if (!token()) { who.textContent = "no token"; return; }
+    try {
+      const me = await api("GET", "/v1/tokens/self");
+      who.textContent = `${me.name} (${me.role})`;
+      $("#token-form").classList.remove("needed");
+    } catch (e) {
+      who.textContent = e.message;
+    }
+  };
+  $("#token-save").addEventListener("click", (e) => {
+    e.preventDefault();
+    const t = $("#token").value.trim();
+    if (t) sessionStorage.setItem("berth-token", t); else sessionStorage.removeItem("berth-token");
+    $("#token").value = "";
+    show();
+    refresh();
+  });
+  show();
 }
 
 function tabs() {
@@ -274,6 +344,7 @@ function deployForm() {
 }
 
 tabs();
+tokenForm();
 deployForm();
 refresh();
 follow();
