@@ -170,6 +170,22 @@ pub struct NodeConfig {
     /// this node's HTTP API, with bursts of twice that; beyond, 429 (`--rate-limit`;
     /// default 0: no limit).
     pub rate_limit: Option<f64>,
+    /// This node's certificate, PEM (`--tls-cert`, from `berth ca issue`). With
+    /// `tls_key` and `tls_ca`: mutual TLS between nodes and HTTPS on the API.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key, PEM (`--tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate, PEM (`--tls-ca`): peers must present a
+    /// certificate it signed.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// The three files of a node's TLS setup, all given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// The highest `max_instances_per_app` (and its default).
@@ -212,6 +228,8 @@ pub struct ValidConfig {
     pub require_token_for_reads: bool,
     /// Requests per second per client (None: no limit).
     pub rate_limit: Option<f64>,
+    /// Mutual TLS between nodes, HTTPS on the API (None: plain).
+    pub tls: Option<TlsFiles>,
 }
 
 /// The shortest `host_deadline_s`: fencing at half of it must leave room for a leader's
@@ -301,7 +319,10 @@ impl NodeConfig {
             autopilot_dead_after_s,
             max_instances_per_app,
             require_token_for_reads,
-            rate_limit
+            rate_limit,
+            tls_cert,
+            tls_key,
+            tls_ca
         );
         if let Some(labels) = flags.labels {
             let mut merged = self.labels.take().unwrap_or_default();
@@ -436,6 +457,21 @@ impl NodeConfig {
                 ))
             }
         };
+        let tls = match (self.tls_cert, self.tls_key, self.tls_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+            (cert, key, ca) => {
+                let missing: Vec<&str> =
+                    [("--tls-cert", cert.is_none()), ("--tls-key", key.is_none()), ("--tls-ca", ca.is_none())]
+                        .into_iter()
+                        .filter_map(|(f, m)| m.then_some(f))
+                        .collect();
+                return Err(invalid(
+                    "tls",
+                    format!("TLS needs all of --tls-cert, --tls-key and --tls-ca; missing {}", missing.join(", ")),
+                ));
+            }
+        };
         Ok(ValidConfig {
             id,
             data_dir,
@@ -460,6 +496,7 @@ impl NodeConfig {
             max_instances_per_app,
             require_token_for_reads: self.require_token_for_reads.unwrap_or(false),
             rate_limit,
+            tls,
         })
     }
 }

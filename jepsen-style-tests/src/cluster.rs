@@ -45,6 +45,9 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, Proc>,
     pub peers: String,
     pub extra: Vec<String>,
+    /// With TLS: the cluster CA's certificate (`berth ca` made it and every node's in
+    /// `dir/ca`); nodes run mutual TLS and serve HTTPS.
+    pub ca: Option<reqwest::Certificate>,
 }
 
 impl Cluster {
@@ -55,6 +58,11 @@ impl Cluster {
 
     /// Starts `n` nodes, each in its own network namespace when `namespaces`.
     pub fn start_in(n: u64, extra: &[&str], namespaces: bool) -> Result<Cluster> {
+        Self::start_with(n, extra, namespaces, false)
+    }
+
+    /// Starts `n` nodes, in namespaces when `namespaces`, with mutual TLS when `tls`.
+    pub fn start_with(n: u64, extra: &[&str], namespaces: bool, tls: bool) -> Result<Cluster> {
         let binary = berth_binary()?;
         let dir = tempfile::tempdir()?;
         let ids: Vec<u64> = (1..=n).collect();
@@ -71,11 +79,53 @@ impl Cluster {
             );
         }
         let peers = nodes.values().map(|p| format!("{}={}", p.id, p.grpc)).collect::<Vec<_>>().join(",");
-        let mut c = Cluster { net, binary, dir, nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut c =
+            Cluster { net, binary, dir, nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect(), ca: None };
+        if tls {
+            c.berth(&["ca", "init", "--dir"], &[])?;
+            let pem = std::fs::read(c.ca_dir().join("ca.pem"))?;
+            c.ca = Some(reqwest::Certificate::from_pem(&pem)?);
+            for id in 1..=n {
+                c.issue(id)?;
+            }
+        }
         for id in 1..=n {
             c.spawn(id)?;
         }
         Ok(c)
+    }
+
+    fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// Runs `berth ARGS... <ca dir> MORE...` and fails with its stderr.
+    fn berth(&self, args: &[&str], more: &[&str]) -> Result<()> {
+        let out = Command::new(&self.binary).args(args).arg(self.ca_dir()).args(more).output()?;
+        if !out.status.success() {
+            bail!("berth {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// Issues node `id`'s certificate, valid for the address its API listens on.
+    fn issue(&self, id: u64) -> Result<()> {
+        let host = self.nodes[&id].http.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+        self.berth(&["ca", "issue", "--id", &id.to_string(), "--host", &host, "--dir"], &[])
+    }
+
+    /// An HTTP client for this cluster's APIs (trusting its CA when it runs TLS).
+    pub fn http_builder(&self) -> reqwest::ClientBuilder {
+        let b = reqwest::Client::builder();
+        match &self.ca {
+            Some(ca) => b.add_root_certificate(ca.clone()).tls_built_in_root_certs(false),
+            None => b,
+        }
+    }
+
+    /// [`Self::http_builder`], built.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http_builder().build().expect("an HTTP client")
     }
 
     /// Adds node `id` (not part of the initial cluster), started with `peers` (the
@@ -91,6 +141,9 @@ impl Cluster {
         let data_dir = self.dir.path().join(format!("node{id}"));
         let peers = format!("{members},{id}={grpc}");
         self.nodes.insert(id, Proc { id, peers: Some(peers.clone()), grpc: grpc.clone(), http, data_dir, child: None });
+        if self.ca.is_some() {
+            self.issue(id)?;
+        }
         self.spawn_with(id, &peers)?;
         Ok(grpc)
     }
@@ -108,6 +161,19 @@ impl Cluster {
 
     fn spawn_with(&mut self, id: u64, peers: &str) -> Result<()> {
         let log_path = self.dir.path().join(format!("node{id}.log"));
+        let ca = self.ca_dir();
+        let tls: Vec<PathBuf> = match self.ca {
+            Some(_) => {
+                let f = |flag: &str, file: String| [PathBuf::from(flag), ca.join(file)];
+                [
+                    f("--tls-cert", format!("node-{id}.pem")),
+                    f("--tls-key", format!("node-{id}.key")),
+                    f("--tls-ca", "ca.pem".into()),
+                ]
+                .concat()
+            }
+            None => vec![],
+        };
         let p = self.nodes.get_mut(&id).context("no such node")?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut cmd = match &self.net {
@@ -126,6 +192,7 @@ impl Cluster {
             .arg(&p.data_dir)
             .args(["--listen", &p.grpc, "--http", &p.http, "--peers", peers])
             .args(&self.extra)
+            .args(&tls)
             .env("RUST_LOG", std::env::var("BERTH_NODE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -149,7 +216,7 @@ impl Cluster {
     }
 
     pub fn url(&self, id: u64) -> String {
-        format!("http://{}", self.nodes[&id].http)
+        format!("{}://{}", if self.ca.is_some() { "https" } else { "http" }, self.nodes[&id].http)
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {

@@ -55,6 +55,9 @@ struct Args {
     /// Random seed (default: from the clock; printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Nodes run mutual TLS (certificates from `berth ca`) and serve HTTPS.
+    #[arg(long)]
+    tls: bool,
 }
 
 const NEMESES: [&str; 10] = [
@@ -154,7 +157,7 @@ async fn client(
     seed: u64,
     stale: bool,
 ) {
-    let http = reqwest::Client::new();
+    let http = cluster.lock().unwrap().http_client();
     let mut rng = Rng(seed | 1);
     let mut held: Vec<String> = Vec::new();
     let mut n = 0u64;
@@ -538,8 +541,8 @@ const CONVERGE_DEADLINE: Duration = Duration::from_secs(6);
 async fn run_converge(args: &Args, nemeses: &[String], seed: u64, namespaces: bool) -> Result<Vec<Verdict>> {
     let deadline_flag = CONVERGE_DEADLINE.as_secs().to_string();
     let flags = ["--snapshot-logs", "200", "--host-deadline-s", deadline_flag.as_str(), "--runtime", "process"];
-    let cluster = Cluster::start_in(args.nodes, &flags, namespaces)?;
-    let http = reqwest::Client::new();
+    let cluster = Cluster::start_with(args.nodes, &flags, namespaces, args.tls)?;
+    let http = cluster.http_client();
     let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
     let url = cluster.url(leader);
     let (s, v) = request(
@@ -643,8 +646,8 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
     if workload == "converge" {
         return run_converge(args, nemeses, seed, namespaces).await;
     }
-    let cluster = Cluster::start_in(args.nodes, &["--snapshot-logs", "200"], namespaces)?;
-    let http = reqwest::Client::new();
+    let cluster = Cluster::start_with(args.nodes, &["--snapshot-logs", "200"], namespaces, args.tls)?;
+    let http = cluster.http_client();
     cluster.wait_leader(&http, Duration::from_secs(30)).await?;
     let urls: Vec<String> = cluster.nodes.keys().map(|id| cluster.url(*id)).collect();
     if workload == "ipam" {

@@ -9,6 +9,7 @@
 //! - [`error`]: API errors, one status and one stable code each.
 //! - [`timing`]: host-loss timing (deadline, fencing, heartbeats) and why an IP is
 //!   never live twice.
+//! - [`tls`]: the cluster CA and mutual TLS between nodes.
 //! - [`cli`]: the command line: `berth agent`, `berth dev`, and the client commands
 //!   that talk to the HTTP API.
 //!
@@ -21,3 +22,4 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod timing;
+pub mod tls;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// The largest gRPC message berth sends or accepts (Raft batches, snapshot chunks).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -18,14 +18,22 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A tonic `Channel` is a handle to one HTTP/2 connection that reconnects by itself, so
 /// one per address serves every request to that peer — Raft replication, write
 /// forwarding, read-index calls — without a connection per RPC.
+///
+/// With TLS, every channel dials `https://` with the node's client certificate.
 #[derive(Default)]
 pub struct Connections {
     channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Connections {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Channels over TLS with `tls` (the cluster CA, this node's identity).
+    pub fn with_tls(tls: ClientTlsConfig) -> Self {
+        Connections { channels: Default::default(), tls: Some(tls) }
     }
 
     /// The channel to `addr` (`host:port`), created on first use. Fails only for an
@@ -35,7 +43,11 @@ impl Connections {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = match &self.tls {
+            None => Endpoint::from_shared(format!("http://{addr}"))?,
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone())?,
+        };
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -98,6 +98,16 @@ pub struct AgentArgs {
     /// node's HTTP API, bursts of twice that; beyond, 429 (default 0: no limit).
     #[arg(long, value_name = "PER_SECOND")]
     rate_limit: Option<f64>,
+    /// This node's certificate (PEM, from `berth ca issue`). With --tls-key and
+    /// --tls-ca: mutual TLS between nodes, HTTPS on the API.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM): peers must present a certificate it signed.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -144,6 +154,9 @@ impl AgentArgs {
             max_instances_per_app: self.max_instances_per_app,
             require_token_for_reads: self.require_token_for_reads.then_some(true),
             rate_limit: self.rate_limit,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
         }
     }
 }

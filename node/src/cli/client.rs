@@ -32,6 +32,25 @@ pub struct Client {
     key: Option<String>,
     /// The API token (`--token`, `BERTH_TOKEN`), sent as `Authorization: Bearer`.
     token: Option<String>,
+    /// The CA that signed the nodes' certificates (`--ca-cert`), for `https://` nodes.
+    ca: Option<reqwest::Certificate>,
+}
+
+/// An HTTP client that trusts `ca` (the only root: the nodes' certificates come from
+/// the cluster CA), connecting within 2 s.
+fn builder(ca: &Option<reqwest::Certificate>) -> reqwest::ClientBuilder {
+    let b = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
+    match ca {
+        Some(c) => b.add_root_certificate(c.clone()),
+        None => b,
+    }
+}
+
+/// Reads the `--ca-cert` file.
+pub fn read_ca(path: &std::path::Path) -> Result<reqwest::Certificate, CliError> {
+    let pem = std::fs::read(path).map_err(|e| CliError::Other(format!("--ca-cert {}: {e}", path.display())))?;
+    reqwest::Certificate::from_pem(&pem)
+        .map_err(|e| CliError::Other(format!("--ca-cert {}: not a PEM certificate: {e}", path.display())))
 }
 
 fn normalize(addr: &str) -> String {
@@ -44,18 +63,15 @@ fn normalize(addr: &str) -> String {
 }
 
 impl Client {
-    pub fn new(addrs: &[String], token: Option<&str>) -> Self {
+    pub fn new(addrs: &[String], token: Option<&str>, ca: Option<reqwest::Certificate>) -> Self {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         Client {
             addrs: addrs.iter().filter(|a| !a.trim().is_empty()).map(|a| normalize(a)).collect(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(90))
-                .build()
-                .expect("HTTP client"),
+            http: builder(&ca).timeout(Duration::from_secs(90)).build().expect("HTTP client"),
             key: Some(format!("cli-{}-{nanos:x}", std::process::id())),
             token: token.map(str::trim).filter(|t| !t.is_empty()).map(str::to_string),
+            ca,
         }
     }
 
@@ -114,10 +130,7 @@ impl Client {
     /// A GET whose body is streamed (logs); the first node that answers serves it.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, CliError> {
         let mut failures = Vec::new();
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| CliError::Other(e.to_string()))?;
+        let client = builder(&self.ca).build().map_err(|e| CliError::Other(e.to_string()))?;
         for addr in &self.addrs {
             match self.request(&client, Method::GET, format!("{addr}{path}")).send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
@@ -167,6 +180,24 @@ impl Client {
 }
 
 fn short_error(e: &reqwest::Error) -> String {
+    // A TLS failure is a connect error too: say which (the certificate is the usual
+    // cause: no --ca-cert, or a node whose certificate lacks the address used).
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(tls) = crate::tls::innermost_io(s).downcast_ref::<rustls::Error>() {
+            let hint = match tls {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                    " — give the cluster CA with --ca-cert or BERTH_CA_CERT"
+                }
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+                ) => " — the node's certificate lacks this address: berth ca issue --host",
+                _ => "",
+            };
+            return format!("TLS: {tls}{hint}");
+        }
+        source = s.source();
+    }
     if e.is_connect() {
         "connection refused".into()
     } else if e.is_timeout() {

@@ -33,6 +33,29 @@ pub struct DevArgs {
     /// Start from empty data dirs (deletes the previous dev cluster's state).
     #[arg(long)]
     fresh: bool,
+    /// Mutual TLS between the nodes and HTTPS on the API, with a CA and certificates
+    /// made in DATA_DIR/tls (kept across runs).
+    #[arg(long)]
+    tls: bool,
+}
+
+/// The dev cluster's CA and node certificates in `dir` (made when missing): the
+/// agent flags of each node.
+fn dev_tls(dir: &std::path::Path, ids: &[u64]) -> Result<Vec<Vec<String>>, String> {
+    let (ca, _) = crate::tls::ca_files(dir);
+    if !ca.exists() {
+        crate::tls::init_ca(dir, 3650)?;
+    }
+    let mut flags = Vec::new();
+    for &id in ids {
+        let (cert, key) = crate::tls::node_files(dir, id);
+        if !cert.exists() {
+            crate::tls::issue(dir, id, &["127.0.0.1".into(), "localhost".into()], 825, dir, true)?;
+        }
+        let s = |p: &std::path::Path| p.display().to_string();
+        flags.push(vec!["--tls-cert".into(), s(&cert), "--tls-key".into(), s(&key), "--tls-ca".into(), s(&ca)]);
+    }
+    Ok(flags)
 }
 
 fn kill(child: &Child, signal: i32) {
@@ -80,6 +103,15 @@ pub async fn run(args: DevArgs) -> ExitCode {
         }
     };
     let ids: Vec<u64> = (1..=args.nodes).collect();
+    let tls_dir = args.data_dir.join("tls");
+    let tls_flags = match args.tls.then(|| dev_tls(&tls_dir, &ids)).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if args.tls { "https" } else { "http" };
     let peers = ids.iter().map(|i| format!("{i}=127.0.0.1:{}", 7400 + i)).collect::<Vec<_>>().join(",");
     let mut children = Vec::new();
     println!("berth dev: {} node(s) on loopback, {} runtime, data in {}", args.nodes, runtime, args.data_dir.display());
@@ -103,6 +135,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
             .args(["--runtime", &runtime.to_string()])
             .args(args.macvlan_parent.iter().flat_map(|p| ["--macvlan-parent".to_string(), p.clone()]))
             .arg("--stop-instances-on-exit")
+            .args(tls_flags.as_ref().map(|f| f[i as usize - 1].clone()).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -116,7 +149,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
             }
         }
         println!(
-            "  node {i}: HTTP http://127.0.0.1:{}  gRPC 127.0.0.1:{}  log {}",
+            "  node {i}: HTTP {scheme}://127.0.0.1:{}  gRPC 127.0.0.1:{}  log {}",
             7480 + i,
             7400 + i,
             args.data_dir.join(format!("node{i}.log")).display()
@@ -124,7 +157,14 @@ pub async fn run(args: DevArgs) -> ExitCode {
     }
 
     // Wait for a leader, watching for nodes that die at start (a port in use...).
-    let client = reqwest::Client::new();
+    let ca_pem = crate::tls::ca_files(&tls_dir).0;
+    let client = match args.tls {
+        true => {
+            let ca = std::fs::read(&ca_pem).ok().and_then(|p| reqwest::Certificate::from_pem(&p).ok());
+            reqwest::Client::builder().add_root_certificate(ca.expect("the CA just made")).build().expect("a client")
+        }
+        false => reqwest::Client::new(),
+    };
     let started = Instant::now();
     let mut announced = false;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT");
@@ -147,16 +187,22 @@ pub async fn run(args: DevArgs) -> ExitCode {
             break ExitCode::FAILURE;
         }
         if !announced {
-            let url = "http://127.0.0.1:7481/v1/cluster?stale=true";
+            let url = format!("{scheme}://127.0.0.1:7481/v1/cluster?stale=true");
             if let Ok(r) = client.get(url).timeout(Duration::from_millis(500)).send().await {
                 if let Ok(v) = r.json::<serde_json::Value>().await {
                     if let Some(leader) = v.get("leader").and_then(|l| l.as_u64()) {
                         println!(
                             "cluster ready in {} ms: leader is node {leader}\n\
-                             API: http://127.0.0.1:7481 (any node serves it)   try: berth cluster\n\
+                             API: {scheme}://127.0.0.1:7481 (any node serves it)   try: berth cluster\n\
                              Ctrl-C stops the cluster.",
                             started.elapsed().as_millis()
                         );
+                        if args.tls {
+                            println!(
+                                "TLS: export BERTH_ADDR=https://127.0.0.1:7481 BERTH_CA_CERT={}",
+                                ca_pem.canonicalize().unwrap_or(ca_pem.clone()).display()
+                            );
+                        }
                         announced = true;
                     }
                 }

@@ -6,6 +6,7 @@
 
 mod agent;
 mod apps;
+mod ca;
 mod client;
 mod cluster;
 mod dev;
@@ -29,6 +30,10 @@ pub struct Cli {
     /// Node URLs to talk to, comma separated; the next one is tried when a node is down.
     #[arg(long, global = true, env = "BERTH_ADDR", value_delimiter = ',', default_value = "http://127.0.0.1:7481")]
     pub addr: Vec<String>,
+
+    /// The cluster CA's certificate, to trust `https://` nodes (`berth ca init`).
+    #[arg(long, global = true, env = "BERTH_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
 
     /// The API token, once the cluster has tokens (`berth token create`).
     #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
@@ -77,6 +82,8 @@ pub enum Cmd {
     Events(events::EventsArgs),
     /// API tokens: create (admin, deploy or read-only), list, revoke.
     Token(tokens::TokenArgs),
+    /// The cluster CA and node certificates for mutual TLS (local; needs no node).
+    Ca(ca::CaArgs),
     /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -121,7 +128,15 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    let client = Client::new(&cli.addr, cli.token.as_deref());
+    crate::tls::install_provider();
+    let ca = match cli.ca_cert.as_deref().map(client::read_ca).transpose() {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = Client::new(&cli.addr, cli.token.as_deref(), ca);
     let out = cli.output;
     let result = match cli.command {
         Cmd::Agent(args) => return agent::run(*args).await,
@@ -146,6 +161,7 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Exec(args) => apps::exec(&client, args).await,
         Cmd::Events(args) => events::events(&client, out, args).await,
         Cmd::Token(args) => tokens::run(client, out, args).await,
+        Cmd::Ca(args) => ca::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,7 +32,7 @@
 //! replication delay (milliseconds), the same window Nomad's and Consul's ACL caches
 //! have (theirs is up to 30 s).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,7 @@ use super::Node;
 use crate::error::ApiError;
 use crate::state::tokens::{Role, Token};
 use crate::state::{Command, Reply};
+use crate::tls::PeerInfo;
 
 const PREFIX: &str = "berth_";
 const ID_BYTES: usize = 6;
@@ -223,22 +224,26 @@ pub fn need(method: &Method, path: &str) -> Need {
 }
 
 /// Whether a request was proxied here by another node (logs, exec): it carries the
-/// header and comes from a registered node's HTTP address.
-fn proxied_by_a_node(node: &Node, headers: &HeaderMap, addr: Option<IpAddr>) -> bool {
-    let Some(addr) = addr.filter(|_| headers.contains_key("x-berth-proxied")) else { return false };
+/// header and — with TLS — came with a node certificate of the cluster CA, or —
+/// without — from a registered node's HTTP address.
+fn proxied_by_a_node(node: &Node, headers: &HeaderMap, peer: Option<PeerInfo>) -> bool {
+    let Some(peer) = peer.filter(|_| headers.contains_key("x-berth-proxied")) else { return false };
+    if node.tls.is_some() {
+        return peer.node;
+    }
     let r = node.state.read();
-    r.state.nodes.registered.values().any(|n| n.http.parse::<SocketAddr>().is_ok_and(|a| a.ip() == addr))
+    r.state.nodes.registered.values().any(|n| n.http.parse::<SocketAddr>().is_ok_and(|a| a.ip() == peer.addr.ip()))
 }
 
 /// The rate limit's verdict on a request (`--rate-limit`, see [`super::limits`]):
 /// Err with the error and how long until the client may send again.
 fn limit(node: &Node, req: &Request, caller: Option<&Caller>, need: Need) -> Result<(), (ApiError, Duration)> {
     let Some(limiter) = &node.rate_limiter else { return Ok(()) };
-    let addr = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if need == Need::Public || proxied_by_a_node(node, req.headers(), addr) {
+    let peer = req.extensions().get::<ConnectInfo<PeerInfo>>().map(|c| c.0);
+    if need == Need::Public || proxied_by_a_node(node, req.headers(), peer) {
         return Ok(());
     }
-    let key = super::limits::client_key(caller.and_then(Caller::token_id), addr);
+    let key = super::limits::client_key(caller.and_then(Caller::token_id), peer.map(|p| p.addr.ip()));
     limiter.take(&key, std::time::Instant::now()).map_err(|wait| {
         node.metrics.rate_limited.inc();
         let who = key.replacen("token:", "token ", 1).replacen("addr:", "", 1);

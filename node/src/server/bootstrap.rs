@@ -35,6 +35,9 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 pub async fn run(node: Arc<Node>) {
     let mut warned_exists = false;
+    // Why each peer did not answer, and when that was logged: logged again when the
+    // reason changes, at most every 10 s.
+    let mut unanswered: BTreeMap<u64, (String, std::time::Instant)> = BTreeMap::new();
     // A node that started with Raft state serves Raft at once (see `Node::start`).
     let mut checked = *node.raft_open.borrow();
     loop {
@@ -48,7 +51,27 @@ pub async fn run(node: Arc<Node>) {
         let probes = others.iter().map(|(id, addr)| probe(&node, *id, addr));
         let replies = futures::future::join_all(probes).await;
         let mine = node.peers_canonical();
-        let replies: Vec<_> = replies.into_iter().flatten().collect();
+        let replies: Vec<_> = others
+            .iter()
+            .zip(replies)
+            .filter_map(|((id, addr), r)| match r {
+                Ok(reply) => {
+                    unanswered.remove(id);
+                    Some(reply)
+                }
+                Err(why) => {
+                    let now = std::time::Instant::now();
+                    let quiet = unanswered
+                        .get(id)
+                        .is_some_and(|(last, at)| *last == why || now.duration_since(*at) < Duration::from_secs(10));
+                    if !quiet {
+                        log_unanswered(*id, addr, &why, node.tls.is_some());
+                        unanswered.insert(*id, (why, now));
+                    }
+                    None
+                }
+            })
+            .collect();
         if !checked {
             if let Some(r) = replies.iter().find(|r| r.initialized && r.knows_you) {
                 // It has held Raft state before (it registered), and has none now.
@@ -110,15 +133,54 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
-async fn probe(node: &Node, id: u64, addr: &str) -> Option<berth_proto::berth::ProbeReply> {
-    let channel = node.connections.get(addr).ok()?;
+/// Logs why peer `id` did not answer a probe; a TLS mismatch, which will not pass by
+/// itself, as a warning with what to check.
+fn log_unanswered(id: u64, addr: &str, why: &str, tls: bool) {
+    if why.contains("certificate") || why.contains("TLS") || why.contains("tls") {
+        tracing::warn!(peer = id, %addr, reason = %why, "TLS: the peer refuses this node, or this node the peer");
+    } else if !tls && why.contains("frame with invalid size") {
+        // What a plain HTTP/2 client reads from a TLS server.
+        tracing::warn!(peer = id, %addr, reason = %why,
+            "the peer seems to speak TLS and this node runs without --tls-cert: it cannot join");
+    } else {
+        tracing::info!(peer = id, %addr, reason = %why, "peer does not answer yet");
+    }
+}
+
+/// Asks peer `id` at `addr` what it holds; Err says why it did not answer.
+async fn probe(node: &Node, id: u64, addr: &str) -> Result<berth_proto::berth::ProbeReply, String> {
+    let channel = node.connections.get(addr).map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(ProbeRequest { from: node.id });
     req.set_timeout(PROBE_TIMEOUT);
-    let reply =
-        tokio::time::timeout(PROBE_TIMEOUT, InternalClient::new(channel).probe(req)).await.ok()?.ok()?.into_inner();
+    let reply = tokio::time::timeout(PROBE_TIMEOUT, InternalClient::new(channel).probe(req))
+        .await
+        .map_err(|_| "no answer within 500 ms".to_string())?
+        .map_err(|s| status_chain(&s))?
+        .into_inner();
     if reply.id != id {
         tracing::error!(expected = id, got = reply.id, %addr, "a different node answers at this peer's address");
-        return None;
+        return Err(format!("node {} answers there", reply.id));
     }
-    Some(reply)
+    Ok(reply)
+}
+
+/// A gRPC status with the errors beneath it (a TLS failure is a few levels down).
+fn status_chain(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        let inner = crate::tls::innermost_io(e);
+        if !std::ptr::addr_eq(inner, e) {
+            let text = inner.to_string();
+            if !out.contains(&text) {
+                out = format!("{out}: {text}");
+            }
+        }
+        source = e.source();
+    }
+    out
 }

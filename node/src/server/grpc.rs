@@ -3,7 +3,7 @@
 //!
 //! The public services check the caller's API token (`authorization: Bearer <token>`
 //! metadata) as the HTTP API does (`server::auth`); Raft and `Internal` are node to
-//! node.
+//! node (with TLS: a node certificate of the cluster CA, `crate::tls`).
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use berth_proto::berth::ipam_server::{Ipam, IpamServer};
 use berth_raft::connections::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::auth::{check_grpc, Need};
@@ -24,22 +25,37 @@ use crate::error::ApiError;
 use crate::state::ipam::PoolInfo;
 use crate::state::tokens::Role;
 
+/// Serves gRPC until `stop`. With TLS (`crate::tls`) the port speaks only TLS, and
+/// Raft and `Internal` answer only callers with a node certificate of the cluster CA.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
-    // No Nagle: a small reply held back for a delayed ACK costs 40 ms. (The builder's
-    // `tcp_nodelay` applies only to listeners tonic binds itself.)
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let svc = Svc(node.clone());
-    let result = tonic::transport::Server::builder()
-        .add_service(node.raft_service())
-        .add_service(
+    let tls = node.tls.clone();
+    // Node to node only: with TLS, the caller must be a node.
+    let node_only = move |req: Request<()>| match &tls {
+        Some(tls) => tls.require_node(req),
+        None => Ok(req),
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(InterceptedService::new(node.raft_service(), node_only.clone()))
+        .add_service(InterceptedService::new(
             InternalServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            node_only,
+        ))
         .add_service(ClusterServer::new(svc.clone()))
-        .add_service(IpamServer::new(svc))
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await;
+        .add_service(IpamServer::new(svc));
+    let result = match &node.tls {
+        Some(tls) => {
+            router.serve_with_incoming_shutdown(tls.grpc_incoming(listener, stop.clone()), stop.cancelled_owned()).await
+        }
+        None => {
+            // No Nagle: a small reply held back for a delayed ACK costs 40 ms. (The
+            // builder's `tcp_nodelay` applies only to listeners tonic binds itself.)
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
+        }
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");
     }

@@ -22,6 +22,7 @@ use super::ops::{AllocationInput, ClusterView, MemberInput, PoolInput, SnapshotV
 use super::Node;
 use crate::error::ApiError;
 use crate::state::ipam::{AllocationInfo, PoolInfo};
+use crate::tls::PeerInfo;
 
 /// The largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -206,16 +207,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// Serves the API until `stop`: HTTPS when the node runs TLS (`crate::tls`), else
+/// plain HTTP. Handlers see the caller as `ConnectInfo<PeerInfo>`.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
-    let app = router(node);
-    // No Nagle: a small response held back for a delayed ACK costs 40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    let app = router(node.clone()).into_make_service_with_connect_info::<PeerInfo>();
+    let result = match &node.tls {
+        Some(tls) => {
+            let listener = tls.http_listener(listener, stop.clone());
+            axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
         }
-    });
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        None => {
+            let listener = crate::tls::PlainListener(listener);
+            axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+        }
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
     }
@@ -551,7 +556,7 @@ mod apps {
         };
         let resp = node
             .http_client
-            .post(format!("http://{http}/v1/instances/{id}/exec"))
+            .post(format!("{}/v1/instances/{id}/exec", node.peer_url(&http)))
             .headers(forwarded(&headers, node.id))
             .body(body)
             .send()
@@ -591,7 +596,7 @@ mod apps {
             let stream = node.runtime.logs(&id, tail, follow).await.map_err(|e| ApiError::internal(e.to_string()))?;
             return Ok((text, axum::body::Body::from_stream(stream)).into_response());
         };
-        let url = format!("http://{http}/v1/instances/{id}/logs?{}", q.unwrap_or_default());
+        let url = format!("{}/v1/instances/{id}/logs?{}", node.peer_url(&http), q.unwrap_or_default());
         let resp = node.http_client.get(&url).headers(forwarded(&headers, node.id)).send().await.map_err(|e| {
             ApiError::unavailable("host_unreachable", format!("the host at {http} does not answer: {e}"))
         })?;

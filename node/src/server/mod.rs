@@ -65,6 +65,8 @@ pub enum StartError {
     Raft(String),
     #[error("{0}")]
     Runtime(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A running node.
@@ -82,10 +84,13 @@ pub struct Node {
     pub liveness: leader::Liveness,
     /// The runtime of this host's agent.
     pub runtime: Arc<dyn Runtime>,
-    /// For proxying (logs) to other nodes' HTTP APIs.
+    /// For proxying (logs, exec) to other nodes' HTTP APIs: with TLS, it presents this
+    /// node's certificate and accepts only a node certificate of the cluster CA.
     pub http_client: reqwest::Client,
     /// What `/metrics` reports.
     pub metrics: metrics::Metrics,
+    /// Mutual TLS between nodes and HTTPS on the API (`--tls-cert`…), if configured.
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
     /// The per-client request rate limit (`--rate-limit`), if any.
     pub rate_limiter: Option<limits::RateLimiter>,
     /// When this host was last in contact with a leader, caught up (for fencing).
@@ -187,6 +192,10 @@ fn detect_resources() -> (f64, u64) {
 impl Node {
     /// Starts a node. Returns once it serves; the cluster may still be forming.
     pub async fn start(config: ValidConfig) -> Result<Arc<Node>, StartError> {
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(crate::tls::NodeTls::load(files, config.id).map_err(StartError::Tls)?)),
+            None => None,
+        };
         let lock = lock_data_dir(&config.data_dir)?;
         let backend: kv::Backend = config
             .storage
@@ -219,7 +228,14 @@ impl Node {
             reason: format!("cannot restore the last snapshot: {e}"),
         })?;
         let state = sm.handle();
-        let connections = Arc::new(Connections::new());
+        let connections = Arc::new(match &tls {
+            Some(t) => Connections::with_tls(t.grpc_client()),
+            None => Connections::new(),
+        });
+        let http_client = match &tls {
+            Some(t) => t.peer_http_client().map_err(StartError::Tls)?,
+            None => reqwest::Client::new(),
+        };
         let raft = typ::Raft::<State>::new(
             config.id,
             Arc::new(raft_config(&config)?),
@@ -267,9 +283,10 @@ impl Node {
             http_addr,
             liveness: Default::default(),
             runtime: runtime.clone(),
-            http_client: reqwest::Client::new(),
+            http_client,
             metrics: Default::default(),
             rate_limiter,
+            tls,
             contact: Arc::new(crate::agent::Contact::new(Some(lease))),
             leader_ready: Default::default(),
             raft_open,
@@ -326,6 +343,12 @@ impl Node {
         *node.tasks.lock().await = tasks;
         tracing::info!(id = node.id, grpc = %grpc_addr, http = %http_addr, "node started");
         Ok(node)
+    }
+
+    /// The base URL of another node's HTTP API at `http` (host:port): `https://` when
+    /// the cluster runs TLS.
+    pub fn peer_url(&self, http: &str) -> String {
+        format!("{}://{http}", if self.tls.is_some() { "https" } else { "http" })
     }
 
     /// The Raft service for this node's gRPC server.

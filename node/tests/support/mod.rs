@@ -91,8 +91,10 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
+    /// The node's API: `https://` when it runs with `--tls-cert`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
+        let scheme = if self.extra.iter().any(|f| f == "--tls-cert") { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http)
     }
     pub fn grpc_addr(&self) -> String {
         format!("127.0.0.1:{}", self.grpc)

@@ -1,0 +1,657 @@
+//! TLS: the cluster CA (`berth ca init`, `berth ca issue`) and each node's mutual TLS.
+//!
+//! ## The model (Nomad's, with berth's names)
+//!
+//! One CA per cluster, kept by its operators (its key never goes on a node). Every node
+//! gets a certificate from it carrying two DNS names: `node.berth`, the *role* every
+//! peer checks, and `node-N.berth`, the identity a node checks against its own `--id`
+//! at start. With `--tls-cert`, `--tls-key` and `--tls-ca`:
+//!
+//! - the gRPC port speaks only TLS. Raft and `Internal` (bootstrap probes, write
+//!   forwarding, read index) answer only a client that presented a certificate of the
+//!   cluster CA valid for `node.berth`; the public `Cluster` and `Ipam` services take
+//!   TLS without a client certificate (users authenticate with API tokens);
+//! - a node dials its peers over TLS with its own certificate, and accepts a peer only
+//!   if the peer's certificate chains to the CA and is valid for `node.berth` (so a
+//!   stolen certificate of some other CA, or a plain-text node, is refused whatever its
+//!   address);
+//! - the HTTP API is HTTPS (same certificate); a log or exec request proxied to the
+//!   instance's host goes over it with the node's certificate as the client's.
+//!
+//! A connection refused at the handshake is logged on the refusing node with the peer's
+//! address and the reason ("not TLS", "its certificate is not signed by the cluster
+//! CA", "expired"), at most once per address every 10 s. Each node checks its own files
+//! at start and exits naming the file and what is wrong with it.
+//!
+//! Certificates are ECDSA P-256 (rcgen), TLS is rustls with the ring provider. Not done:
+//! reloading certificates without a restart, and revocation lists — rotate by
+//! restarting nodes one by one with new files (a rolling restart keeps the quorum).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+/// The name every node certificate carries and every peer checks: the role.
+pub const NODE_NAME: &str = "node.berth";
+
+/// The name that ties a certificate to one node id.
+pub fn node_name(id: u64) -> String {
+    format!("node-{id}.berth")
+}
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// rustls's ring provider. rustls 0.23.48 deprecates it for lacking post-quantum key
+/// exchange (X25519MLKEM768, which only its aws-lc-rs provider has); berth keeps ring —
+/// what tonic and reqwest here are built with — rather than add aws-lc's C build. A
+/// cluster's own links with classical ECDHE are the trade-off, written down here.
+#[allow(deprecated)]
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes ring the process's rustls provider, for the libraries (tonic, reqwest) that
+/// build their own configurations. Idempotent.
+pub fn install_provider() {
+    let _ = Arc::unwrap_or_clone(provider()).install_default();
+}
+
+fn read(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+fn certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{flag} {}: not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{flag} {}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The DNS names a certificate is valid for (its subject alternative names).
+pub fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return vec![] };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return vec![] };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a certificate (its chain already verified against the CA) names a node.
+fn is_node_cert(der: &CertificateDer<'_>) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(der) else { return false };
+    let name = ServerName::try_from(NODE_NAME).expect("a valid DNS name");
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// Whether the client of a TLS connection presented a node certificate.
+fn peer_is_node(stream: &TlsStream<TcpStream>) -> bool {
+    stream.get_ref().1.peer_certificates().and_then(|c| c.first()).is_some_and(is_node_cert)
+}
+
+/// Who is at the other end of an API connection: the address, and whether it proved
+/// to be a node of this cluster (a client certificate of the CA; never on plain HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    pub node: bool,
+}
+
+/// A node's TLS material, loaded and checked at start.
+pub struct NodeTls {
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    grpc_server: Arc<ServerConfig>,
+    http_server: Arc<ServerConfig>,
+    peer_client: rustls::ClientConfig,
+    /// Refusals logged lately, by peer address and reason (at most one line per 10 s
+    /// each).
+    refusals: Mutex<HashMap<(IpAddr, String), Instant>>,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls").finish_non_exhaustive()
+    }
+}
+
+impl NodeTls {
+    /// Reads and checks `files` for node `id`: the certificate chains to the CA, is a
+    /// node certificate (`node.berth`), is node `id`'s, and matches the key.
+    pub fn load(files: &berth_cluster_config::TlsFiles, id: u64) -> Result<NodeTls, String> {
+        let ca_pem = read("--tls-ca", &files.ca)?;
+        let cert_pem = read("--tls-cert", &files.cert)?;
+        let key_pem = read("--tls-key", &files.key)?;
+        let mut roots = RootCertStore::empty();
+        for ca in certs("--tls-ca", &files.ca, &ca_pem)? {
+            roots.add(ca).map_err(|e| format!("--tls-ca {}: not a usable CA certificate: {e}", files.ca.display()))?;
+        }
+        let roots = Arc::new(roots);
+        let chain = certs("--tls-cert", &files.cert, &cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| format!("--tls-key {}: no PEM private key in it ({e})", files.key.display()))?;
+
+        // The certificate must be one the peers accept: signed by this CA, in date,
+        // for the node role, both as a server and as a client.
+        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| format!("--tls-ca {}: {e}", files.ca.display()))?;
+        let role = ServerName::try_from(NODE_NAME).expect("a valid DNS name");
+        let not_ours = |e: rustls::Error| {
+            format!(
+                "--tls-cert {} is not a node certificate of the CA in --tls-ca {}: {e}",
+                files.cert.display(),
+                files.ca.display()
+            )
+        };
+        server_verifier.verify_server_cert(&chain[0], &chain[1..], &role, &[], UnixTime::now()).map_err(not_ours)?;
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("--tls-ca {}: {e}", files.ca.display()))?;
+        client_verifier.verify_client_cert(&chain[0], &chain[1..], UnixTime::now()).map_err(not_ours)?;
+        let names = dns_names(&chain[0]);
+        if !names.contains(&node_name(id)) {
+            let theirs: Vec<&String> = names.iter().filter(|n| n.starts_with("node-")).collect();
+            return Err(format!(
+                "--tls-cert {} is for {theirs:?}, not this node ({}): issue one with `berth ca issue --id {id}`",
+                files.cert.display(),
+                node_name(id)
+            ));
+        }
+
+        let server = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, String> {
+            let mut c = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_client_cert_verifier(client_verifier.clone())
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(|e| {
+                    format!(
+                        "--tls-key {} does not go with --tls-cert {}: {e}",
+                        files.key.display(),
+                        files.cert.display()
+                    )
+                })?;
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(Arc::new(c))
+        };
+        let grpc_server = server(&[b"h2"])?;
+        let http_server = server(&[b"h2", b"http/1.1"])?;
+        let peer_client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NodeRoleVerifier(server_verifier)))
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
+        Ok(NodeTls { ca_pem, cert_pem, key_pem, grpc_server, http_server, peer_client, refusals: Default::default() })
+    }
+
+    /// What this node dials its peers' gRPC ports with.
+    pub fn grpc_client(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(NODE_NAME)
+    }
+
+    /// An HTTP client for peers' APIs (log and exec proxies): this node's certificate,
+    /// and only a node certificate of the CA accepted at the other end.
+    pub fn peer_http_client(&self) -> Result<reqwest::Client, String> {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(self.peer_client.clone())
+            .build()
+            .map_err(|e| format!("cannot build the peer HTTP client: {e}"))
+    }
+
+    /// Accepts TLS connections on `listener` until `stop`: each handshake runs on its
+    /// own (a slow or hostile client holds up no one), refusals are logged, and the
+    /// connections that passed come out of the returned channel.
+    fn accept(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        http: bool,
+        stop: CancellationToken,
+    ) -> mpsc::Receiver<(TlsStream<TcpStream>, PeerInfo)> {
+        let (tx, rx) = mpsc::channel(64);
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(if http { &self.http_server } else { &self.grpc_server }.clone());
+        let what = if http { "HTTP API" } else { "gRPC" };
+        let tls = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, what, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                // No Nagle: a small reply held back for a delayed ACK costs 40 ms.
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx, tls) = (acceptor.clone(), tx.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let peer = PeerInfo { addr, node: peer_is_node(&stream) };
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tls.refused(addr, what, &explain(&e)),
+                        Err(_) => tls.refused(addr, what, "the TLS handshake took over 10 s"),
+                    }
+                });
+            }
+        });
+        rx
+    }
+
+    /// The gRPC port's connections, for tonic's `serve_with_incoming_shutdown`.
+    pub fn grpc_incoming(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+        let rx = self.accept(listener, false, stop);
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|(s, _)| (Ok(s), rx)) })
+    }
+
+    /// The HTTP API's listener, for `axum::serve`.
+    pub fn http_listener(self: &Arc<Self>, listener: TcpListener, stop: CancellationToken) -> TlsListener {
+        let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        TlsListener { rx: self.accept(listener, true, stop), local }
+    }
+
+    /// Logs a refused connection or call, at most once per address and reason every
+    /// 10 s (a peer retrying every heartbeat does not flood the log).
+    pub fn refused(&self, addr: SocketAddr, what: &str, why: &str) {
+        let now = Instant::now();
+        let mut seen = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (addr.ip(), why.to_string());
+        if seen.get(&key).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(10)) {
+            return;
+        }
+        if seen.len() > 4096 {
+            seen.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
+        }
+        seen.insert(key, now);
+        tracing::warn!(peer = %addr, what, reason = why, "connection refused (TLS)");
+    }
+
+    /// Checks that a call to a node-only gRPC service (Raft, Internal) comes from a
+    /// node: a client certificate of the CA, valid for `node.berth`.
+    #[allow(clippy::result_large_err)]
+    pub fn require_node(&self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if req.peer_certs().and_then(|c| c.first().cloned()).is_some_and(|c| is_node_cert(&c)) {
+            return Ok(req);
+        }
+        if let Some(addr) = req.remote_addr() {
+            self.refused(addr, "gRPC", "a call to a node-only service without a node certificate of the cluster CA");
+        }
+        Err(tonic::Status::unauthenticated(
+            "node_certificate_required: Raft and node-to-node calls need a node certificate of this cluster's CA",
+        ))
+    }
+}
+
+/// The error an `io::Error` wraps, however deep (`io::Error::source` skips it: a
+/// TLS failure inside a connect error is found only this way); `e` itself otherwise.
+pub fn innermost_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> &'a (dyn std::error::Error + 'static) {
+    let mut inner = e;
+    while let Some(i) = inner.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        inner = i;
+    }
+    inner
+}
+
+/// Says why a TLS handshake failed, in an operator's words.
+fn explain(e: &std::io::Error) -> String {
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return e.to_string();
+    };
+    match inner {
+        rustls::Error::InvalidMessage(_) => {
+            "not TLS (a node or client without TLS? this node runs with --tls-cert)".to_string()
+        }
+        rustls::Error::InvalidCertificate(c) => {
+            let what = match c {
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => {
+                    "is not signed by this cluster's CA (--tls-ca)".to_string()
+                }
+                rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+                    "has expired".to_string()
+                }
+                rustls::CertificateError::NotValidYet | rustls::CertificateError::NotValidYetContext { .. } => {
+                    "is not valid yet (clock skew?)".to_string()
+                }
+                other => format!("is not valid: {other:?}"),
+            };
+            format!("the client's certificate {what}")
+        }
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::CertificateUnknown,
+        ) => "the client does not trust this node's certificate (a client without the cluster CA: --ca-cert?)"
+            .to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Verifies a peer's certificate for the node role (`node.berth`) whatever address it
+/// was dialled at: an HTTP proxy reaches a host by IP, and every node is equally a node.
+#[derive(Debug)]
+struct NodeRoleVerifier(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for NodeRoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let role = ServerName::try_from(NODE_NAME).expect("a valid DNS name");
+        self.0.verify_server_cert(end_entity, intermediates, &role, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The HTTP API's TLS connections as an axum listener.
+pub struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, PeerInfo)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = PeerInfo;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // Stopped: no more connections; the server's graceful shutdown ends it.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<PeerInfo> {
+        Ok(PeerInfo { addr: self.local, node: false })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for PeerInfo {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+/// The HTTP API's plain connections as an axum listener (no Nagle: a small response
+/// held back for a delayed ACK costs 40 ms).
+pub struct PlainListener(pub TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = PeerInfo;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((tcp, addr)) => {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    return (tcp, PeerInfo { addr, node: false });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP API: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<PeerInfo> {
+        Ok(PeerInfo { addr: self.0.local_addr()?, node: false })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>> for PeerInfo {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+// ---- the CA ----
+
+/// The CA's files in `dir`.
+pub fn ca_files(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("ca.pem"), dir.join("ca.key"))
+}
+
+/// A node's files in `dir`.
+pub fn node_files(dir: &Path, id: u64) -> (PathBuf, PathBuf) {
+    (dir.join(format!("node-{id}.pem")), dir.join(format!("node-{id}.key")))
+}
+
+fn validity(days: u32) -> Result<(time::OffsetDateTime, time::OffsetDateTime), String> {
+    if days == 0 || days > 36_500 {
+        return Err(format!("--days {days}: between 1 and 36500"));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    // An hour back: a peer whose clock is a little behind still accepts it.
+    Ok((now - time::Duration::hours(1), now + time::Duration::days(i64::from(days))))
+}
+
+/// Writes `text` to a new file `path` (refusing to replace one unless `replace`),
+/// readable by its owner only when `secret`.
+fn write_new(path: &Path, text: &str, secret: bool, replace: bool) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(if secret { 0o600 } else { 0o644 });
+    if replace {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!("{} exists; not replaced", path.display()),
+        _ => format!("{}: {e}", path.display()),
+    })?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `berth ca init`: a new cluster CA in `dir` (`ca.pem`, `ca.key`); refuses to
+/// replace one.
+pub fn init_ca(dir: &Path, days: u32) -> Result<(PathBuf, PathBuf), String> {
+    let (not_before, not_after) = validity(days)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (cert_path, key_path) = ca_files(dir);
+    if cert_path.exists() || key_path.exists() {
+        return Err(format!("{} already holds a CA (ca.pem / ca.key); not replaced", dir.display()));
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
+    let mut params = rcgen::CertificateParams::default();
+    // A random serial in the name too: two clusters' CAs never look alike.
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| format!("the OS random generator failed: {e}"))?;
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("berth cluster CA {tag}"));
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "berth");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params.self_signed(&key).map_err(|e| format!("cannot sign the CA: {e}"))?;
+    write_new(&key_path, &key.serialize_pem(), true, false)?;
+    write_new(&cert_path, &cert.pem(), false, false)?;
+    Ok((cert_path, key_path))
+}
+
+/// `berth ca issue`: node `id`'s certificate and key, signed by the CA in `ca_dir`,
+/// written to `out`. `hosts` are extra names or addresses API clients use to reach
+/// the node (HTTPS checks them); the node names are always in.
+pub fn issue(
+    ca_dir: &Path,
+    id: u64,
+    hosts: &[String],
+    days: u32,
+    out: &Path,
+    replace: bool,
+) -> Result<(PathBuf, PathBuf), String> {
+    if id == 0 {
+        return Err("--id 0: node ids start at 1".into());
+    }
+    let (not_before, not_after) = validity(days)?;
+    let (ca_cert, ca_key) = ca_files(ca_dir);
+    let ca_cert_pem = std::fs::read_to_string(&ca_cert)
+        .map_err(|e| format!("{}: {e} (make a CA with `berth ca init`)", ca_cert.display()))?;
+    let ca_key_pem = std::fs::read_to_string(&ca_key).map_err(|e| format!("{}: {e}", ca_key.display()))?;
+    let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem).map_err(|e| format!("{}: {e}", ca_key.display()))?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key)
+        .map_err(|e| format!("{}: not a CA certificate: {e}", ca_cert.display()))?;
+
+    let mut names = vec![NODE_NAME.to_string(), node_name(id)];
+    names.extend(hosts.iter().cloned());
+    let mut params = rcgen::CertificateParams::default();
+    for name in &names {
+        let bad = || format!("--host {name}: not a DNS name or an IP address");
+        let san = match name.parse::<IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            // What a client will check it against: a syntactically valid DNS name.
+            Err(_) => match ServerName::try_from(name.as_str()) {
+                Ok(ServerName::DnsName(_)) => rcgen::SanType::DnsName(name.clone().try_into().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            },
+        };
+        params.subject_alt_names.push(san);
+    }
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("berth node {id}"));
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "berth");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
+    let cert = params.signed_by(&key, &issuer).map_err(|e| format!("cannot sign: {e}"))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let (cert_path, key_path) = node_files(out, id);
+    write_new(&key_path, &key.serialize_pem(), true, replace)?;
+    write_new(&cert_path, &cert.pem(), false, replace)?;
+    Ok((cert_path, key_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_cluster_config::TlsFiles;
+
+    fn files(dir: &Path, id: u64) -> TlsFiles {
+        let (cert, key) = node_files(dir, id);
+        TlsFiles { cert, key, ca: ca_files(dir).0 }
+    }
+
+    #[test]
+    fn a_ca_issues_node_certificates_that_load_for_their_node_only() {
+        install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), 30).unwrap();
+        assert!(init_ca(dir.path(), 30).unwrap_err().contains("already holds a CA"));
+        issue(dir.path(), 2, &["127.0.0.1".into(), "api.example".into()], 30, dir.path(), false).unwrap();
+        assert!(issue(dir.path(), 2, &[], 30, dir.path(), false).unwrap_err().contains("exists"));
+        let tls = NodeTls::load(&files(dir.path(), 2), 2).unwrap();
+        let der = CertificateDer::from_pem_slice(&tls.cert_pem).unwrap();
+        assert!(is_node_cert(&der));
+        assert_eq!(dns_names(&der), ["node.berth", "node-2.berth", "api.example"]);
+        // The key is the owner's only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(node_files(dir.path(), 2).1).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let err = NodeTls::load(&files(dir.path(), 2), 3).unwrap_err();
+        assert!(err.contains("not this node (node-3.berth)"), "{err}");
+
+        // Another CA's certificate is not a node certificate of this one.
+        let other = tempfile::tempdir().unwrap();
+        init_ca(other.path(), 30).unwrap();
+        issue(other.path(), 2, &[], 30, other.path(), false).unwrap();
+        let mut mixed = files(other.path(), 2);
+        mixed.ca = ca_files(dir.path()).0;
+        let err = NodeTls::load(&mixed, 2).unwrap_err();
+        assert!(err.contains("is not a node certificate of the CA") && err.contains("UnknownIssuer"), "{err}");
+
+        // A key that does not go with the certificate.
+        let mut wrong_key = files(dir.path(), 2);
+        wrong_key.key = node_files(other.path(), 2).1;
+        let err = NodeTls::load(&wrong_key, 2).unwrap_err();
+        assert!(err.contains("does not go with"), "{err}");
+
+        // Files that are not there, or not PEM.
+        let mut missing = files(dir.path(), 2);
+        missing.cert = dir.path().join("nope.pem");
+        assert!(NodeTls::load(&missing, 2).unwrap_err().starts_with("--tls-cert"));
+        let mut garbage = files(dir.path(), 2);
+        garbage.ca = node_files(dir.path(), 2).1; // a key, not a certificate
+        assert!(NodeTls::load(&garbage, 2).unwrap_err().contains("no PEM certificate"));
+        assert!(validity(0).is_err() && issue(dir.path(), 0, &[], 1, dir.path(), true).is_err());
+        let err = issue(dir.path(), 4, &["not a name!".into()], 30, dir.path(), false).unwrap_err();
+        assert!(err.contains("--host not a name!"), "{err}");
+    }
+}
