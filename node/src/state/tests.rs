@@ -108,6 +108,15 @@ fn retired_node_ids_cannot_register_again() {
 }
 
 #[test]
+fn retiring_a_node_at_the_end_of_time_saturates_instead_of_overflowing() {
+    // Found by the `grpc` fuzz target: `now + deadline` overflowed (a panic with
+    // overflow checks, a wrapped deadline without).
+    let mut s = State::default();
+    assert!(s.apply(1, req("a", u64::MAX - 1, Command::RetireNode { id: 9 })).0.is_ok());
+    assert_eq!(s.nodes.down_since.get(&9), Some(&u64::MAX));
+}
+
+#[test]
 fn commands_with_every_optional_field_roundtrip_through_the_log_encoding() {
     // bincode is positional: a serde attribute that skips fields (skip_serializing_if)
     // would make entries undecodable. Every command must survive the log encoding.

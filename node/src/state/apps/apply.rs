@@ -504,7 +504,9 @@ impl State {
         if r.0.is_err() {
             return r;
         }
-        self.nodes.down_since.insert(id, now + deadline);
+        // Saturating: apply runs on every replica and must never overflow, whatever a
+        // command's clock says (found by the `grpc` fuzz target, docs/fuzzing.md).
+        self.nodes.down_since.insert(id, now.saturating_add(deadline));
         let on_host: Vec<String> = self.apps.on_host(id).map(|i| i.id.clone()).collect();
         for iid in on_host {
             self.apps.update(&iid, |inst| {
