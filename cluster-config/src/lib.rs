@@ -178,6 +178,9 @@ pub struct NodeConfig {
     /// The cluster CA's certificate, PEM (`--tls-ca`): peers must present a
     /// certificate it signed.
     pub tls_ca: Option<PathBuf>,
+    /// Free space (MiB) the data dir's filesystem must keep (`--min-free-disk-mb`,
+    /// default 256): under it the node refuses writes and Raft until space returns.
+    pub min_free_disk_mb: Option<u64>,
 }
 
 /// The three files of a node's TLS setup, all given.
@@ -187,6 +190,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
     pub ca: PathBuf,
 }
+
+/// `min_free_disk_mb` when none is given.
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
 
 /// The highest `max_instances_per_app` (and its default).
 pub const MAX_INSTANCES_PER_APP: u32 = 1_000_000;
@@ -230,6 +236,8 @@ pub struct ValidConfig {
     pub rate_limit: Option<f64>,
     /// Mutual TLS between nodes, HTTPS on the API (None: plain).
     pub tls: Option<TlsFiles>,
+    /// Bytes the data dir's filesystem must keep free.
+    pub min_free_disk: u64,
 }
 
 /// The shortest `host_deadline_s`: fencing at half of it must leave room for a leader's
@@ -322,7 +330,8 @@ impl NodeConfig {
             rate_limit,
             tls_cert,
             tls_key,
-            tls_ca
+            tls_ca,
+            min_free_disk_mb
         );
         if let Some(labels) = flags.labels {
             let mut merged = self.labels.take().unwrap_or_default();
@@ -472,6 +481,10 @@ impl NodeConfig {
                 ));
             }
         };
+        let min_free_disk_mb = self.min_free_disk_mb.unwrap_or(DEFAULT_MIN_FREE_DISK_MB);
+        if min_free_disk_mb > 1 << 20 {
+            return Err(invalid("min_free_disk_mb", format!("{min_free_disk_mb} is over 1048576 (1 TiB)")));
+        }
         Ok(ValidConfig {
             id,
             data_dir,
@@ -497,6 +510,7 @@ impl NodeConfig {
             require_token_for_reads: self.require_token_for_reads.unwrap_or(false),
             rate_limit,
             tls,
+            min_free_disk: min_free_disk_mb << 20,
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::type_config::typ::{Raft, Snapshot, SnapshotMeta, Vote};
 /// Serves `proto/raft.proto` for one node.
 pub struct RaftService<SM: StateMachine> {
     raft: Raft<SM>,
-    gate: Option<tokio::sync::watch::Receiver<bool>>,
+    gate: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl<SM: StateMachine> RaftService<SM> {
@@ -24,12 +24,12 @@ impl<SM: StateMachine> RaftService<SM> {
         Self::with_gate(raft, None)
     }
 
-    /// The same, refusing every Raft request (as unavailable) while `gate` holds
-    /// false: a node that cannot yet tell a fresh start from a wiped data dir must not
-    /// take part — a wiped voter has forgotten the vote it cast in its last term, and a
-    /// leader that finds a follower's log gone backwards stops (openraft refuses log
-    /// reversion).
-    pub fn with_gate(raft: Raft<SM>, gate: Option<tokio::sync::watch::Receiver<bool>>) -> RaftServer<Self> {
+    /// The same, refusing every Raft request (as unavailable, with the reason) while
+    /// `gate` holds a reason: a node that cannot yet tell a fresh start from a wiped
+    /// data dir must not take part — a wiped voter has forgotten the vote it cast in
+    /// its last term, and a leader that finds a follower's log gone backwards stops
+    /// (openraft refuses log reversion) — nor one whose disk cannot take the entries.
+    pub fn with_gate(raft: Raft<SM>, gate: Option<tokio::sync::watch::Receiver<Option<String>>>) -> RaftServer<Self> {
         RaftServer::new(Self { raft, gate })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -38,11 +38,9 @@ impl<SM: StateMachine> RaftService<SM> {
 
 impl<SM: StateMachine> RaftService<SM> {
     fn open(&self) -> Result<(), Status> {
-        match &self.gate {
-            Some(gate) if !*gate.borrow() => Err(Status::unavailable(
-                "not serving Raft yet: this node has not checked that its data dir was not wiped",
-            )),
-            _ => Ok(()),
+        match self.gate.as_ref().and_then(|g| g.borrow().clone()) {
+            Some(reason) => Err(Status::unavailable(reason)),
+            None => Ok(()),
         }
     }
 }

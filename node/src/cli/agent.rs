@@ -108,6 +108,10 @@ pub struct AgentArgs {
     /// The cluster CA's certificate (PEM): peers must present a certificate it signed.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+    /// Free space the data dir's filesystem must keep, in MiB (default 256): under it
+    /// the node refuses writes and Raft (and hands leadership over) until space returns.
+    #[arg(long, value_name = "MIB")]
+    min_free_disk_mb: Option<u64>,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -157,6 +161,7 @@ impl AgentArgs {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             tls_ca: self.tls_ca.clone(),
+            min_free_disk_mb: self.min_free_disk_mb,
         }
     }
 }

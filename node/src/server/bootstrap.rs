@@ -87,6 +87,7 @@ pub async fn run(node: Arc<Node>) {
             // in includes one of them): it takes part from now on.
             if (replies.len() + 1) * 2 > node.config.peers.len() {
                 node.raft_open.send_replace(true);
+                node.refresh_raft_gate();
                 checked = true;
             }
         }

@@ -21,6 +21,7 @@
 //! | `berth_hosts` | gauge | `state` (up, down, draining) |
 //! | `berth_auth_refused_total` (401/403 for a token, HTTP and gRPC) | counter | `code` |
 //! | `berth_rate_limited_total` (429) | counter | |
+//! | `berth_disk_free_bytes`, `berth_disk_usable` (the data dir) | gauge | |
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,6 +70,8 @@ pub struct Metrics {
     hosts: IntGaugeVec,
     contact_age: Gauge,
     fence_after: Gauge,
+    disk_free: IntGauge,
+    disk_usable: IntGauge,
     /// Requests refused for their token (HTTP and gRPC), by error code.
     pub auth_refused: IntCounterVec,
     /// Requests refused with 429.
@@ -128,7 +131,15 @@ impl Metrics {
         let rate_limited =
             IntCounter::new("berth_rate_limited_total", "requests refused with 429 (--rate-limit)").expect("valid");
         r.register(Box::new(rate_limited.clone())).expect("registered once");
+        let disk_free = gauge(&r, "berth_disk_free_bytes", "free bytes on the data dir's filesystem (last look)");
+        let disk_usable = gauge(
+            &r,
+            "berth_disk_usable",
+            "1 while the data dir takes writes; 0 when full (under --min-free-disk-mb) or read-only",
+        );
         Metrics {
+            disk_free,
+            disk_usable,
             auth_refused,
             rate_limited,
             contact_age,
@@ -193,6 +204,8 @@ impl Metrics {
         self.learners.set(membership.learner_ids().count() as i64);
         self.contact_age.set(node.contact.silent_for().as_secs_f64());
         self.fence_after.set(node.timing().fence_after().as_secs_f64());
+        self.disk_free.set(i64::try_from(node.disk.free_bytes()).unwrap_or(i64::MAX));
+        self.disk_usable.set(i64::from(node.disk.problem().is_none()));
         {
             let replica = node.state.read();
             let s = &replica.state;

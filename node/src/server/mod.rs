@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod consul;
+pub mod disk;
 pub mod dns;
 pub mod docker_ipam;
 pub mod events;
@@ -100,6 +101,11 @@ pub struct Node {
     pub leader_ready: std::sync::atomic::AtomicU64,
     /// Whether this node serves Raft requests (see `bootstrap`).
     pub raft_open: tokio::sync::watch::Sender<bool>,
+    /// Why Raft requests are refused now, if they are: not yet checked (`raft_open`),
+    /// or the disk is not usable. Kept by [`Node::refresh_raft_gate`].
+    raft_gate: tokio::sync::watch::Sender<Option<String>>,
+    /// The data dir's disk (`disk`): free space, read-only, and what is wrong.
+    pub disk: Arc<disk::Disk>,
     /// Set when the node cannot go on (a wiped data dir): why, for the process to exit.
     failed: tokio::sync::watch::Sender<Option<String>>,
     shutdown: CancellationToken,
@@ -249,8 +255,10 @@ impl Node {
         // `bootstrap` to check that it is new, not wiped.
         let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
         let (raft_open, _) = tokio::sync::watch::channel(initialized);
+        let (raft_gate, _) = tokio::sync::watch::channel(None);
+        let disk = Arc::new(disk::Disk::new(&config.data_dir, config.min_free_disk));
 
-        let proposer = Proposer::new(config.id, raft.clone(), state.clone(), connections.clone());
+        let proposer = Proposer::new(config.id, raft.clone(), state.clone(), connections.clone(), disk.clone());
         let (runtime, macvlan_parent) =
             build_runtime(config.id, &config.data_dir, config.runtime, config.macvlan_parent.clone())?;
         // The fence guard: kills sticky-IP instances should this process die or freeze.
@@ -290,6 +298,8 @@ impl Node {
             contact: Arc::new(crate::agent::Contact::new(Some(lease))),
             leader_ready: Default::default(),
             raft_open,
+            raft_gate,
+            disk,
             failed: Default::default(),
             shutdown: CancellationToken::new(),
             agent_stop: CancellationToken::new(),
@@ -317,6 +327,7 @@ impl Node {
                 None => tokio::spawn(async {}),
             },
             tokio::spawn(bootstrap::run(node.clone())),
+            tokio::spawn(disk::run(node.clone())),
             tokio::spawn(register(node.clone())),
             tokio::spawn(leader::run(node.clone())),
             tokio::spawn(leader::heartbeat(node.clone())),
@@ -340,6 +351,7 @@ impl Node {
                 .run(node.agent_stop.clone()),
             ),
         ];
+        node.refresh_raft_gate();
         *node.tasks.lock().await = tasks;
         tracing::info!(id = node.id, grpc = %grpc_addr, http = %http_addr, "node started");
         Ok(node)
@@ -353,7 +365,22 @@ impl Node {
 
     /// The Raft service for this node's gRPC server.
     pub fn raft_service(&self) -> berth_proto::raft::raft_server::RaftServer<RaftService<State>> {
-        RaftService::with_gate(self.raft.clone(), Some(self.raft_open.subscribe()))
+        RaftService::with_gate(self.raft.clone(), Some(self.raft_gate.subscribe()))
+    }
+
+    /// Recomputes why Raft requests are refused (bootstrap's check, the disk); call
+    /// after either changes.
+    pub fn refresh_raft_gate(&self) {
+        let reason = if !*self.raft_open.borrow() {
+            Some("not serving Raft yet: this node has not checked that its data dir was not wiped".to_string())
+        } else {
+            self.disk.problem().map(|p| format!("{}: node {} cannot write its log: {}", p.code, self.id, p.message))
+        };
+        self.raft_gate.send_if_modified(|r| {
+            let changed = *r != reason;
+            *r = reason;
+            changed
+        });
     }
 
     /// Marks the node as unable to go on; the process exits with `reason`.
@@ -418,7 +445,7 @@ impl Node {
             crate::agent::guard::stop(&self.config.data_dir);
         }
         if self.raft.is_leader() {
-            self.transfer_leadership().await;
+            self.transfer_leadership("shutdown").await;
         }
         self.shutdown.cancel();
         if let Err(e) = self.raft.shutdown().await {
@@ -430,14 +457,15 @@ impl Node {
         tracing::info!(id = self.id, "node stopped");
     }
 
-    async fn transfer_leadership(&self) {
+    /// Hands leadership to the most up-to-date other voter, waiting up to 1 s for it.
+    pub(crate) async fn transfer_leadership(&self, why: &str) {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
         let best = metrics.replication.as_ref().and_then(|r| {
             voters.iter().max_by_key(|v| r.get(v).and_then(|l| l.as_ref()).map(|l| l.index).unwrap_or(0)).copied()
         });
         let Some(to) = best else { return };
-        tracing::info!(to, "transferring leadership before shutdown");
+        tracing::info!(to, why, "transferring leadership");
         if self.raft.trigger().transfer_leader(to).await.is_err() {
             return;
         }

@@ -338,6 +338,9 @@ impl Node {
 
     /// Ready: a leader is known and a read barrier passes within the read deadline.
     pub async fn ready(&self) -> Result<(), ApiError> {
+        if let Some(p) = self.disk.problem() {
+            return Err(ApiError::unavailable(p.code, format!("node {}: {}", self.id, p.message)));
+        }
         self.proposer.linearize().await
     }
 }

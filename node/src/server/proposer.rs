@@ -67,6 +67,8 @@ pub struct Proposer {
     membership: tokio::sync::Mutex<()>,
     boot: u64,
     counter: AtomicU64,
+    /// This node's disk (`server::disk`): writes are refused while it is not usable.
+    disk: Arc<super::disk::Disk>,
 }
 
 /// Wall-clock milliseconds since the epoch (what the leader stamps on requests).
@@ -90,12 +92,31 @@ fn no_quorum(what: &str, d: Duration) -> ApiError {
 }
 
 impl Proposer {
-    pub fn new(id: u64, raft: typ::Raft<State>, state: StateHandle<State>, connections: Arc<Connections>) -> Self {
+    pub fn new(
+        id: u64,
+        raft: typ::Raft<State>,
+        state: StateHandle<State>,
+        connections: Arc<Connections>,
+        disk: Arc<super::disk::Disk>,
+    ) -> Self {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        Self { id, raft, state, connections, membership: tokio::sync::Mutex::new(()), boot, counter: AtomicU64::new(0) }
+        let membership = tokio::sync::Mutex::new(());
+        Self { id, raft, state, connections, membership, boot, counter: AtomicU64::new(0), disk }
+    }
+
+    /// Refuses work while this node's disk is not usable: as the node a client asked
+    /// (`disk_full`, `disk_read_only`), or as the leader (`leader_disk_full`: the
+    /// asking node retries while leadership moves on).
+    fn disk_usable(&self, as_leader: bool) -> Result<(), ApiError> {
+        let Some(p) = self.disk.problem() else { return Ok(()) };
+        let (code, whose) = if as_leader { ("leader_disk_full", "leader") } else { (p.code, "node") };
+        Err(ApiError::unavailable(
+            code,
+            format!("{whose} {} cannot take writes ({}): {}; nothing was applied", self.id, p.code, p.message),
+        ))
     }
 
     /// A request id unique across the cluster: node id, boot time, counter.
@@ -154,6 +175,7 @@ impl Proposer {
 
     /// Runs `call` on the leader, wherever it is, until `budget` runs out.
     pub async fn call_leader(&self, call: LeaderCall, budget: Duration) -> Result<LeaderReply, ApiError> {
+        self.disk_usable(false)?;
         let deadline = Instant::now() + budget;
         let mut last_err = None;
         loop {
@@ -169,8 +191,9 @@ impl Proposer {
             };
             match result {
                 Ok(r) => return Ok(r),
-                // The leader moved or is unreachable: look again, a little later.
-                Err(e) if e.code == "not_leader" || e.code == "unreachable" => {
+                // The leader moved, is unreachable, or is handing over (its disk is
+                // not usable): look again, a little later.
+                Err(e) if e.code == "not_leader" || e.code == "unreachable" || e.code == "leader_disk_full" => {
                     last_err = Some(if e.code == "unreachable" {
                         ApiError::unavailable("no_leader", format!("the leader is unreachable: {}", e.message))
                     } else {
@@ -218,6 +241,7 @@ impl Proposer {
         if !self.raft.is_leader() {
             return Err(not_leader());
         }
+        self.disk_usable(true)?;
         match call {
             LeaderCall::Write(mut req) => {
                 req.at_ms = now_ms();

@@ -137,8 +137,9 @@ impl Cluster {
         Self::start_ids_env(ids, extra, &[])
     }
 
-    /// Starts nodes with the given ids, per-node extra flags and environment variables.
-    pub fn start_ids_env(ids: &[u64], extra: impl Fn(u64) -> Vec<String>, env: &[(&str, &str)]) -> Cluster {
+    /// A cluster of nodes with the given ids and per-node extra flags, none started
+    /// yet (`spawn` each): for a test that prepares their data dirs first.
+    pub fn create(ids: &[u64], extra: impl Fn(u64) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = BTreeMap::new();
         for &id in ids {
@@ -147,13 +148,14 @@ impl Cluster {
             nodes.insert(id, Self::new_proc(&dir, id, &flags));
         }
         let peers = Self::peers_of(&nodes);
-        let mut c = Cluster {
-            dir,
-            nodes,
-            peers,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Cluster { dir, nodes, peers, http, env: vec![] }
+    }
+
+    /// Starts nodes with the given ids, per-node extra flags and environment variables.
+    pub fn start_ids_env(ids: &[u64], extra: impl Fn(u64) -> Vec<String>, env: &[(&str, &str)]) -> Cluster {
+        let mut c = Self::create(ids, extra);
+        c.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         for &id in ids {
             c.spawn(id);
         }
