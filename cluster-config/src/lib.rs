@@ -179,7 +179,7 @@ pub struct NodeConfig {
     /// certificate it signed.
     pub tls_ca: Option<PathBuf>,
     /// Free space (MiB) the data dir's filesystem must keep (`--min-free-disk-mb`,
-    /// default 256): under it the node refuses writes and Raft until space returns.
+    /// default 64): under it the node refuses writes and Raft until space returns.
     pub min_free_disk_mb: Option<u64>,
 }
 
@@ -192,7 +192,7 @@ pub struct TlsFiles {
 }
 
 /// `min_free_disk_mb` when none is given.
-pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 64;
 
 /// The highest `max_instances_per_app` (and its default).
 pub const MAX_INSTANCES_PER_APP: u32 = 1_000_000;

@@ -108,7 +108,7 @@ pub struct AgentArgs {
     /// The cluster CA's certificate (PEM): peers must present a certificate it signed.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
-    /// Free space the data dir's filesystem must keep, in MiB (default 256): under it
+    /// Free space the data dir's filesystem must keep, in MiB (default 64): under it
     /// the node refuses writes and Raft (and hands leadership over) until space returns.
     #[arg(long, value_name = "MIB")]
     min_free_disk_mb: Option<u64>,
