@@ -48,7 +48,27 @@ pub struct Cluster {
     /// With TLS: the cluster CA's certificate (`berth ca` made it and every node's in
     /// `dir/ca`); nodes run mutual TLS and serve HTTPS.
     pub ca: Option<reqwest::Certificate>,
+    /// Each node's data dir is a tmpfs of its own (`DISK_MB`), so one node's disk can
+    /// be filled (the `disk-full` nemesis). Needs root.
+    pub disks: bool,
 }
+
+/// What a cluster is started with beyond its flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Each node in its own network namespace (root).
+    pub namespaces: bool,
+    /// Mutual TLS between the nodes, HTTPS on their APIs.
+    pub tls: bool,
+    /// Each data dir on its own small tmpfs, the nodes' disk reserve at `RESERVE_MB`
+    /// (root).
+    pub disks: bool,
+}
+
+/// The size of a node's tmpfs with `Options::disks`.
+pub const DISK_MB: u64 = 192;
+/// The nodes' `--min-free-disk-mb` with `Options::disks`.
+pub const RESERVE_MB: u64 = 16;
 
 impl Cluster {
     /// Starts `n` nodes with `extra` flags each, on loopback.
@@ -58,11 +78,12 @@ impl Cluster {
 
     /// Starts `n` nodes, each in its own network namespace when `namespaces`.
     pub fn start_in(n: u64, extra: &[&str], namespaces: bool) -> Result<Cluster> {
-        Self::start_with(n, extra, namespaces, false)
+        Self::start_with(n, extra, Options { namespaces, ..Default::default() })
     }
 
-    /// Starts `n` nodes, in namespaces when `namespaces`, with mutual TLS when `tls`.
-    pub fn start_with(n: u64, extra: &[&str], namespaces: bool, tls: bool) -> Result<Cluster> {
+    /// Starts `n` nodes with `extra` flags each and `opts`.
+    pub fn start_with(n: u64, extra: &[&str], opts: Options) -> Result<Cluster> {
+        let (namespaces, tls) = (opts.namespaces, opts.tls);
         let binary = berth_binary()?;
         let dir = tempfile::tempdir()?;
         let ids: Vec<u64> = (1..=n).collect();
@@ -79,8 +100,16 @@ impl Cluster {
             );
         }
         let peers = nodes.values().map(|p| format!("{}={}", p.id, p.grpc)).collect::<Vec<_>>().join(",");
-        let mut c =
-            Cluster { net, binary, dir, nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect(), ca: None };
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if opts.disks {
+            extra.extend(["--min-free-disk-mb".to_string(), RESERVE_MB.to_string()]);
+        }
+        let mut c = Cluster { net, binary, dir, nodes, peers, extra, ca: None, disks: opts.disks };
+        if opts.disks {
+            for id in 1..=n {
+                c.mount_disk(id)?;
+            }
+        }
         if tls {
             c.berth(&["ca", "init", "--dir"], &[])?;
             let pem = std::fs::read(c.ca_dir().join("ca.pem"))?;
@@ -93,6 +122,52 @@ impl Cluster {
             c.spawn(id)?;
         }
         Ok(c)
+    }
+
+    /// Mounts node `id`'s tmpfs on its data dir.
+    fn mount_disk(&self, id: u64) -> Result<()> {
+        let dir = &self.nodes[&id].data_dir;
+        std::fs::create_dir_all(dir)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={DISK_MB}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .context("cannot run mount")?;
+        if !out.status.success() {
+            bail!("cannot mount a tmpfs on {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    fn filler(&self, id: u64) -> Option<PathBuf> {
+        Some(self.nodes.get(&id)?.data_dir.join("disk-full-filler"))
+    }
+
+    /// Fills node `id`'s disk until half its reserve is left: the node must refuse
+    /// writes and Raft, hand leadership over, and stay alive.
+    pub fn fill_disk(&self, id: u64) -> Result<()> {
+        use std::io::Write;
+        let path = self.filler(id).context("no such node")?;
+        let dir = path.parent().context("a data dir")?;
+        let out = Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output()?;
+        let avail: u64 = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap_or("0").trim().parse()?;
+        let mut left = avail.saturating_sub((RESERVE_MB << 20) / 2);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let chunk = vec![0x5au8; 1 << 20];
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Gives node `id` its space back.
+    pub fn free_disk(&self, id: u64) {
+        if let Some(p) = self.filler(id) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     fn ca_dir(&self) -> PathBuf {
@@ -141,6 +216,9 @@ impl Cluster {
         let data_dir = self.dir.path().join(format!("node{id}"));
         let peers = format!("{members},{id}={grpc}");
         self.nodes.insert(id, Proc { id, peers: Some(peers.clone()), grpc: grpc.clone(), http, data_dir, child: None });
+        if self.disks {
+            self.mount_disk(id)?;
+        }
         if self.ca.is_some() {
             self.issue(id)?;
         }
@@ -372,6 +450,11 @@ impl Drop for Cluster {
                     // SAFETY: kill(2) on the guard our node started.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
+            }
+        }
+        if self.disks {
+            for p in self.nodes.values() {
+                let _ = Command::new("umount").arg("-l").arg(&p.data_dir).stderr(Stdio::null()).status();
             }
         }
         // `net` drops after the processes: namespaces go last.

@@ -32,8 +32,9 @@ struct Args {
     workload: Vec<String>,
     /// Nemeses, comma separated: kill, kill-leader, pause, restart-all, partition,
     /// partition-leader, partition-ring, partition-bridge, host-loss (a node killed, or
-    /// cut off when namespaces allow, for longer than the host deadline), or none.
-    /// Partitions need root (namespaces).
+    /// cut off when namespaces allow, for longer than the host deadline), disk-full (a
+    /// node's data dir, a tmpfs of its own, filled past its reserve), or none.
+    /// Partitions and disk-full need root.
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seconds of workload (and faults) per workload.
@@ -60,7 +61,7 @@ struct Args {
     tls: bool,
 }
 
-const NEMESES: [&str; 10] = [
+const NEMESES: [&str; 11] = [
     "kill",
     "kill-leader",
     "pause",
@@ -71,7 +72,18 @@ const NEMESES: [&str; 10] = [
     "partition-ring",
     "partition-bridge",
     "host-loss",
+    "disk-full",
 ];
+
+/// How the cluster is started: namespaces when they can be had, a tmpfs per node when
+/// the `disk-full` nemesis runs (root as well), TLS when asked.
+fn options(args: &Args, nemeses: &[String], namespaces: bool) -> berth_jepsen::cluster::Options {
+    berth_jepsen::cluster::Options {
+        namespaces,
+        tls: args.tls,
+        disks: namespaces && nemeses.iter().any(|n| n == "disk-full"),
+    }
+}
 
 /// How long `host-loss` keeps a node away: past every host deadline the suite uses, so
 /// the cluster declares it down and moves its instances.
@@ -502,6 +514,15 @@ async fn nemesis(
                     let _ = c.spawn(*id);
                 }
             }
+            "disk-full" => {
+                // The node's data dir fills past its reserve; space comes back after.
+                let filled = cluster.lock().unwrap().fill_disk(target);
+                if let Err(e) = filled {
+                    eprintln!("nemesis disk-full: {e:#}");
+                }
+                tokio::time::sleep(hold).await;
+                cluster.lock().unwrap().free_disk(target);
+            }
             "pause" => {
                 let pid = cluster.lock().unwrap().pid(target);
                 if let Some(pid) = pid {
@@ -524,6 +545,7 @@ fn heal(cluster: &Mutex<Cluster>) {
     let mut c = cluster.lock().unwrap();
     let ids: Vec<u64> = c.nodes.keys().copied().collect();
     for id in ids {
+        c.free_disk(id);
         if let Some(pid) = c.pid(id) {
             // SAFETY: kill(2) on a node process of this run.
             unsafe { libc::kill(pid as i32, libc::SIGCONT) };
@@ -541,7 +563,7 @@ const CONVERGE_DEADLINE: Duration = Duration::from_secs(6);
 async fn run_converge(args: &Args, nemeses: &[String], seed: u64, namespaces: bool) -> Result<Vec<Verdict>> {
     let deadline_flag = CONVERGE_DEADLINE.as_secs().to_string();
     let flags = ["--snapshot-logs", "200", "--host-deadline-s", deadline_flag.as_str(), "--runtime", "process"];
-    let cluster = Cluster::start_with(args.nodes, &flags, namespaces, args.tls)?;
+    let cluster = Cluster::start_with(args.nodes, &flags, options(args, nemeses, namespaces))?;
     let http = cluster.http_client();
     let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
     let url = cluster.url(leader);
@@ -636,8 +658,8 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
     let namespaces = match berth_jepsen::netns::unavailable() {
         None => true,
         Some(why) => {
-            if nemeses.iter().any(|n| n.starts_with("partition")) {
-                bail!("partition nemeses need network namespaces: {why}");
+            if nemeses.iter().any(|n| n.starts_with("partition") || n == "disk-full") {
+                bail!("partition and disk-full nemeses need root (namespaces, tmpfs mounts): {why}");
             }
             eprintln!("berth-jepsen: nodes on loopback ({why}); faults: kill, pause");
             false
@@ -646,7 +668,7 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
     if workload == "converge" {
         return run_converge(args, nemeses, seed, namespaces).await;
     }
-    let cluster = Cluster::start_with(args.nodes, &["--snapshot-logs", "200"], namespaces, args.tls)?;
+    let cluster = Cluster::start_with(args.nodes, &["--snapshot-logs", "200"], options(args, nemeses, namespaces))?;
     let http = cluster.http_client();
     cluster.wait_leader(&http, Duration::from_secs(30)).await?;
     let urls: Vec<String> = cluster.nodes.keys().map(|id| cluster.url(*id)).collect();
