@@ -493,23 +493,40 @@ fn validity(days: u32) -> Result<(time::OffsetDateTime, time::OffsetDateTime), S
     Ok((now - time::Duration::hours(1), now + time::Duration::days(i64::from(days))))
 }
 
-/// Writes `text` to a new file `path` (refusing to replace one unless `replace`),
-/// readable by its owner only when `secret`.
+/// Writes `text` to `path` (refusing to replace a file unless `replace`), readable
+/// by its owner only when `secret`: into a new temporary file with those permissions,
+/// synced, then renamed over `path` — a replaced key never keeps looser permissions,
+/// and a crash leaves the old file or the new one, never half of one.
 fn write_new(path: &Path, text: &str, secret: bool, replace: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).mode(if secret { 0o600 } else { 0o644 });
-    if replace {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    if !replace && path.exists() {
+        return Err(format!("{} exists; not replaced", path.display()));
     }
-    let mut f = opts.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => format!("{} exists; not replaced", path.display()),
-        _ => format!("{}: {e}", path.display()),
-    })?;
-    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(err)?;
+    let written = f.write_all(text.as_bytes()).and_then(|_| f.sync_all());
+    let renamed = written.and_then(|_| {
+        if replace {
+            std::fs::rename(&tmp, path)
+        } else {
+            // Never over a file that appeared meanwhile.
+            std::fs::hard_link(&tmp, path).and_then(|_| std::fs::remove_file(&tmp))
+        }
+    });
+    renamed.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!("{} exists; not replaced", path.display()),
+            _ => err(e),
+        }
+    })
 }
 
 /// `berth ca init`: a new cluster CA in `dir` (`ca.pem`, `ca.key`); refuses to
@@ -620,10 +637,13 @@ mod tests {
         let der = CertificateDer::from_pem_slice(&tls.cert_pem).unwrap();
         assert!(is_node_cert(&der));
         assert_eq!(dns_names(&der), ["node.berth", "node-2.berth", "api.example"]);
-        // The key is the owner's only.
+        // The key is the owner's only, also when replaced over a looser file.
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(node_files(dir.path(), 2).1).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let key = node_files(dir.path(), 2).1;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        issue(dir.path(), 2, &["127.0.0.1".into(), "api.example".into()], 30, dir.path(), true).unwrap();
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
 
         let err = NodeTls::load(&files(dir.path(), 2), 3).unwrap_err();
         assert!(err.contains("not this node (node-3.berth)"), "{err}");

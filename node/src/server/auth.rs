@@ -28,9 +28,12 @@
 //! A node checks tokens against its own replica. A token it does not know yet (just
 //! created through another node) is looked up again after a read barrier (a
 //! linearizable read through the leader), so a fresh token works at once everywhere.
-//! A revocation takes effect on each node when that node applies it — within the
-//! replication delay (milliseconds), the same window Nomad's and Consul's ACL caches
-//! have (theirs is up to 30 s).
+//! A write is checked twice: by the node that takes it, and by the leader on its own
+//! state, from the token's id and hash that travel with the write ([`Credentials`]) —
+//! a node whose replica is behind (restarted, cut off, its disk full) can neither let
+//! a revoked token write nor take writes without a token once the first exists. A
+//! read on such a node may pass until it applies the revocation (milliseconds, where
+//! Nomad's and Consul's ACL caches allow up to 30 s).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +77,51 @@ impl Caller {
             Caller::Token { id, .. } => Some(id),
         }
     }
+}
+
+/// What an API write's caller proved, carried with the write to the leader, which
+/// checks it against its own state ([`check_on_leader`]): the node that took the
+/// request checked it on its replica, which may be behind (a revocation, the first
+/// token) — the leader's state is never behind what it committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The token's id and the SHA-256 of its secret (never the secret); None: no token.
+    pub token: Option<(String, String)>,
+    /// The least role the request needs.
+    pub need: Role,
+}
+
+tokio::task_local! {
+    /// The credentials of the API write this task serves (set by [`guard`] and the
+    /// gRPC services); read by the proposer when it sends the write to the leader.
+    static CREDENTIALS: Credentials;
+}
+
+/// The credentials of the API write being served, if this task serves one.
+pub fn current() -> Option<Credentials> {
+    CREDENTIALS.try_with(Clone::clone).ok()
+}
+
+/// Runs `f` as the API write of a caller with `token` needing `need`.
+pub async fn as_caller<F: std::future::Future>(headers: &HeaderMap, need: Need, f: F) -> F::Output {
+    let Need::Role(need) = need else { return f.await };
+    let token =
+        presented(headers).ok().flatten().and_then(|t| split(&t).map(|(id, secret)| (id.to_string(), hash(secret))));
+    CREDENTIALS.scope(Credentials { token, need }, f).await
+}
+
+/// The leader's check of a write's credentials, on its own state: the same rules as
+/// [`authorize`] (open while no token exists).
+pub fn check_on_leader(state: &crate::state::State, c: &Credentials) -> Result<(), ApiError> {
+    if state.tokens.is_empty() {
+        return Ok(());
+    }
+    let Some((id, hash)) = &c.token else { return Err(unauthenticated()) };
+    let t = state.tokens.get(id).filter(|t| same(&t.hash, hash)).ok_or_else(invalid_token)?;
+    if t.role < c.need {
+        return Err(forbidden(t, c.need));
+    }
+    Ok(())
 }
 
 /// What a request needs.
@@ -149,6 +197,14 @@ fn unauthenticated() -> ApiError {
     )
 }
 
+fn forbidden(t: &Token, need: Role) -> ApiError {
+    ApiError::new(
+        403,
+        "forbidden",
+        format!("token {} ({}) has role {}; this needs {}", t.id, t.name, t.role.as_str(), need.as_str()),
+    )
+}
+
 fn invalid_token() -> ApiError {
     ApiError::new(401, "invalid_token", "the token is not valid: mistyped, or revoked")
 }
@@ -188,17 +244,7 @@ pub async fn authorize(node: &Node, headers: &HeaderMap, need: Need) -> Result<C
     };
     if let Need::Role(role) = need {
         if found.role < role {
-            return Err(ApiError::new(
-                403,
-                "forbidden",
-                format!(
-                    "token {} ({}) has role {}; this needs {}",
-                    found.id,
-                    found.name,
-                    found.role.as_str(),
-                    role.as_str()
-                ),
-            ));
+            return Err(forbidden(&found, role));
         }
     }
     Ok(Caller::Token { id: found.id, name: found.name, role: found.role })
@@ -274,12 +320,16 @@ pub async fn guard(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
     match checked {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            let headers = req.headers().clone();
+            as_caller(&headers, need, next.run(req)).await
         }
         Err(e) => {
             if e.status == 401 || e.status == 403 {
                 node.metrics.auth_refused.with_label_values(&[e.code.as_str()]).inc();
-                tracing::info!(method = %req.method(), path = req.uri().path(), code = %e.code, "request refused");
+                // `DELETE /v1/tokens/{id}` may carry a whole token: never log a secret.
+                let path = req.uri().path();
+                let path = if path.starts_with("/v1/tokens/") { "/v1/tokens/{id}" } else { path };
+                tracing::info!(method = %req.method(), path, code = %e.code, "request refused");
             }
             let challenge = e.status == 401;
             let mut resp = if req.uri().path().starts_with("/v2/") {
@@ -299,15 +349,19 @@ pub async fn guard(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
     }
 }
 
-/// The gRPC services' check: what `guard` does for HTTP, on the call's metadata.
-pub async fn check_grpc<T>(node: &Node, req: &tonic::Request<T>, need: Need) -> Result<Caller, tonic::Status> {
+/// The gRPC services' check: what `guard` does for HTTP, on the call's metadata;
+/// the metadata as headers, for [`as_caller`].
+pub async fn check_grpc<T>(node: &Node, req: &tonic::Request<T>, need: Need) -> Result<HeaderMap, tonic::Status> {
     let headers = req.metadata().clone().into_headers();
-    authorize(node, &headers, need).await.map_err(|e| {
-        if e.status == 401 || e.status == 403 {
-            node.metrics.auth_refused.with_label_values(&[e.code.as_str()]).inc();
+    match authorize(node, &headers, need).await {
+        Ok(_) => Ok(headers),
+        Err(e) => {
+            if e.status == 401 || e.status == 403 {
+                node.metrics.auth_refused.with_label_values(&[e.code.as_str()]).inc();
+            }
+            Err(e.to_status())
         }
-        e.to_status()
-    })
+    }
 }
 
 /// `POST /v1/tokens`.
@@ -450,6 +504,43 @@ mod tests {
             h.insert("authorization", v.parse().unwrap());
             assert_eq!(presented(&h).unwrap_err().code, "invalid_token", "{v}");
         }
+    }
+
+    #[test]
+    fn the_leader_checks_a_writes_credentials_on_its_own_state() {
+        let mut state = crate::state::State::default();
+        let creds = |token: Option<(String, String)>, need| Credentials { token, need };
+        // Open while no token exists, whatever was sent.
+        assert!(check_on_leader(&state, &creds(None, Role::Admin)).is_ok());
+        let (admin, secret) = make(Role::Admin, Some("ops".into())).unwrap();
+        let (deploy, deploy_secret) = make(Role::Deploy, None).unwrap();
+        assert!(state.tokens.create(admin.clone(), 1).0.is_ok());
+        assert!(state.tokens.create(deploy.clone(), 1).0.is_ok());
+        let pair = |t: &Token, s: &str| Some((t.id.clone(), hash(split(s).unwrap().1)));
+        let code = |r: Result<(), ApiError>| r.unwrap_err().code;
+        assert_eq!(code(check_on_leader(&state, &creds(None, Role::Deploy))), "unauthenticated");
+        assert_eq!(code(check_on_leader(&state, &creds(pair(&deploy, &deploy_secret), Role::Admin))), "forbidden");
+        assert!(check_on_leader(&state, &creds(pair(&deploy, &deploy_secret), Role::Deploy)).is_ok());
+        assert!(check_on_leader(&state, &creds(pair(&admin, &secret), Role::Admin)).is_ok());
+        let forged = Some((admin.id.clone(), hash("not-the-secret")));
+        assert_eq!(code(check_on_leader(&state, &creds(forged, Role::Deploy))), "invalid_token");
+        // Revoked (on the leader) while a lagging node still knew it: refused.
+        assert!(state.tokens.revoke(&deploy.id).0.is_ok());
+        assert_eq!(code(check_on_leader(&state, &creds(pair(&deploy, &deploy_secret), Role::Deploy))), "invalid_token");
+    }
+
+    #[tokio::test]
+    async fn an_api_write_carries_its_callers_credentials_and_only_a_write_does() {
+        let (_, token) = make(Role::Deploy, None).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (id, secret) = split(&token).unwrap();
+        let want = Credentials { token: Some((id.to_string(), hash(secret))), need: Role::Deploy };
+        assert_eq!(as_caller(&h, Need::Role(Role::Deploy), async { current() }).await, Some(want));
+        assert_eq!(as_caller(&h, Need::Read, async { current() }).await, None);
+        assert_eq!(current(), None, "the node's own work carries none");
+        let anonymous = as_caller(&HeaderMap::new(), Need::Role(Role::Admin), async { current() }).await;
+        assert_eq!(anonymous, Some(Credentials { token: None, need: Role::Admin }));
     }
 
     #[test]

@@ -148,14 +148,20 @@ fn write_probe(dir: &Path) -> std::io::Result<()> {
 pub async fn run(node: Arc<Node>) {
     let mut last_probe: Option<Instant> = None;
     loop {
-        let probe = last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
+        // While something is wrong, probe on every look: a failure only the probe sees
+        // (an I/O error, a lost permission) must not pass for cured between probes.
+        let probe = node.disk.problem().is_some() || last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
         if probe {
             last_probe = Some(Instant::now());
         }
         let disk = node.disk.clone();
         let now: Option<Problem> = tokio::task::spawn_blocking(move || disk.check(probe)).await.unwrap_or_default();
-        if now != node.disk.problem() {
+        let code = |p: &Option<Problem>| p.as_ref().map(|p| p.code);
+        if code(&now) != code(&node.disk.problem()) {
             changed(&node, now).await;
+        } else if now.is_some() {
+            // Same trouble, fresher figures (free MiB) for the errors the API gives.
+            node.disk.problem.send_replace(now);
         }
         tokio::select! {
             _ = node.stopping() => return,

@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use super::auth::{check_grpc, Need};
+use super::auth::{as_caller, check_grpc, Need};
 use super::ops::{AllocationInput, ClusterView, MemberInput, PoolInput};
-use super::proposer::{LeaderCall, LeaderReply};
+use super::proposer::{LeaderCall, LeaderReply, LeaderRequest};
 use super::Node;
 use crate::error::ApiError;
 use crate::state::ipam::PoolInfo;
@@ -63,6 +63,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
 
 #[derive(Clone)]
 struct Svc(Arc<Node>);
+
+const ADMIN: Need = Need::Role(Role::Admin);
+const DEPLOY: Need = Need::Role(Role::Deploy);
 
 fn rid(s: String) -> Option<String> {
     if s.is_empty() {
@@ -118,9 +121,9 @@ impl Internal for Svc {
 
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeReply>, Status> {
         let left = super::proposer::MEMBERSHIP_DEADLINE;
-        let call: LeaderCall = berth_raft::codec::decode(&request.get_ref().command)
+        let call: LeaderRequest = berth_raft::codec::decode(&request.get_ref().command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let budget = match call {
+        let budget = match call.call {
             LeaderCall::Write(_) => super::proposer::WRITE_DEADLINE,
             _ => left,
         };
@@ -166,25 +169,26 @@ impl Cluster for Svc {
     }
 
     async fn add_member(&self, r: Request<pb::AddMemberRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
-        check_grpc(&self.0, &r, Need::Role(Role::Admin)).await?;
+        let caller = check_grpc(&self.0, &r, ADMIN).await?;
         let r = r.into_inner();
-        let view = self.0.add_member(MemberInput { id: r.id, grpc: r.grpc, voter: r.voter }).await?;
+        let view = as_caller(&caller, ADMIN, self.0.add_member(MemberInput { id: r.id, grpc: r.grpc, voter: r.voter }))
+            .await?;
         Ok(Response::new(cluster_pb(view)))
     }
 
     async fn remove_member(&self, r: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
-        check_grpc(&self.0, &r, Need::Role(Role::Admin)).await?;
-        Ok(Response::new(cluster_pb(self.0.remove_member(r.get_ref().id).await?)))
+        let caller = check_grpc(&self.0, &r, ADMIN).await?;
+        Ok(Response::new(cluster_pb(as_caller(&caller, ADMIN, self.0.remove_member(r.get_ref().id)).await?)))
     }
 }
 
 #[tonic::async_trait]
 impl Ipam for Svc {
     async fn create_pool(&self, r: Request<pb::CreatePoolRequest>) -> Result<Response<pb::Pool>, Status> {
-        check_grpc(&self.0, &r, Need::Role(Role::Admin)).await?;
+        let caller = check_grpc(&self.0, &r, ADMIN).await?;
         let r = r.into_inner();
         let input = PoolInput { name: r.name, subnet: r.subnet, gateway: opt(r.gateway), range: opt(r.range) };
-        let (pool, _) = self.0.create_pool(input, rid(r.request_id)).await?;
+        let (pool, _) = as_caller(&caller, ADMIN, self.0.create_pool(input, rid(r.request_id))).await?;
         Ok(Response::new(pool_pb(pool)))
     }
 
@@ -195,17 +199,17 @@ impl Ipam for Svc {
     }
 
     async fn delete_pool(&self, r: Request<pb::DeletePoolRequest>) -> Result<Response<pb::DeletePoolReply>, Status> {
-        check_grpc(&self.0, &r, Need::Role(Role::Admin)).await?;
+        let caller = check_grpc(&self.0, &r, ADMIN).await?;
         let r = r.into_inner();
-        self.0.delete_pool(&r.name, rid(r.request_id)).await?;
+        as_caller(&caller, ADMIN, self.0.delete_pool(&r.name, rid(r.request_id))).await?;
         Ok(Response::new(pb::DeletePoolReply {}))
     }
 
     async fn allocate(&self, r: Request<pb::AllocateRequest>) -> Result<Response<pb::Allocation>, Status> {
-        check_grpc(&self.0, &r, Need::Role(Role::Deploy)).await?;
+        let caller = check_grpc(&self.0, &r, DEPLOY).await?;
         let r = r.into_inner();
         let input = AllocationInput { owner: r.owner, ip: opt(r.ip) };
-        let a = self.0.allocate(&r.pool, input, rid(r.request_id)).await?;
+        let a = as_caller(&caller, DEPLOY, self.0.allocate(&r.pool, input, rid(r.request_id))).await?;
         Ok(Response::new(pb::Allocation { ip: a.ip, owner: a.owner }))
     }
 
@@ -222,9 +226,9 @@ impl Ipam for Svc {
     }
 
     async fn release(&self, r: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseReply>, Status> {
-        check_grpc(&self.0, &r, Need::Role(Role::Deploy)).await?;
+        let caller = check_grpc(&self.0, &r, DEPLOY).await?;
         let r = r.into_inner();
-        self.0.release(&r.pool, &r.ip, rid(r.request_id)).await?;
+        as_caller(&caller, DEPLOY, self.0.release(&r.pool, &r.ip, rid(r.request_id))).await?;
         Ok(Response::new(pb::ReleaseReply {}))
     }
 }

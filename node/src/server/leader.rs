@@ -69,7 +69,9 @@ pub async fn run(node: Arc<Node>) {
     // Role and leader changes only (not every applied entry).
     let mut server = node.raft.server_metrics();
     loop {
-        if node.raft.is_leader() {
+        // A leader whose disk is not usable leads nothing (`server::disk`): its
+        // proposals could not be stored, and it is handing over.
+        if node.raft.is_leader() && node.disk.problem().is_none() {
             tracing::info!(id = node.id, "leader: scheduler and liveness started");
             lead(&node).await;
             tracing::info!(id = node.id, "scheduler and liveness stopped");
@@ -125,7 +127,8 @@ async fn lead(node: &Arc<Node>) {
     let mut applied = node.state.subscribe_changes();
     let mut last_plan: Option<(Plan, Instant)> = None;
     loop {
-        if !node.raft.is_leader() {
+        // Also stops autopilot and webhook delivery (their tasks end with this one).
+        if !node.raft.is_leader() || node.disk.problem().is_some() {
             return;
         }
         for (host, state) in liveness_verdicts(node) {

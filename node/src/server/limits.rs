@@ -27,10 +27,15 @@ pub struct RateLimiter {
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
-/// Who is counted.
+/// Who is counted: the token, else the address — an IPv6 client by its /64, the
+/// block one host is given (rotating addresses inside it buys nothing).
 pub fn client_key(token: Option<&str>, addr: Option<IpAddr>) -> String {
     match (token, addr) {
         (Some(id), _) => format!("token:{id}"),
+        (None, Some(IpAddr::V6(ip))) => {
+            let s = ip.segments();
+            format!("addr:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
         (None, Some(ip)) => format!("addr:{ip}"),
         (None, None) => "addr:unknown".to_string(),
     }
@@ -51,6 +56,12 @@ impl RateLimiter {
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(key) {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst);
+            if buckets.len() >= MAX_TRACKED / 2 {
+                // Still crowded (many clients busy at once): start over rather than
+                // scan on every new client. Everyone gets a full bucket once — lenient
+                // for a moment, bounded in memory and time.
+                buckets.clear();
+            }
         }
         let b = buckets.entry(key.to_string()).or_insert(Bucket { tokens: self.burst, at: now });
         let refill = now.saturating_duration_since(b.at).as_secs_f64() * self.rate;
@@ -83,6 +94,9 @@ mod tests {
         assert!(l.take("a", t0 + Duration::from_millis(200)).is_err());
         assert_eq!(client_key(Some("abc"), None), "token:abc");
         assert_eq!(client_key(None, Some("10.0.0.1".parse().unwrap())), "addr:10.0.0.1");
+        let v6 = |s: &str| client_key(None, Some(s.parse().unwrap()));
+        assert_eq!(v6("2001:db8:1:2:aaaa::1"), v6("2001:db8:1:2:bbbb::9"), "one /64, one bucket");
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
     }
 
     #[test]
@@ -94,5 +108,15 @@ mod tests {
         }
         l.take("new", t0 + Duration::from_secs(1)).unwrap();
         assert_eq!(l.buckets.lock().unwrap().len(), 1, "full buckets are dropped");
+    }
+
+    #[test]
+    fn a_crowd_of_busy_clients_stays_bounded() {
+        let l = RateLimiter::new(1.0);
+        let t0 = Instant::now();
+        for i in 0..3 * MAX_TRACKED {
+            let _ = l.take(&format!("c{i}"), t0);
+        }
+        assert!(l.buckets.lock().unwrap().len() <= MAX_TRACKED, "never more than MAX_TRACKED clients kept");
     }
 }

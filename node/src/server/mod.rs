@@ -70,6 +70,9 @@ pub enum StartError {
     Tls(String),
 }
 
+/// Why Raft is refused before bootstrap's check.
+const NOT_CHECKED: &str = "not serving Raft yet: this node has not checked that its data dir was not wiped";
+
 /// A running node.
 pub struct Node {
     pub id: u64,
@@ -255,7 +258,8 @@ impl Node {
         // `bootstrap` to check that it is new, not wiped.
         let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
         let (raft_open, _) = tokio::sync::watch::channel(initialized);
-        let (raft_gate, _) = tokio::sync::watch::channel(None);
+        // Closed from the first moment for a node that bootstrap has yet to check.
+        let (raft_gate, _) = tokio::sync::watch::channel((!initialized).then(|| NOT_CHECKED.to_string()));
         let disk = Arc::new(disk::Disk::new(&config.data_dir, config.min_free_disk));
 
         let proposer = Proposer::new(config.id, raft.clone(), state.clone(), connections.clone(), disk.clone());
@@ -371,12 +375,14 @@ impl Node {
     /// Recomputes why Raft requests are refused (bootstrap's check, the disk); call
     /// after either changes.
     pub fn refresh_raft_gate(&self) {
-        let reason = if !*self.raft_open.borrow() {
-            Some("not serving Raft yet: this node has not checked that its data dir was not wiped".to_string())
-        } else {
-            self.disk.problem().map(|p| format!("{}: node {} cannot write its log: {}", p.code, self.id, p.message))
-        };
+        // Computed inside the channel's lock: two callers (bootstrap, the disk guard)
+        // cannot interleave read and send and leave a stale reason last.
         self.raft_gate.send_if_modified(|r| {
+            let reason = if !*self.raft_open.borrow() {
+                Some(NOT_CHECKED.to_string())
+            } else {
+                self.disk.problem().map(|p| format!("{}: node {} cannot write its log: {}", p.code, self.id, p.message))
+            };
             let changed = *r != reason;
             *r = reason;
             changed

@@ -198,6 +198,10 @@ impl Node {
     /// applied (and lets openraft purge the log behind it, as its policy would), e.g.
     /// before a backup of the data dir or to measure the cost with a big state.
     pub async fn snapshot_now(&self) -> Result<SnapshotView, ApiError> {
+        if let Some(p) = self.disk.problem() {
+            // Writing a snapshot to that disk would be a storage error: fatal.
+            return Err(ApiError::unavailable(p.code, format!("node {}: {}; no snapshot taken", self.id, p.message)));
+        }
         let started = std::time::Instant::now();
         let target = self.state.applied_index();
         self.raft.trigger().snapshot().await.map_err(|e| ApiError::unavailable("raft_stopped", e.to_string()))?;

@@ -51,6 +51,14 @@ pub enum LeaderCall {
     RemoveMember { id: u64 },
 }
 
+/// A [`LeaderCall`] as it travels to the leader, with what the API caller behind it
+/// proved (None for the node's own work: agent reports, plans, registration).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderRequest {
+    pub call: LeaderCall,
+    pub credentials: Option<super::auth::Credentials>,
+}
+
 /// The leader's answer to a [`LeaderCall`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
@@ -176,6 +184,9 @@ impl Proposer {
     /// Runs `call` on the leader, wherever it is, until `budget` runs out.
     pub async fn call_leader(&self, call: LeaderCall, budget: Duration) -> Result<LeaderReply, ApiError> {
         self.disk_usable(false)?;
+        // The API request this runs for (if any): the leader checks its token again,
+        // on its own state — this node's replica may be behind a revocation.
+        let request = LeaderRequest { call, credentials: super::auth::current() };
         let deadline = Instant::now() + budget;
         let mut last_err = None;
         loop {
@@ -185,9 +196,9 @@ impl Proposer {
             }
             let leader = self.wait_for_leader(deadline).await?;
             let result = if leader == self.id {
-                self.execute(call.clone(), left).await
+                self.execute(request.clone(), left).await
             } else {
-                self.forward(leader, &call, left).await
+                self.forward(leader, &request, left).await
             };
             match result {
                 Ok(r) => return Ok(r),
@@ -206,7 +217,7 @@ impl Proposer {
         }
     }
 
-    async fn forward(&self, leader: u64, call: &LeaderCall, left: Duration) -> Result<LeaderReply, ApiError> {
+    async fn forward(&self, leader: u64, call: &LeaderRequest, left: Duration) -> Result<LeaderReply, ApiError> {
         let addr = self
             .grpc_addr(leader)
             .ok_or_else(|| ApiError::unavailable("unreachable", format!("no address for leader {leader}")))?;
@@ -237,12 +248,15 @@ impl Proposer {
 
     /// Runs `call` here, if this node leads. Never forwards (the other side of
     /// `forward`).
-    pub async fn execute(&self, call: LeaderCall, left: Duration) -> Result<LeaderReply, ApiError> {
+    pub async fn execute(&self, request: LeaderRequest, left: Duration) -> Result<LeaderReply, ApiError> {
         if !self.raft.is_leader() {
             return Err(not_leader());
         }
         self.disk_usable(true)?;
-        match call {
+        if let Some(c) = &request.credentials {
+            super::auth::check_on_leader(&self.state.read().state, c)?;
+        }
+        match request.call {
             LeaderCall::Write(mut req) => {
                 req.at_ms = now_ms();
                 match tokio::time::timeout(left, self.raft.client_write(*req)).await {
