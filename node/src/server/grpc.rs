@@ -36,6 +36,13 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
         None => Ok(req),
     };
     let router = tonic::transport::Server::builder()
+        // A peer paused for a few seconds (a GC or VM stall, SIGSTOP) comes back to a
+        // queue of requests its peers sent and cancelled on their timeouts — Raft
+        // heartbeats every 40–50 ms. hyper's rapid-reset guard (20 such streams) then
+        // tears the connection down with GOAWAY `too_many_resets` at the very moment
+        // of recovery (seen in a CI run); 1,000 keeps it up across a 20 s pause and
+        // still bounds what a client can queue.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .add_service(InterceptedService::new(node.raft_service(), node_only.clone()))
         .add_service(InterceptedService::new(
             InternalServer::new(svc.clone())
@@ -60,6 +67,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
         tracing::error!(error = %e, "gRPC server failed");
     }
 }
+
+/// Streams a client may reset before the server accepted them, per connection.
+const MAX_PENDING_RESETS: usize = 1000;
 
 #[derive(Clone)]
 struct Svc(Arc<Node>);
