@@ -3,18 +3,26 @@
 //!
 //! This is the model of Nomad's and Consul's FSMs: the replicated state is an in-memory
 //! structure; its durability comes from the Raft log plus periodic snapshots. A
-//! snapshot (meta + data) is written to the [`KvStore`] in one atomic batch, so a crash
-//! leaves either the old snapshot or the new one. On start, the last snapshot is
+//! snapshot (meta + data) is written to a [`KvStore`] in one atomic batch, so a crash
+//! leaves either the old snapshot or the new one — a store of its own
+//! ([`SmStore::open_with_snapshots`]), not the log's: writing a 200 MB snapshot holds a
+//! store's write transaction for most of a second, and the log's appends (every
+//! commit) must not wait behind it. On start, the last snapshot is
 //! restored and openraft re-applies the committed log after it, up to the commit
 //! pointer the log store persisted (lazily: the rest comes from the leader; a
 //! linearizable read waits for it through the read index, the agent through contact).
 //!
-//! Trade-off, measured in `docs/benchmarks.md`: `snapshot()` runs under the read lock,
-//! so apply waits while a snapshot is serialized. For berth's state sizes this is a
-//! short pause; a copy-on-write state would remove it.
+//! Snapshots never make apply wait for long (measured in `docs/benchmarks.md`): the
+//! state is *cloned* under the read lock — cheap, its big collections are persistent
+//! (copy-on-write) — and the copy is serialized and stored off the lock and off the
+//! async workers. A snapshot installed from the leader is decoded off the lock too,
+//! swapped in under it, and the replaced state is dropped after the lock is released.
+//! How long apply ever waited for the lock is kept ([`StateHandle::apply_wait_max`]).
 
 use std::io;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -46,11 +54,18 @@ impl<SM: StateMachine> Replica<SM> {
 
 struct Shared<SM: StateMachine> {
     replica: RwLock<Replica<SM>>,
+    /// Where snapshots are kept.
     kv: Arc<dyn KvStore>,
+    /// Where an older data dir kept its snapshot (the log's store), when that is
+    /// another store: read until a snapshot is written to `kv`, then cleared.
+    legacy: RwLock<Option<Arc<dyn KvStore>>>,
     applied: watch::Sender<u64>,
     /// The last applied index at which a command that is not
     /// [quiet](StateMachine::is_quiet), a membership or a snapshot was applied.
     changed: watch::Sender<u64>,
+    /// The longest an apply (or a snapshot install) waited for the replica's write
+    /// lock, in microseconds, since the node started.
+    apply_wait_max_us: AtomicU64,
 }
 
 /// The state machine store handed to openraft, and (through [`SmStore::handle`]) the
@@ -113,6 +128,12 @@ impl<SM: StateMachine> StateHandle<SM> {
         self.shared.changed.subscribe()
     }
 
+    /// The longest any apply waited for the replica's lock since the node started
+    /// (readers and snapshots hold it; this is how long they ever stalled apply).
+    pub fn apply_wait_max(&self) -> Duration {
+        Duration::from_micros(self.shared.apply_wait_max_us.load(Ordering::Relaxed))
+    }
+
     /// Waits until the replica has applied `index`, or `timeout` passes. Returns
     /// whether it has.
     pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
@@ -123,15 +144,28 @@ impl<SM: StateMachine> StateHandle<SM> {
 }
 
 impl<SM: StateMachine> SmStore<SM> {
-    /// Opens the state machine over `kv`, restoring the last snapshot stored there.
+    /// Opens the state machine with its snapshots in `kv` (the log's store), restoring
+    /// the last snapshot stored there.
     pub fn open(kv: Arc<dyn KvStore>) -> io::Result<Self> {
+        Self::open_stores(kv, None)
+    }
+
+    /// Opens the state machine with its snapshots in a store of their own, restoring
+    /// the last snapshot — from `snapshots`, or else from `log` (where data dirs of
+    /// earlier versions kept it; cleared there once a snapshot is written).
+    pub fn open_with_snapshots(snapshots: Arc<dyn KvStore>, log: Arc<dyn KvStore>) -> io::Result<Self> {
+        Self::open_stores(snapshots, Some(log))
+    }
+
+    fn open_stores(kv: Arc<dyn KvStore>, legacy: Option<Arc<dyn KvStore>>) -> io::Result<Self> {
         let mut replica =
             Replica { state: SM::default(), last_applied: None, membership: StoredMembership::<SM>::default() };
-        if let Some(meta) = kv.get(keys::SNAPSHOT_META)? {
+        let legacy = match legacy {
+            Some(l) if l.get(keys::SNAPSHOT_META)?.is_some() => Some(l),
+            _ => None,
+        };
+        if let Some((meta, data)) = load(&kv, legacy.as_ref())? {
             let meta: SnapshotMeta<SM> = codec::decode(&meta)?;
-            let data = kv
-                .get(keys::SNAPSHOT_DATA)?
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot meta without snapshot data"))?;
             replica.state.restore(&data)?;
             replica.last_applied = meta.last_log_id;
             replica.membership = meta.last_membership.clone();
@@ -139,7 +173,14 @@ impl<SM: StateMachine> SmStore<SM> {
         let applied = replica.applied_index();
         let (applied_tx, _) = watch::channel(applied);
         let (changed_tx, _) = watch::channel(applied);
-        let shared = Shared { replica: RwLock::new(replica), kv, applied: applied_tx, changed: changed_tx };
+        let shared = Shared {
+            replica: RwLock::new(replica),
+            kv,
+            legacy: RwLock::new(legacy),
+            applied: applied_tx,
+            changed: changed_tx,
+            apply_wait_max_us: AtomicU64::new(0),
+        };
         Ok(Self { shared: Arc::new(shared) })
     }
 
@@ -148,8 +189,13 @@ impl<SM: StateMachine> SmStore<SM> {
         StateHandle { shared: self.shared.clone() }
     }
 
-    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Replica<SM>> {
-        self.shared.replica.write().unwrap_or_else(|p| p.into_inner())
+    /// The replica's write lock; how long it took to get is noted (the longest wait).
+    fn write_lock(&self) -> RwLockWriteGuard<'_, Replica<SM>> {
+        let asked = Instant::now();
+        let guard = self.shared.replica.write().unwrap_or_else(|p| p.into_inner());
+        let waited = asked.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        self.shared.apply_wait_max_us.fetch_max(waited, Ordering::Relaxed);
+        guard
     }
 
     fn persist_snapshot(&self, meta: &SnapshotMeta<SM>, data: &[u8]) -> io::Result<()> {
@@ -158,27 +204,52 @@ impl<SM: StateMachine> SmStore<SM> {
         batch.put(keys::SNAPSHOT_DATA.to_vec(), data.to_vec());
         let kv = self.shared.kv.clone();
         blocking::run(move || kv.write(batch))?;
+        // The new snapshot is durable: the one an older data dir kept in the log's
+        // store is of no more use.
+        let legacy = self.shared.legacy.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(log) = legacy {
+            let mut clear = WriteBatch::new();
+            clear.delete(keys::SNAPSHOT_META.to_vec()).delete(keys::SNAPSHOT_DATA.to_vec());
+            blocking::run(move || log.write(clear))?;
+        }
         Ok(())
     }
+}
+
+/// The stored snapshot (meta, data): from `kv`, else from `legacy`.
+fn load(kv: &Arc<dyn KvStore>, legacy: Option<&Arc<dyn KvStore>>) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    for store in std::iter::once(kv).chain(legacy) {
+        if let Some(meta) = store.get(keys::SNAPSHOT_META)? {
+            let data = store
+                .get(keys::SNAPSHOT_DATA)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot meta without snapshot data"))?;
+            return Ok(Some((meta, data)));
+        }
+    }
+    Ok(None)
 }
 
 impl<SM: StateMachine> RaftSnapshotBuilder<TypeConfig<SM>> for SmStore<SM> {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot<SM>, io::Error> {
-        let started = std::time::Instant::now();
-        let (meta, data) = {
+        let started = Instant::now();
+        // Only the clone happens under the lock (cheap: see `StateMachine`'s contract).
+        let (meta, frozen) = {
             let replica = self.shared.replica.read().unwrap_or_else(|p| p.into_inner());
-            let data = replica.state.snapshot()?;
             let meta =
                 SnapshotMeta::<SM> { last_log_id: replica.last_applied, last_membership: replica.membership.clone() };
-            (meta, data)
+            (meta, replica.state.clone())
         };
+        let locked_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Serializing a big state takes seconds: off the async worker.
+        let data = blocking::run(move || frozen.snapshot())?;
         self.persist_snapshot(&meta, &data)?;
         tracing::info!(
             index = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0),
             bytes = data.len(),
             ms = started.elapsed().as_millis() as u64,
+            locked_ms,
             "snapshot built"
         );
         Ok(Snapshot::<SM> { meta, snapshot: data })
@@ -251,16 +322,22 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta<SM>, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let mut state = SM::default();
-        state.restore(&snapshot)?;
+        // Decoding a big snapshot takes seconds: off the lock and the async worker.
+        let state = blocking::run(|| -> io::Result<SM> {
+            let mut state = SM::default();
+            state.restore(&snapshot)?;
+            Ok(state)
+        })?;
         self.persist_snapshot(meta, &snapshot)?;
-        let index = {
+        let (index, replaced) = {
             let mut replica = self.write_lock();
-            replica.state = state;
+            let replaced = std::mem::replace(&mut replica.state, state);
             replica.last_applied = meta.last_log_id;
             replica.membership = meta.last_membership.clone();
-            replica.applied_index()
+            (replica.applied_index(), replaced)
         };
+        // Freeing the old state (as big) neither under the lock nor on the worker.
+        blocking::run(move || drop(replaced));
         tracing::info!(index, bytes = snapshot.len(), "snapshot installed");
         self.shared.applied.send_replace(index);
         self.shared.changed.send_replace(index);
@@ -269,12 +346,10 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SM>>, io::Error> {
         let kv = self.shared.kv.clone();
-        let (meta, data) = blocking::run(move || -> io::Result<_> {
-            Ok((kv.get(keys::SNAPSHOT_META)?, kv.get(keys::SNAPSHOT_DATA)?))
-        })?;
-        match (meta, data) {
-            (Some(meta), Some(data)) => Ok(Some(Snapshot::<SM> { meta: codec::decode(&meta)?, snapshot: data })),
-            _ => Ok(None),
+        let legacy = self.shared.legacy.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match blocking::run(move || load(&kv, legacy.as_ref()))? {
+            Some((meta, data)) => Ok(Some(Snapshot::<SM> { meta: codec::decode(&meta)?, snapshot: data })),
+            None => Ok(None),
         }
     }
 }

@@ -21,7 +21,10 @@ use serde::Serialize;
 ///   replaces the state with a snapshot's. `restore(snapshot())` must give an equal
 ///   state, and the snapshot must include everything apply reads (including the
 ///   deduplication state of retried commands).
-pub trait StateMachine: Default + Send + Sync + 'static {
+/// - `Clone` must be **cheap** — built from persistent (copy-on-write) collections, it
+///   costs what the small parts of the state cost, not its size: a snapshot clones the
+///   state under the read lock, then serializes the copy while apply goes on.
+pub trait StateMachine: Default + Clone + Send + Sync + 'static {
     /// A command in the Raft log.
     type Command: Clone + Debug + std::fmt::Display + Send + Sync + Serialize + DeserializeOwned + 'static;
     /// What applying a command returns to its proposer. `Default` answers the entries

@@ -15,7 +15,7 @@ impl fmt::Display for Put {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Journal {
     pub items: Vec<(u64, String)>,
 }

@@ -176,14 +176,7 @@ async fn berth(flags: &[String]) -> Result<Sys> {
     let cluster = Cluster::start(3, &flags)?;
     let http = reqwest::Client::new();
     let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
-    let r = http
-        .post(format!("{}/v1/ipam/pools", cluster.url(leader)))
-        .json(&json!({"name": "failover", "subnet": "10.128.0.0/12"}))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("cannot create the pool: {}", r.text().await?);
-    }
+    super::create_pool(&http, &cluster.url(leader), "failover", "10.128.0.0/12").await?;
     Ok(Sys::Berth(cluster, http))
 }
 

@@ -8,10 +8,14 @@
 pub mod contact;
 pub mod deploy;
 pub mod etcd;
+#[cfg(feature = "etcd-best")]
+pub mod etcd_best;
 pub mod failover;
 pub mod hostloss;
 pub mod ipam;
+pub mod mixed;
 pub mod placement;
+pub mod rounds;
 
 use std::time::Duration;
 
@@ -54,6 +58,19 @@ impl Latencies {
     pub fn max(&self) -> f64 {
         self.ms.iter().copied().fold(0.0, f64::max)
     }
+}
+
+/// Creates IP pool `name` of `subnet` through the node at `url`.
+pub async fn create_pool(http: &reqwest::Client, url: &str, name: &str, subnet: &str) -> anyhow::Result<()> {
+    let r = http
+        .post(format!("{url}/v1/ipam/pools"))
+        .json(&serde_json::json!({"name": name, "subnet": subnet}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        anyhow::bail!("cannot create pool {name}: {}", r.text().await?);
+    }
+    Ok(())
 }
 
 /// Rounds to `digits` decimals, for readable JSON.

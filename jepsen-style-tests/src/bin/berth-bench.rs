@@ -88,6 +88,32 @@ enum Scenario {
         #[arg(long)]
         footprint: bool,
     },
+    /// Deploys, scaling, IP allocations and reads at once on one cluster of simulated
+    /// hosts: p50/p99/max per kind of operation.
+    Mixed {
+        #[arg(long, default_value_t = 100)]
+        hosts: u64,
+        /// Apps the deploy and scale clients change in turn.
+        #[arg(long, default_value_t = 8)]
+        apps: usize,
+        #[arg(long, default_value_t = 16)]
+        alloc_clients: usize,
+        #[arg(long, default_value_t = 16)]
+        read_clients: usize,
+        #[arg(long, default_value_t = 20.0)]
+        secs: f64,
+    },
+    /// What one scheduler round costs after one change to a big steady state, in
+    /// process (goal: < 5 ms at 1M instances).
+    Rounds {
+        #[arg(long, default_value_t = 5000)]
+        hosts: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        instances: u32,
+        /// Rounds timed per kind of change.
+        #[arg(long, default_value_t = 20)]
+        times: usize,
+    },
     /// Latency from PUT /v1/apps of a 1-instance app on a macvlan pool to the container
     /// running with its IP (anchor: `docker run` of the same image on the same network).
     Deploy {
@@ -110,17 +136,31 @@ async fn main() -> Result<()> {
             bench::failover::run(kills, idle, vs == Some(Anchor::Etcd), &berth_flag).await
         }
         Scenario::Placement { hosts, instances, footprint } => {
-            let mut cluster = bench::placement::run(hosts, instances).await?;
-            if footprint {
-                bench::placement::footprint(&mut cluster, instances).await?;
-            }
-            Ok(())
+            let (mut cluster, beats) = bench::placement::run(hosts, instances).await?;
+            let measured = if footprint { bench::placement::footprint(&mut cluster, instances).await } else { Ok(()) };
+            beats.stop().await;
+            measured
         }
         Scenario::Contact { trials, nodes, deadline_s } => {
             if trials == 0 || nodes < 3 {
                 bail!("--trials needs at least one trial and --nodes at least 3");
             }
             bench::contact::run(trials, nodes, deadline_s).await
+        }
+        Scenario::Mixed { hosts, apps, alloc_clients, read_clients, secs } => {
+            if hosts == 0 || apps == 0 || alloc_clients == 0 || read_clients == 0 || secs <= 0.0 {
+                bail!("--hosts, --apps, --alloc-clients, --read-clients and --secs need positive values");
+            }
+            bench::mixed::run(hosts, apps, alloc_clients, read_clients, secs).await
+        }
+        Scenario::Rounds { hosts, instances, times } => {
+            if hosts == 0 || instances == 0 || times == 0 {
+                bail!("--hosts, --instances and --times need positive values");
+            }
+            if u64::from(instances) + 2 > 1 << 20 {
+                bail!("--instances: at most {} fit the /12 pool", (1u64 << 20) - 2);
+            }
+            tokio::task::block_in_place(|| bench::rounds::run(hosts, instances, times))
         }
         Scenario::Deploy { runs } => bench::deploy::run(runs).await,
         Scenario::Hostloss { trials, leader_trials, deadline_s, instances } => {

@@ -39,7 +39,7 @@ pub mod constraints;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::state::apps::spec::parse_constraints;
-use crate::state::apps::{App, Desired, Instance, InstanceState, Usage};
+use crate::state::apps::{App, Desired, Instance, InstanceState, Tally, Usage};
 use crate::state::nodes::{HostState, NodeInfo};
 use crate::state::{NewInstance, Plan, State};
 
@@ -219,15 +219,182 @@ pub fn plan(state: &State) -> Plan {
 /// `now_ms` (wall-clock ms, the leader's) decides when an app's `unreachable` wait for a
 /// down host is over.
 pub fn plan_limited(state: &State, max: usize, now_ms: u64) -> Plan {
+    plan_with(state, max, now_ms, true)
+}
+
+/// [`plan_limited`]; with `steady` false every app takes the full pass — what every
+/// round cost before the steady path: the tests check that both give the same plan,
+/// and `berth-bench rounds` times both.
+pub fn plan_with(state: &State, max: usize, now_ms: u64, steady: bool) -> Plan {
     let mut plan = Plan::default();
     let mut hosts = Hosts::new(state);
     for app in state.apps.apps.values() {
-        plan_app(state, app, &mut hosts, &mut plan, max, now_ms);
+        plan_app(state, app, &mut hosts, &mut plan, max, now_ms, steady);
     }
     plan
 }
 
-fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, max: usize, now_ms: u64) {
+/// Plans one app: the steady path when nothing of it waits on a rollout, a surge or a
+/// troubled host (what it costs is what changed), else the full pass over its instances.
+fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, max: usize, now_ms: u64, steady: bool) {
+    let empty = Tally::default();
+    let tally = state.apps.tally(&app.id).unwrap_or(&empty);
+    let settled = steady
+        && tally.surge == 0
+        && tally.versions.keys().all(|v| *v == app.version)
+        && !state.nodes.troubled().any(|h| tally.hosts.contains_key(&h));
+    if settled {
+        plan_steady(state, app, tally, hosts, plan, max);
+    } else {
+        plan_full(state, app, hosts, plan, max, now_ms);
+    }
+}
+
+/// [`plan_full`] for an app whose instances desired running all run its current
+/// version, none a surge, none on a host that is down or draining: no rollout, move or
+/// eviction is possible, so what is left — scaling, placing instances that wait for a
+/// host, finishing a deployment — is read off the app's [`Tally`] and the few
+/// instances concerned, never a pass over all of them. The same plan as the full
+/// pass (the scheduler's tests run both and compare).
+fn plan_steady(state: &State, app: &App, tally: &Tally, hosts: &mut Hosts<'_>, plan: &mut Plan, max: usize) {
+    let spec = app.spec();
+    let want = u64::from(app.instances);
+    let has_check = spec.health_check.is_some();
+    let mut counts = tally.hosts.clone();
+    // Scale down: the youngest go first.
+    let excess = tally.live.saturating_sub(want) as usize;
+    let stopping: Vec<&Instance> =
+        state.apps.instances_of(&app.id).rev().filter(|i| i.desired == Desired::Run).take(excess).collect();
+    let creates = want.saturating_sub(tally.live) as usize;
+    let stopped_healthy = stopping.iter().filter(|i| i.is_healthy(has_check)).count() as u64;
+    let ready = tally.healthy[usize::from(has_check)] - stopped_healthy == tally.live - stopping.len() as u64;
+    if ready && creates == 0 {
+        if let Some(d) = &app.deployment {
+            plan.finished.push((app.id.clone(), d.id));
+        }
+    }
+    for i in &stopping {
+        uncount(&mut counts, i);
+    }
+    let stopping: BTreeSet<String> = stopping.iter().map(|i| i.id.clone()).collect();
+    plan.stops.extend(stopping.iter().cloned());
+    let unplaced: Vec<&Instance> = tally
+        .unplaced
+        .iter()
+        .filter_map(|index| state.apps.instance_at(&app.id, *index))
+        .filter(|i| !stopping.contains(&i.id))
+        .collect();
+    let compiled = compile(spec);
+    let mut placing = Placing { app, compiled: &compiled, counts, ranked: None, max };
+    let placed = placing.place(hosts, plan, &unplaced, &[], creates);
+    conclude(app, plan, placed.reason, None);
+}
+
+/// Takes an instance out of its app's per-host counts.
+fn uncount(counts: &mut BTreeMap<u64, u32>, i: &Instance) {
+    if let Some(c) = i.host.and_then(|h| counts.get_mut(&h)) {
+        *c = c.saturating_sub(1);
+    }
+}
+
+/// One app's placements in a round.
+struct Placing<'p> {
+    app: &'p App,
+    compiled: &'p [constraints::Compiled],
+    /// The app's instances per host, as this plan leaves them.
+    counts: BTreeMap<u64, u32>,
+    ranked: Option<Ranked>,
+    /// At most this many places and creates in the plan.
+    max: usize,
+}
+
+/// What [`Placing::place`] did.
+struct Placed<'i> {
+    /// Why an instance found no host, if one did not.
+    reason: Option<String>,
+    /// The instances that found one.
+    placed: BTreeSet<&'i str>,
+    /// Of those, how many left a host (moves).
+    moved: usize,
+}
+
+impl Placing<'_> {
+    fn pick(&mut self, hosts: &mut Hosts<'_>) -> Result<u64, String> {
+        pick(hosts, self.app, self.compiled, &mut self.counts, &mut self.ranked)
+    }
+
+    /// Places the instances without a host, then those leaving one (down past their
+    /// app's wait, or draining), then creates `creates` new ones — a scale-up during a
+    /// rollout is wanted for good, a surge only helps the rollout along, so it never
+    /// takes the place a new instance needs (surges come after, in [`plan_full`]).
+    fn place<'i>(
+        &mut self,
+        hosts: &mut Hosts<'_>,
+        plan: &mut Plan,
+        unplaced: &[&'i Instance],
+        leaving: &[&'i Instance],
+        creates: usize,
+    ) -> Placed<'i> {
+        let mut done = Placed { reason: None, placed: BTreeSet::new(), moved: 0 };
+        for i in unplaced.iter().chain(leaving) {
+            if plan.places.len() >= self.max {
+                break;
+            }
+            match self.pick(hosts) {
+                Ok(h) => {
+                    if i.host.is_some() {
+                        plan.moves.push(i.id.clone());
+                        done.moved += 1;
+                    }
+                    plan.places.push((i.id.clone(), h));
+                    done.placed.insert(i.id.as_str());
+                }
+                Err(r) => {
+                    done.reason = Some(r);
+                    break;
+                }
+            }
+        }
+        // A surge instance that lost its host and finds no other is of no use either.
+        if done.reason.is_some() {
+            plan.stops.extend(
+                unplaced.iter().filter(|i| i.surge && !done.placed.contains(i.id.as_str())).map(|i| i.id.clone()),
+            );
+        }
+        // Only what this round can take (a million-instance deploy creates `max` a round).
+        let room = self.max.saturating_sub(plan.creates.len());
+        for _ in 0..creates.min(room) {
+            let mut n = NewInstance { app: self.app.id.clone(), version: self.app.version, host: None, surge: false };
+            if done.reason.is_none() {
+                match self.pick(hosts) {
+                    Ok(h) => n.host = Some(h),
+                    Err(r) => done.reason = Some(r),
+                }
+            }
+            plan.creates.push(n);
+        }
+        done
+    }
+}
+
+/// Records the app's verdict: why its deployment is stuck (`stuck`), or else why
+/// instances wait for a host (`reason`), each only when it changed.
+fn conclude(app: &App, plan: &mut Plan, mut reason: Option<String>, stuck: Option<String>) {
+    match &app.deployment {
+        Some(d) => {
+            if stuck != d.blocked {
+                plan.blocked.push((app.id.clone(), d.id, stuck));
+            }
+        }
+        None => reason = reason.or(stuck),
+    }
+    if reason != app.pending_reason {
+        plan.reasons.push((app.id.clone(), reason));
+    }
+}
+
+/// Plans one app from a pass over all its instances.
+fn plan_full(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, max: usize, now_ms: u64) {
     let spec = app.spec();
     let target = app.version;
     let want = app.instances as usize;
@@ -236,12 +403,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
 
     // In index order (oldest first), as the state keeps them.
     let live: Vec<&Instance> = state.apps.instances_of(&app.id).filter(|i| i.desired == Desired::Run).collect();
-    let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
-    for i in &live {
-        if let Some(h) = i.host {
-            *counts.entry(h).or_default() += 1;
-        }
-    }
+    let mut counts = state.apps.tally(&app.id).map(|t| t.hosts.clone()).unwrap_or_default();
     let (mut core, surge): (Vec<&Instance>, Vec<&Instance>) = live.iter().partition(|i| !i.surge);
 
     // Scale down: the youngest go first.
@@ -335,66 +497,22 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
             plan.finished.push((app.id.clone(), d.id));
         }
     }
-    for id in &stopping {
-        if let Some(i) = state.apps.instance(id) {
-            if let Some(h) = i.host {
-                if let Some(c) = counts.get_mut(&h) {
-                    *c = c.saturating_sub(1);
-                }
-            }
-        }
+    for i in stopping.iter().filter_map(|id| state.apps.instance(id)) {
+        uncount(&mut counts, i);
     }
     plan.stops.extend(stopping.iter().cloned());
 
-    // Placement: instances without a host first (and those leaving a host: down past
-    // their app's wait, or draining), then new ones, then surge instances — a scale-up
-    // during a rollout is wanted for good, a surge only helps the rollout along, so it
-    // never takes the place a new instance needs.
-    let mut reason = None;
-    let mut ranked = None;
     let unplaced: Vec<&Instance> = live
         .iter()
         .copied()
         .filter(|i| i.host.is_none() && !stopping.contains(&i.id))
         .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Lost))
         .collect();
-    let evicted: Vec<&Instance> = live.iter().copied().filter(|i| due(i) && !stopping.contains(&i.id)).collect();
-    let mut placed = BTreeSet::new();
-    for i in unplaced.iter().chain(&evicted).chain(&to_move) {
-        if plan.places.len() >= max {
-            break;
-        }
-        match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
-            Ok(h) => {
-                if i.host.is_some() {
-                    plan.moves.push(i.id.clone());
-                    moving += 1;
-                }
-                plan.places.push((i.id.clone(), h));
-                placed.insert(i.id.as_str());
-            }
-            Err(r) => {
-                reason = Some(r);
-                break;
-            }
-        }
-    }
-    // A surge instance that lost its host and finds no other is of no use either.
-    if reason.is_some() {
-        plan.stops.extend(unplaced.iter().filter(|i| i.surge && !placed.contains(i.id.as_str())).map(|i| i.id.clone()));
-    }
-    // Only what this round can take (a million-instance deploy creates `max` a round).
-    let room = max.saturating_sub(plan.creates.len());
-    for _ in 0..creates.min(room) {
-        let mut n = NewInstance { app: app.id.clone(), version: target, host: None, surge: false };
-        if reason.is_none() {
-            match pick(hosts, app, &compiled, &mut counts, &mut ranked) {
-                Ok(h) => n.host = Some(h),
-                Err(r) => reason = Some(r),
-            }
-        }
-        plan.creates.push(n);
-    }
+    let leaving: Vec<&Instance> =
+        live.iter().copied().filter(|i| due(i) && !stopping.contains(&i.id)).chain(to_move.iter().copied()).collect();
+    let mut placing = Placing { app, compiled: &compiled, counts, ranked: None, max };
+    let Placed { reason, placed, moved } = placing.place(hosts, plan, &unplaced, &leaving, creates);
+    moving += moved;
     let mut surge_refused = None;
     for k in 0..surges_wanted {
         if plan.creates.len() >= max {
@@ -406,8 +524,8 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
         // `hostname UNIQUE` the surge would otherwise take the very host the move
         // needs and the drain would wait on it forever.
         let reserving = k < held_leaving;
-        let room = if reserving { pick(hosts, app, &compiled, &mut counts, &mut ranked).map(drop) } else { Ok(()) };
-        match room.and_then(|()| pick(hosts, app, &compiled, &mut counts, &mut ranked)) {
+        let room = if reserving { placing.pick(hosts).map(drop) } else { Ok(()) };
+        match room.and_then(|()| placing.pick(hosts)) {
             Ok(h) => {
                 plan.creates.push(NewInstance { app: app.id.clone(), version: target, host: Some(h), surge: true });
                 moving += 1;
@@ -448,17 +566,7 @@ fn plan_app(state: &State, app: &App, hosts: &mut Hosts<'_>, plan: &mut Plan, ma
             spec.upgrade.min_healthy, app.id
         )
     });
-    match &app.deployment {
-        Some(d) => {
-            if stuck != d.blocked {
-                plan.blocked.push((app.id.clone(), d.id, stuck));
-            }
-        }
-        None => reason = reason.or(stuck),
-    }
-    if reason != app.pending_reason {
-        plan.reasons.push((app.id.clone(), reason));
-    }
+    conclude(app, plan, reason, stuck);
 }
 
 /// An app's constraints, ready to test hosts against (the spec was validated).

@@ -5,11 +5,19 @@ use std::collections::BTreeMap;
 
 use berth_raft::StateMachine;
 
-use super::plan;
+use crate::state::{Command, Plan, Report, Request, State};
+
+/// [`super::plan`], checked against a plan in which every app takes the full pass: the
+/// steady path must decide exactly what the full one does.
+pub(crate) fn plan(state: &State) -> Plan {
+    let fast = super::plan(state);
+    let full = super::plan_with(state, usize::MAX, state.clock_ms, false);
+    assert_eq!(fast, full, "the steady path planned differently from the full pass");
+    fast
+}
 use crate::state::apps::spec::AppSpec;
 use crate::state::apps::{Desired, Health, Instance, InstanceState};
 use crate::state::nodes::{HostState, NodeInfo};
-use crate::state::{Command, Plan, Report, Request, State};
 
 /// A state driven by hand: hosts, deploys, scheduler rounds, agent reports (also used
 /// by other modules' tests that need a populated state).
@@ -729,4 +737,87 @@ fn a_scale_up_in_a_stuck_rollout_still_places_the_new_instances() {
     assert!(placed.iter().all(|(_, _, surge)| !surge), "no surge instance: {placed:?}");
     let why = w.s.apps.apps["web"].deployment.as_ref().and_then(|d| d.blocked.clone()).expect("stuck, and says why");
     assert!(why.contains("no surge instance can be placed"), "{why}");
+}
+
+#[test]
+fn the_steady_path_plans_what_the_full_pass_plans_through_random_histories() {
+    // Every `plan` of these tests compares the two; here random histories of deploys,
+    // scales, reports, host failures, drains and new hosts drive both through the
+    // states a cluster goes through.
+    for seed in 1..=12u64 {
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut w = World::new();
+        w.lan();
+        let mut hosts = 3;
+        for h in 1..=hosts {
+            w.host(h, "process", 4.0, 4096, &[("rack", if h % 2 == 0 { "a" } else { "b" })]);
+        }
+        for _ in 0..250 {
+            let app = ["web", "api", "db"][next(3) as usize];
+            match next(9) {
+                0 => {
+                    let extra = match next(3) {
+                        0 => r#","network":{"pool":"lan"}"#.to_string(),
+                        1 => format!(r#","upgrade":{{"min_healthy":0.5,"max_surge":{}}}"#, next(3)),
+                        _ => r#","constraints":[["hostname","UNIQUE"]]"#.to_string(),
+                    };
+                    let spec = process_app(app, next(6) as u32, &extra).replace("100\"]", &format!("{}\"]", next(3)));
+                    w.deploy(&spec);
+                }
+                1 => {
+                    w.apply(Command::ScaleApp { id: app.into(), instances: next(7) as u32 });
+                }
+                2 | 3 => {
+                    let p = plan(&w.s);
+                    w.apply(Command::ApplyPlan(p));
+                }
+                4 => {
+                    let placed: Vec<Instance> = w.s.apps.instances().filter(|i| i.host.is_some()).cloned().collect();
+                    if let Some(i) = placed.get(next(placed.len().max(1) as u64) as usize) {
+                        let state =
+                            [InstanceState::Running, InstanceState::Failed, InstanceState::Starting][next(3) as usize];
+                        let health = [Health::Healthy, Health::Unhealthy, Health::Unknown][next(3) as usize];
+                        w.apply(Command::ReportInstance(Report {
+                            id: i.id.clone(),
+                            host: i.host.unwrap(),
+                            epoch: i.epoch,
+                            state,
+                            health,
+                            message: None,
+                            restarts: 0,
+                        }));
+                    }
+                }
+                5 => {
+                    let state = [HostState::Down, HostState::Up][next(2) as usize];
+                    w.apply(Command::SetHostState { id: 1 + next(hosts), state });
+                }
+                6 => {
+                    w.apply(Command::SetDraining { id: 1 + next(hosts), draining: next(2) == 0 });
+                }
+                7 => {
+                    if next(4) == 0 {
+                        hosts += 1;
+                        w.host(hosts, "process", 4.0, 4096, &[]);
+                    } else {
+                        w.run_all();
+                    }
+                }
+                _ => {
+                    if next(5) == 0 {
+                        w.apply(Command::DeleteApp { id: app.into() });
+                    } else {
+                        w.settle(4);
+                    }
+                }
+            }
+        }
+        w.settle(10);
+    }
 }

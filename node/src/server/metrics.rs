@@ -11,6 +11,7 @@
 //! | `berth_raft_term` | gauge | |
 //! | `berth_raft_last_log_index`, `berth_raft_commit_index` (known to this node), `berth_raft_cluster_commit_index` (the quorum's, as last reported by the leader), `berth_raft_applied_index`, `berth_raft_snapshot_index` | gauge | |
 //! | `berth_raft_apply_lag` (commit − applied entries) | gauge | |
+//! | `berth_apply_wait_max_seconds` (the longest an apply waited for the state's lock — readers, snapshots — since the node started) | gauge | |
 //! | `berth_raft_is_leader`, `berth_raft_leader_id` (0: none known) | gauge | |
 //! | `berth_raft_leader_changes_total` (a new leader seen by this node) | counter | |
 //! | `berth_raft_voters`, `berth_raft_learners` | gauge | |
@@ -57,6 +58,7 @@ pub struct Metrics {
     applied: IntGauge,
     snapshot: IntGauge,
     apply_lag: IntGauge,
+    apply_wait_max: Gauge,
     is_leader: IntGauge,
     leader_id: IntGauge,
     voters: IntGauge,
@@ -157,6 +159,10 @@ impl Metrics {
             applied: gauge(&r, "berth_raft_applied_index", "index of the last entry applied to the state"),
             snapshot: gauge(&r, "berth_raft_snapshot_index", "index the last snapshot covers"),
             apply_lag: gauge(&r, "berth_raft_apply_lag", "entries committed but not yet applied"),
+            apply_wait_max: seconds(
+                "berth_apply_wait_max_seconds",
+                "the longest an apply waited for the state's lock (readers, snapshots) since the node started",
+            ),
             is_leader: gauge(&r, "berth_raft_is_leader", "1 while this node leads"),
             leader_id: gauge(&r, "berth_raft_leader_id", "the leader this node knows of (0: none)"),
             voters: gauge(&r, "berth_raft_voters", "voters in the membership"),
@@ -196,6 +202,7 @@ impl Metrics {
         self.applied.set(applied);
         self.snapshot.set(index(m.snapshot.as_ref()));
         self.apply_lag.set((committed - applied).max(0));
+        self.apply_wait_max.set(node.state.apply_wait_max().as_secs_f64());
         self.is_leader.set(i64::from(m.current_leader == Some(node.id)));
         self.leader_id.set(m.current_leader.unwrap_or(0) as i64);
         let membership = m.membership_config.membership();

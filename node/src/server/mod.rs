@@ -212,6 +212,9 @@ impl Node {
             .map_err(|e: String| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e })?;
         let store = kv::open(backend, &config.data_dir.join("raft"))
             .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
+        // Snapshots in a store of their own: writing one must not hold up the log.
+        let snapshots = kv::open(backend, &config.data_dir.join("snapshot"))
+            .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
         let grpc_listener = bind(config.listen, "--listen, gRPC").await?;
         let http_listener = bind(config.http, "--http").await?;
         let consul_listener = match config.consul_listen {
@@ -232,7 +235,7 @@ impl Node {
         let grpc_addr = grpc_listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
         let http_addr = http_listener.local_addr().map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let sm = SmStore::<State>::open(store.clone()).map_err(|e| StartError::DataDir {
+        let sm = SmStore::<State>::open_with_snapshots(snapshots, store.clone()).map_err(|e| StartError::DataDir {
             path: config.data_dir.display().to_string(),
             reason: format!("cannot restore the last snapshot: {e}"),
         })?;

@@ -14,8 +14,6 @@
 //! `Idempotency-Key` draft. The fingerprint is FNV-1a over the command's bincode
 //! encoding: a fixed algorithm, so replicas of different builds agree.
 
-use std::collections::{HashMap, VecDeque};
-
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, Response};
@@ -27,9 +25,10 @@ pub const MAX_ENTRIES: usize = 200_000;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Dedup {
-    /// Request id → (applied at, fingerprint of its command, response).
-    responses: HashMap<String, (u64, u64, Response)>,
-    order: VecDeque<(u64, String)>,
+    /// Request id → (applied at, fingerprint of its command, response). Persistent
+    /// (a snapshot's copy is O(1)) and ordered (the same snapshot bytes on every node).
+    responses: imbl::OrdMap<String, (u64, u64, Response)>,
+    order: imbl::Vector<(u64, String)>,
 }
 
 /// What the record says of a request.

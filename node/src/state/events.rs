@@ -17,7 +17,6 @@
 //! self-describing. [`Event::to_json`] gives the API's shape, `{"id", "index", "at",
 //! "type", ...fields}`.
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -241,7 +240,8 @@ pub fn dropped(after: u64, oldest: u64) -> Value {
 pub struct Events {
     /// The id of the last event (0: none yet).
     pub last: u64,
-    ring: VecDeque<Event>,
+    /// Persistent: a snapshot's copy is O(1).
+    ring: imbl::Vector<Event>,
 }
 
 impl Events {

@@ -98,6 +98,13 @@ impl Nodes {
         self.retired.contains(&id) && self.down_since.get(&id).is_some_and(|at| now >= *at)
     }
 
+    /// Hosts that are not simply up: down (or retired, counted as down), or draining.
+    /// Instances there may have to wait or move; everywhere else they stay.
+    pub fn troubled(&self) -> impl Iterator<Item = u64> + '_ {
+        let down = self.states.iter().filter(|(_, s)| **s == HostState::Down).map(|(id, _)| *id);
+        self.down_since.keys().copied().chain(self.draining.iter().copied()).chain(down)
+    }
+
     pub fn retire(&mut self, id: u64) -> Response {
         self.registered.remove(&id);
         self.states.remove(&id);

@@ -208,7 +208,18 @@ impl Instance {
 
     /// What the derived indexes of [`Apps`] know of this instance.
     fn indexed(&self) -> Indexed {
-        Indexed { host: self.host, reservation: self.reservation(), state: self.state }
+        Indexed {
+            host: self.host,
+            reservation: self.reservation(),
+            state: self.state,
+            tallied: (self.desired == Desired::Run).then(|| Tallied {
+                surge: self.surge,
+                version: self.version,
+                host: self.host,
+                healthy: [self.is_healthy(false), self.is_healthy(true)],
+                unplaced: self.host.is_none() && matches!(self.state, InstanceState::Pending | InstanceState::Lost),
+            }),
+        }
     }
 }
 
@@ -218,6 +229,82 @@ struct Indexed {
     host: Option<u64>,
     reservation: Option<(u64, Usage)>,
     state: InstanceState,
+    /// What its app's [`Tally`] counts of it, if it is desired running.
+    tallied: Option<Tallied>,
+}
+
+/// An instance desired running, as its app's [`Tally`] counts it.
+#[derive(Clone, Copy, PartialEq)]
+struct Tallied {
+    surge: bool,
+    version: u64,
+    host: Option<u64>,
+    /// [`Instance::is_healthy`] without and with a health check.
+    healthy: [bool; 2],
+    unplaced: bool,
+}
+
+/// A count one up (`add`) or down.
+fn step<N: Copy + std::ops::Add<Output = N> + std::ops::Sub<Output = N> + From<u8>>(n: &mut N, add: bool) {
+    *n = if add { *n + N::from(1) } else { *n - N::from(1) };
+}
+
+/// `map[key]` one up or down; a count down to zero leaves the map.
+fn step_keyed<N>(map: &mut BTreeMap<u64, N>, key: u64, add: bool)
+where
+    N: Copy + Eq + Default + std::ops::Add<Output = N> + std::ops::Sub<Output = N> + From<u8>,
+{
+    let n = map.entry(key).or_default();
+    step(n, add);
+    if *n == N::default() {
+        map.remove(&key);
+    }
+}
+
+/// What the scheduler needs to know of one app's instances desired running, kept up to
+/// date change by change (derived like `Apps::by_host`): a round over a settled app
+/// of a million instances reads these counts instead of the instances, so it costs
+/// what changed, not the app's size.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tally {
+    /// Instances desired running.
+    pub live: u64,
+    /// Of those, surge instances.
+    pub surge: u64,
+    /// Of those, per version.
+    pub versions: BTreeMap<u64, u64>,
+    /// Of those, per host they are placed on.
+    pub hosts: BTreeMap<u64, u32>,
+    /// Of those, healthy ([`Instance::is_healthy`]) for an app without (0) and with (1)
+    /// a health check.
+    pub healthy: [u64; 2],
+    /// Of those, the indexes of the instances that wait for a host (pending or lost).
+    pub unplaced: BTreeSet<u64>,
+}
+
+impl Tally {
+    fn count(&mut self, index: u64, t: &Tallied, add: bool) {
+        step(&mut self.live, add);
+        if t.surge {
+            step(&mut self.surge, add);
+        }
+        step_keyed(&mut self.versions, t.version, add);
+        if let Some(h) = t.host {
+            step_keyed(&mut self.hosts, h, add);
+        }
+        for (n, healthy) in self.healthy.iter_mut().zip(t.healthy) {
+            if healthy {
+                step(n, add);
+            }
+        }
+        if t.unplaced {
+            if add {
+                self.unplaced.insert(index);
+            } else {
+                self.unplaced.remove(&index);
+            }
+        }
+    }
 }
 
 /// Resources reserved on a host. Cpus are counted in integer millionths, so the sum
@@ -272,13 +359,15 @@ impl Usage {
 /// Apps, instances and the counters that make instance ids unique forever.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Apps {
-    pub apps: BTreeMap<String, App>,
+    /// Persistent maps here and below (apps, instances, `by_host`): the state's clone
+    /// that a snapshot serializes is O(1) in their size.
+    pub apps: imbl::OrdMap<String, App>,
     /// Every instance, by app id, then by its index (`web-12` is `["web"][12]`): a
     /// lookup compares the few app ids as strings, then integers, and an app's
     /// instances come in creation order without sorting — what a million instances
     /// need. Private: every change goes through [`Apps::insert`], [`Apps::update`]
     /// and [`Apps::remove`], which keep the derived indexes below exact.
-    instances: BTreeMap<String, BTreeMap<u64, Instance>>,
+    instances: imbl::OrdMap<String, imbl::OrdMap<u64, Instance>>,
     /// Per app id: instances ever created (survives deletion of the app).
     pub counters: BTreeMap<String, u64>,
     pub next_deployment: u64,
@@ -286,7 +375,7 @@ pub struct Apps {
     /// rebuilt on restore), so listing a host's instances (its agent, the host views)
     /// costs its own instances, not all.
     #[serde(skip)]
-    by_host: BTreeMap<u64, BTreeSet<String>>,
+    by_host: imbl::OrdMap<u64, imbl::OrdSet<String>>,
     /// Resources reserved per host: derived from `instances` like `by_host`, so a
     /// placement's capacity check is O(1), not a sum over the host's instances.
     #[serde(skip)]
@@ -295,6 +384,10 @@ pub struct Apps {
     /// `/metrics` reports without a scan of a million instances.
     #[serde(skip)]
     by_state: [u64; InstanceState::ALL.len()],
+    /// Per app id, its instances desired running counted for the scheduler ([`Tally`]),
+    /// derived like `by_host`.
+    #[serde(skip)]
+    tallies: HashMap<String, Tally>,
     /// Instances whose visible fields changed (or that came or went) in the command
     /// being applied, for its events (`crate::state::events`); at most
     /// `MAX_INSTANCE_EVENTS`, the rest counted per app in `touched_beyond`.
@@ -440,6 +533,10 @@ impl Apps {
     fn index(&mut self, id: &str, before: Option<Indexed>, after: Option<Indexed>) {
         let (host, reservation) = before.map_or((None, None), |b| (b.host, b.reservation));
         let (new_host, new_reservation) = after.map_or((None, None), |a| (a.host, a.reservation));
+        let (tallied, new_tallied) = (before.and_then(|b| b.tallied), after.and_then(|a| a.tallied));
+        if tallied != new_tallied {
+            self.tally_change(id, tallied, new_tallied);
+        }
         if let Some(b) = before {
             self.by_state[b.state as usize] -= 1;
         }
@@ -473,6 +570,29 @@ impl Apps {
         }
     }
 
+    /// Moves `id` in its app's tally from what it was to what it is.
+    fn tally_change(&mut self, id: &str, before: Option<Tallied>, after: Option<Tallied>) {
+        let Some((app, index)) = split_id(id) else { return };
+        if !self.tallies.contains_key(app) {
+            self.tallies.insert(app.to_string(), Tally::default());
+        }
+        let tally = self.tallies.get_mut(app).expect("just inserted");
+        if let Some(b) = before {
+            tally.count(index, &b, false);
+        }
+        if let Some(a) = after {
+            tally.count(index, &a, true);
+        }
+        if *tally == Tally::default() {
+            self.tallies.remove(app);
+        }
+    }
+
+    /// The instances of `app` desired running, counted ([`Tally`]).
+    pub fn tally(&self, app: &str) -> Option<&Tally> {
+        self.tallies.get(app)
+    }
+
     /// Instances placed on `host`.
     pub fn on_host(&self, host: u64) -> impl Iterator<Item = &Instance> {
         self.by_host.get(&host).into_iter().flatten().filter_map(|id| self.instance(id))
@@ -488,7 +608,10 @@ impl Apps {
     pub fn indexes_are_exact(&self) -> bool {
         let mut fresh = self.clone();
         fresh.rebuild_index();
-        fresh.by_host == self.by_host && fresh.usage == self.usage && fresh.by_state == self.by_state
+        fresh.by_host == self.by_host
+            && fresh.usage == self.usage
+            && fresh.by_state == self.by_state
+            && fresh.tallies == self.tallies
     }
 
     /// How many instances are in each state.
@@ -501,8 +624,12 @@ impl Apps {
         self.by_host.clear();
         self.usage.clear();
         self.by_state = Default::default();
+        self.tallies.clear();
         for i in self.instances.values().flat_map(|of_app| of_app.values()) {
             self.by_state[i.state as usize] += 1;
+            if let Some(t) = i.indexed().tallied {
+                self.tallies.entry(i.app.clone()).or_default().count(i.index, &t, true);
+            }
             if let Some(h) = i.host {
                 self.by_host.entry(h).or_default().insert(i.id.clone());
             }
@@ -519,8 +646,13 @@ impl Apps {
         (format!("{app}-{n}"), *n)
     }
 
+    /// Instance `index` of `app`.
+    pub fn instance_at(&self, app: &str, index: u64) -> Option<&Instance> {
+        self.instances.get(app)?.get(&index)
+    }
+
     /// Instances of `app` in index (creation) order.
-    pub fn instances_of<'a>(&'a self, app: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
+    pub fn instances_of<'a>(&'a self, app: &'a str) -> impl DoubleEndedIterator<Item = &'a Instance> + 'a {
         self.instances.get(app).into_iter().flat_map(|of_app| of_app.values())
     }
 }

@@ -11,7 +11,7 @@
 //! addresses below the mark. The lowest free address is the smallest released one, or
 //! else the first address at or above the mark that is neither allocated nor reserved.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -34,9 +34,11 @@ pub struct Pool {
     pub gateway: Option<Ipv4Addr>,
     /// The part of the subnet berth allocates from, as given (None: the whole subnet).
     pub range: Option<Ipv4Net>,
-    allocations: BTreeMap<u32, Allocation>,
+    /// Persistent, like `free_below`: a snapshot's copy of a million allocations is
+    /// O(1) (see `State`).
+    allocations: imbl::OrdMap<u32, Allocation>,
     /// Released addresses below `next`.
-    free_below: BTreeSet<u32>,
+    free_below: imbl::OrdSet<u32>,
     /// The high-water mark: the next address never yet handed out (u64: may pass the end).
     next: u64,
 }
@@ -61,8 +63,15 @@ pub struct AllocationInfo {
 
 impl Pool {
     fn new(name: String, subnet: Ipv4Net, gateway: Option<Ipv4Addr>, range: Option<Ipv4Net>) -> Self {
-        let mut pool =
-            Pool { name, subnet, gateway, range, allocations: BTreeMap::new(), free_below: BTreeSet::new(), next: 0 };
+        let mut pool = Pool {
+            name,
+            subnet,
+            gateway,
+            range,
+            allocations: Default::default(),
+            free_below: Default::default(),
+            next: 0,
+        };
         pool.next = pool.first() as u64;
         pool
     }
@@ -139,7 +148,7 @@ impl Pool {
 
     /// The lowest free address, without taking it.
     fn lowest_free(&self) -> Option<u32> {
-        if let Some(ip) = self.free_below.first() {
+        if let Some(ip) = self.free_below.get_min() {
             return Some(*ip);
         }
         let (_, hi) = self.bounds();
