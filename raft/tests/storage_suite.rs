@@ -12,19 +12,29 @@ use common::Journal;
 
 type C = TypeConfig<Journal>;
 
-struct Builder(Backend);
+/// A backend, and whether snapshots go to a store of their own (as a node keeps them).
+struct Builder(Backend, bool);
 
 impl StoreBuilder<C, LogStore<C>, SmStore<Journal>, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore<C>, SmStore<Journal>), StorageError<C>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kv: Arc<dyn kv::KvStore> = kv::open(self.0, dir.path()).expect("open store");
-        let sm = SmStore::open(kv.clone()).expect("open state machine");
+        let kv: Arc<dyn kv::KvStore> = kv::open(self.0, &dir.path().join("raft")).expect("open store");
+        let sm = if self.1 {
+            let snapshots = kv::open(self.0, &dir.path().join("snapshot")).expect("open snapshot store");
+            SmStore::open_with_snapshots(snapshots, kv.clone()).expect("open state machine")
+        } else {
+            SmStore::open(kv.clone()).expect("open state machine")
+        };
         Ok((dir, LogStore::new(kv), sm))
     }
 }
 
 async fn suite(backend: Backend) {
-    Suite::test_all(Builder(backend)).await.unwrap_or_else(|e| panic!("{backend}: {e}"));
+    for own_snapshot_store in [false, true] {
+        Suite::test_all(Builder(backend, own_snapshot_store))
+            .await
+            .unwrap_or_else(|e| panic!("{backend} (snapshots in their own store: {own_snapshot_store}): {e}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

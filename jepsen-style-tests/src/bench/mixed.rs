@@ -82,7 +82,8 @@ pub async fn run(hosts: u64, apps: usize, alloc_clients: usize, read_clients: us
     create_pool(&http, &url, "mix", "100.64.0.0/12").await?;
     // Every app exists before the clock starts (scale needs one; reads too).
     for a in 0..apps {
-        one(&http, &url, "deploy", a, apps as u64 - a as u64, apps).await?;
+        // (Client `a` at turn `apps` names app `a`.)
+        one(&http, &url, "deploy", a, apps as u64, apps).await?;
     }
     let urls: Arc<Vec<String>> = Arc::new(cluster.nodes.keys().map(|id| cluster.url(*id)).collect());
     let end = Instant::now() + Duration::from_secs_f64(secs);
