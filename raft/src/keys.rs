@@ -6,7 +6,14 @@
 //! | `m/vote` | the vote |
 //! | `m/committed` | the last committed log id (optional in Raft; saves a replay after restart) |
 //! | `m/purged` | the last purged log id |
-//! | `s/meta`, `s/data` | the current snapshot, written in one batch |
+//! | `s/meta` | the current snapshot's meta |
+//! | `s/chunks` | (generation, count) of its data's chunks |
+//! | `s/c/` + generation (u64, big endian) + n (u32, big endian) | chunk `n` of a snapshot's data |
+//! | `s/data` | a snapshot's data in one value (data dirs of earlier versions) |
+//!
+//! A snapshot's chunks are written first, each durably on its own, then its meta and
+//! chunk count with the removal of the older chunks in one batch: a crash leaves the
+//! old snapshot or the new one, and no single write flushes the whole snapshot.
 //!
 //! [`KvStore`]: crate::kv::KvStore
 
@@ -16,6 +23,16 @@ pub const COMMITTED: &[u8] = b"m/committed";
 pub const PURGED: &[u8] = b"m/purged";
 pub const SNAPSHOT_META: &[u8] = b"s/meta";
 pub const SNAPSHOT_DATA: &[u8] = b"s/data";
+pub const SNAPSHOT_CHUNKS: &[u8] = b"s/chunks";
+const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"s/c/";
+
+/// The key of chunk `n` of the snapshot data of generation `generation`.
+pub fn snapshot_chunk(generation: u64, n: u32) -> Vec<u8> {
+    let mut k = SNAPSHOT_CHUNK_PREFIX.to_vec();
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
 
 /// The key of the log entry at `index`.
 pub fn log(index: u64) -> Vec<u8> {

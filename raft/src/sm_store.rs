@@ -3,11 +3,11 @@
 //!
 //! This is the model of Nomad's and Consul's FSMs: the replicated state is an in-memory
 //! structure; its durability comes from the Raft log plus periodic snapshots. A
-//! snapshot (meta + data) is written to a [`KvStore`] in one atomic batch, so a crash
-//! leaves either the old snapshot or the new one — a store of its own
-//! ([`SmStore::open_with_snapshots`]), not the log's: writing a 200 MB snapshot holds a
-//! store's write transaction for most of a second, and the log's appends (every
-//! commit) must not wait behind it. On start, the last snapshot is
+//! snapshot's data is written to a [`KvStore`] in chunks, then its meta with the switch
+//! to the new chunks in one atomic batch, so a crash leaves either the old snapshot or
+//! the new one — a store of its own ([`SmStore::open_with_snapshots`]), not the log's:
+//! writing a 200 MB snapshot holds a store's write transaction for most of a second,
+//! and the log's appends (every commit) must not wait behind it. On start, the last snapshot is
 //! restored and openraft re-applies the committed log after it, up to the commit
 //! pointer the log store persisted (lazily: the rest comes from the leader; a
 //! linearizable read waits for it through the read index, the agent through contact).
@@ -198,12 +198,36 @@ impl<SM: StateMachine> SmStore<SM> {
         guard
     }
 
+    /// Stores a snapshot: its data in chunks of [`SNAPSHOT_CHUNK`] bytes, each written
+    /// durably on its own, then its meta, its chunk count and the removal of the older
+    /// snapshot's chunks in one batch (see [`keys`]). One durable write of the whole
+    /// snapshot would flush hundreds of megabytes at once, and every fsync of the
+    /// log on the same disk would wait behind it; a chunk at a time, it waits behind
+    /// a few megabytes at most.
     fn persist_snapshot(&self, meta: &SnapshotMeta<SM>, data: &[u8]) -> io::Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.put(keys::SNAPSHOT_META.to_vec(), codec::encode(meta)?);
-        batch.put(keys::SNAPSHOT_DATA.to_vec(), data.to_vec());
+        let meta = codec::encode(meta)?;
         let kv = self.shared.kv.clone();
-        blocking::run(move || kv.write(batch))?;
+        blocking::run(|| -> io::Result<()> {
+            let generation = match kv.get(keys::SNAPSHOT_CHUNKS)? {
+                Some(v) => codec::decode::<(u64, u32)>(&v)?.0 + 1,
+                None => 1,
+            };
+            let chunks: Vec<&[u8]> = if data.is_empty() { vec![data] } else { data.chunks(SNAPSHOT_CHUNK).collect() };
+            let count = u32::try_from(chunks.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "snapshot too large to store"))?;
+            for (n, chunk) in (0..count).zip(&chunks) {
+                let mut batch = WriteBatch::new();
+                batch.put(keys::snapshot_chunk(generation, n), chunk.to_vec());
+                kv.write(batch)?;
+            }
+            let mut batch = WriteBatch::new();
+            batch
+                .put(keys::SNAPSHOT_META.to_vec(), meta)
+                .put(keys::SNAPSHOT_CHUNKS.to_vec(), codec::encode(&(generation, count))?)
+                .delete(keys::SNAPSHOT_DATA.to_vec())
+                .delete_range(keys::snapshot_chunk(0, 0), keys::snapshot_chunk(generation, 0));
+            Ok(kv.write(batch)?)
+        })?;
         // The new snapshot is durable: the one an older data dir kept in the log's
         // store is of no more use.
         let legacy = self.shared.legacy.write().unwrap_or_else(|p| p.into_inner()).take();
@@ -216,13 +240,31 @@ impl<SM: StateMachine> SmStore<SM> {
     }
 }
 
-/// The stored snapshot (meta, data): from `kv`, else from `legacy`.
+/// Bytes of snapshot data per durable write.
+const SNAPSHOT_CHUNK: usize = 4 << 20;
+
+/// The stored snapshot (meta, data): from `kv`, else from `legacy`. The data is in
+/// chunks, or (written by an earlier version) in one value.
 fn load(kv: &Arc<dyn KvStore>, legacy: Option<&Arc<dyn KvStore>>) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let missing = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     for store in std::iter::once(kv).chain(legacy) {
         if let Some(meta) = store.get(keys::SNAPSHOT_META)? {
-            let data = store
-                .get(keys::SNAPSHOT_DATA)?
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot meta without snapshot data"))?;
+            let data = match store.get(keys::SNAPSHOT_CHUNKS)? {
+                Some(v) => {
+                    let (generation, count) = codec::decode::<(u64, u32)>(&v)?;
+                    let mut data = Vec::new();
+                    for n in 0..count {
+                        let chunk = store.get(&keys::snapshot_chunk(generation, n))?.ok_or_else(|| {
+                            missing(format!("snapshot chunk {n} of {count} (generation {generation}) is missing"))
+                        })?;
+                        data.extend_from_slice(&chunk);
+                    }
+                    data
+                }
+                None => store
+                    .get(keys::SNAPSHOT_DATA)?
+                    .ok_or_else(|| missing("snapshot meta without snapshot data".into()))?,
+            };
             return Ok(Some((meta, data)));
         }
     }

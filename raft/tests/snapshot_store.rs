@@ -36,7 +36,7 @@ async fn an_older_data_dir_restores_from_the_log_store_until_a_new_snapshot_is_w
     let mut builder = sm.get_snapshot_builder().await;
     let built = builder.build_snapshot().await.unwrap();
     assert_eq!(codec::decode::<Journal>(&built.snapshot).unwrap().items.len(), 2);
-    assert!(snapshots.get(keys::SNAPSHOT_DATA).unwrap().is_some(), "written to the snapshot store");
+    assert!(snapshots.get(keys::SNAPSHOT_CHUNKS).unwrap().is_some(), "written to the snapshot store");
     assert!(log.get(keys::SNAPSHOT_META).unwrap().is_none(), "the legacy meta is cleared");
     assert!(log.get(keys::SNAPSHOT_DATA).unwrap().is_none(), "the legacy data is cleared");
 
@@ -53,4 +53,26 @@ async fn a_fresh_node_has_no_snapshot_in_either_store() {
     assert!(sm.get_current_snapshot().await.unwrap().is_none());
     assert!(sm.handle().read().state.items.is_empty());
     assert_eq!(sm.handle().apply_wait_max(), std::time::Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_snapshot_is_stored_in_chunks_and_the_older_chunks_go() {
+    let log: Arc<dyn KvStore> = Arc::new(MemStore::default());
+    let snapshots: Arc<dyn KvStore> = Arc::new(MemStore::default());
+    // ~10 MiB of state: three chunks of 4 MiB.
+    let big = "x".repeat(10 << 20);
+    legacy_snapshot(&log, &[big.as_str(), "tail"]);
+    let mut sm = SmStore::<Journal>::open_with_snapshots(snapshots.clone(), log.clone()).unwrap();
+    let chunks = |store: &Arc<dyn KvStore>| store.scan(b"s/c/", b"s/c0").unwrap();
+    for generation in 1..=2u64 {
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let stored = chunks(&snapshots);
+        assert_eq!(stored.len(), 3, "generation {generation}: only its own chunks are kept");
+        assert!(stored.iter().all(|(k, _)| k[4..12] == generation.to_be_bytes()), "generation {generation}");
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.snapshot, built.snapshot, "the stored data is what was built");
+    }
+    let sm = SmStore::<Journal>::open_with_snapshots(snapshots, log).unwrap();
+    let items: Vec<String> = sm.handle().read().state.items.iter().map(|(_, s)| s.clone()).collect();
+    assert_eq!(items, [big, "tail".to_string()]);
 }
