@@ -2,10 +2,9 @@
 //! are not a snapshot are an error, never a panic. A state restored from any bytes
 //! snapshots to bytes that restore again, to a state of the same encoded size.
 //!
-//! Not the same bytes: the fuzzer found (within a minute) that two snapshots of one
-//! state can differ, because the dedup record is a `HashMap` whose iteration order is
-//! seeded per map. Replicas hold equal states, not byte-equal snapshots; nothing in
-//! berth compares snapshot bytes (docs/fuzzing.md).
+//! (Sizes, not bytes: the dedup record was a `HashMap` whose snapshots of one state
+//! could differ in order; it is ordered now, but nothing in berth compares snapshot
+//! bytes — replicas hold equal states. docs/fuzzing.md.)
 #![no_main]
 
 use berth_node::state::State;

@@ -2,6 +2,8 @@
 //! object per line (see `berth_jepsen::bench` and `docs/benchmarks.md`).
 //!
 //! `cargo build --release --bin berth && cargo run --release -p berth-jepsen --bin berth-bench -- SCENARIO [--vs etcd]`
+//! (with `--features etcd-best` for the `etcd-best` row of `ipam --vs etcd`; it needs
+//! `protoc`, Debian's `protobuf-compiler` and `libprotobuf-dev`).
 
 use anyhow::{bail, Result};
 use berth_jepsen::bench;

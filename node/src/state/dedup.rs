@@ -27,7 +27,9 @@ pub const MAX_ENTRIES: usize = 200_000;
 pub struct Dedup {
     /// Request id → (applied at, fingerprint of its command, response). Persistent
     /// (a snapshot's copy is O(1)) and ordered (the same snapshot bytes on every node).
+    #[serde(deserialize_with = "super::persistent::ord_map")]
     responses: imbl::OrdMap<String, (u64, u64, Response)>,
+    #[serde(deserialize_with = "super::persistent::vector")]
     order: imbl::Vector<(u64, String)>,
 }
 

@@ -241,6 +241,7 @@ pub struct Events {
     /// The id of the last event (0: none yet).
     pub last: u64,
     /// Persistent: a snapshot's copy is O(1).
+    #[serde(deserialize_with = "super::persistent::vector")]
     ring: imbl::Vector<Event>,
 }
 

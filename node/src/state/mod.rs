@@ -21,6 +21,7 @@ pub mod dedup;
 pub mod events;
 pub mod ipam;
 pub mod nodes;
+pub mod persistent;
 pub mod tokens;
 pub mod webhooks;
 

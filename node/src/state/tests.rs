@@ -88,6 +88,30 @@ fn restore_rejects_garbage() {
 }
 
 #[test]
+fn restore_rejects_a_forged_length_instead_of_panicking() {
+    // Found by the `snapshot` fuzz target: a map claiming 2^60-odd entries made the
+    // persistent map's own decoder ask for that capacity (a capacity-overflow panic).
+    let mut forged = vec![0u8; 72];
+    forged[7] = 0x08;
+    forged[8] = 0x9a;
+    forged[10] = 0x29;
+    forged[11] = 0x86;
+    forged[13] = 0x40;
+    forged[69..72].copy_from_slice(&[0x86, 0x76, 0x79]);
+    assert!(State::default().restore(&forged).is_err());
+    // Every length prefix of a real snapshot forged to the maximum: an error, never a panic.
+    let mut s = State::default();
+    s.apply(1, req("a", 1, create_lan()));
+    s.apply(2, req("b", 2, allocate()));
+    let bytes = s.snapshot().unwrap();
+    for at in 0..bytes.len().saturating_sub(8) {
+        let mut b = bytes.clone();
+        b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let _ = State::default().restore(&b);
+    }
+}
+
+#[test]
 fn retired_node_ids_cannot_register_again() {
     let mut s = State::default();
     let info = nodes::NodeInfo {

@@ -361,12 +361,14 @@ impl Usage {
 pub struct Apps {
     /// Persistent maps here and below (apps, instances, `by_host`): the state's clone
     /// that a snapshot serializes is O(1) in their size.
+    #[serde(deserialize_with = "crate::state::persistent::ord_map")]
     pub apps: imbl::OrdMap<String, App>,
     /// Every instance, by app id, then by its index (`web-12` is `["web"][12]`): a
     /// lookup compares the few app ids as strings, then integers, and an app's
     /// instances come in creation order without sorting — what a million instances
     /// need. Private: every change goes through [`Apps::insert`], [`Apps::update`]
     /// and [`Apps::remove`], which keep the derived indexes below exact.
+    #[serde(deserialize_with = "crate::state::persistent::ord_map_of_ord_maps")]
     instances: imbl::OrdMap<String, imbl::OrdMap<u64, Instance>>,
     /// Per app id: instances ever created (survives deletion of the app).
     pub counters: BTreeMap<String, u64>,

@@ -36,8 +36,10 @@ pub struct Pool {
     pub range: Option<Ipv4Net>,
     /// Persistent, like `free_below`: a snapshot's copy of a million allocations is
     /// O(1) (see `State`).
+    #[serde(deserialize_with = "crate::state::persistent::ord_map")]
     allocations: imbl::OrdMap<u32, Allocation>,
     /// Released addresses below `next`.
+    #[serde(deserialize_with = "crate::state::persistent::ord_set")]
     free_below: imbl::OrdSet<u32>,
     /// The high-water mark: the next address never yet handed out (u64: may pass the end).
     next: u64,
