@@ -204,7 +204,7 @@ impl Cluster {
             .args(["--http", &format!("127.0.0.1:{}", n.http)])
             .args(["--peers", peers])
             .args(&n.extra)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", std::env::var("BERTH_TEST_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -435,6 +435,9 @@ impl Drop for Cluster {
             for n in self.nodes.values() {
                 let log = std::fs::read_to_string(&n.log).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
+                if let Some(dir) = std::env::var_os("BERTH_TEST_KEEP_LOGS") {
+                    let _ = std::fs::write(std::path::Path::new(&dir).join(format!("node{}.log", n.id)), &log);
+                }
                 eprintln!("---- node {} log (last 30 lines) ----", n.id);
                 for l in &lines[lines.len().saturating_sub(30)..] {
                     eprintln!("{l}");
