@@ -17,8 +17,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 
-use super::etcd::EtcdCluster;
-
 /// One client: its own connection, its own random sequence.
 pub struct BestClient {
     client: Client,
@@ -68,16 +66,12 @@ impl BestClient {
     }
 }
 
-/// A connection per client: client `c` to the `c % members`th member counted from the
-/// leader, so one client talks to the leader and more spread evenly.
-pub async fn clients(etcd: &EtcdCluster, clients: usize, seed: u64) -> Result<Vec<BestClient>> {
-    let leader = etcd.leader(Duration::from_secs(30)).await?;
-    let mut ids = etcd.ids();
-    let at = ids.iter().position(|id| *id == leader).unwrap_or(0);
-    ids.rotate_left(at);
+/// A connection per client: client `c` to `endpoints[c % endpoints.len()]` (the
+/// caller orders them from the leader, as every `ipam` system's clients are spread).
+pub async fn clients(endpoints: &[String], clients: usize, seed: u64) -> Result<Vec<BestClient>> {
     let mut out = Vec::with_capacity(clients);
     for c in 0..clients {
-        out.push(BestClient::connect(&etcd.endpoint(ids[c % ids.len()]), seed ^ (c as u64) << 20).await?);
+        out.push(BestClient::connect(&endpoints[c % endpoints.len()], seed ^ (c as u64) << 20).await?);
     }
     Ok(out)
 }

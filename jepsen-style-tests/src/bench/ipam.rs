@@ -237,7 +237,9 @@ async fn etcd_level(etcd: &EtcdCluster, i: usize, clients: usize, secs: f64, ran
 /// `etcd-best` at one client count (see [`super::etcd_best`]).
 #[cfg(feature = "etcd-best")]
 async fn etcd_best_level(etcd: &EtcdCluster, i: usize, clients: usize, secs: f64) -> Result<Option<Measured>> {
-    let conns = super::etcd_best::clients(etcd, clients, i as u64).await?;
+    let leader = etcd.leader(Duration::from_secs(30)).await?;
+    let endpoints = from_leader(etcd.ids().into_iter().map(|id| (id, etcd.endpoint(id))).collect(), leader);
+    let conns = super::etcd_best::clients(&endpoints, clients, i as u64).await?;
     let conns: Arc<Vec<tokio::sync::Mutex<super::etcd_best::BestClient>>> =
         Arc::new(conns.into_iter().map(tokio::sync::Mutex::new).collect());
     let pool = format!("best{i}-{clients}");
