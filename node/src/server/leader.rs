@@ -64,17 +64,19 @@ impl Liveness {
 }
 
 /// Runs for the life of the node; leads whenever this node is leader.
+///
+/// One [`lead`] per term: a leader deposed and elected again (a pause, a partition
+/// that heals) starts over — catches up, resets liveness, marks the new term ready —
+/// however briefly it was away.
 pub async fn run(node: Arc<Node>) {
     use berth_raft::openraft::type_config::async_runtime::WatchReceiver as _;
     // Role and leader changes only (not every applied entry).
     let mut server = node.raft.server_metrics();
     loop {
-        // A leader whose disk is not usable leads nothing (`server::disk`): its
-        // proposals could not be stored, and it is handing over.
-        if node.raft.is_leader() && node.disk.problem().is_none() {
-            tracing::info!(id = node.id, "leader: scheduler and liveness started");
-            lead(&node).await;
-            tracing::info!(id = node.id, "scheduler and liveness stopped");
+        if let Some(term) = leading_term(&node) {
+            tracing::info!(id = node.id, term, "leader: scheduler and liveness started");
+            lead(&node, term).await;
+            tracing::info!(id = node.id, term, "scheduler and liveness stopped");
         }
         tokio::select! {
             _ = node.stopping() => return,
@@ -89,17 +91,29 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
+/// The term this node leads in, if it leads and may. A leader whose disk is not
+/// usable leads nothing (`server::disk`): its proposals could not be stored, and it
+/// is handing over.
+fn leading_term(node: &Node) -> Option<u64> {
+    use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+    if node.disk.problem().is_some() {
+        return None;
+    }
+    let m = node.raft.metrics();
+    let m = m.borrow_watched();
+    (m.current_leader == Some(node.id)).then_some(m.current_term)
+}
+
 /// Waits until this leader's replica has applied its read index — everything
 /// committed before its term included — and marks the term ready (see
 /// [`Node::leader_ready`]). False if it lost leadership or its quorum meanwhile.
-async fn catch_up(node: &Node) -> bool {
-    let term = {
-        use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
-        node.raft.metrics().borrow_watched().current_term
-    };
+async fn catch_up(node: &Node, term: u64) -> bool {
     let deadline = crate::server::proposer::READ_DEADLINE;
     match node.proposer.read_index_here(deadline).await {
         Ok(index) if node.state.wait_applied(index, deadline).await => {
+            if leading_term(node) != Some(term) {
+                return false;
+            }
             node.leader_ready.store(term, std::sync::atomic::Ordering::SeqCst);
             true
         }
@@ -114,9 +128,9 @@ async fn catch_up(node: &Node) -> bool {
     }
 }
 
-async fn lead(node: &Arc<Node>) {
+async fn lead(node: &Arc<Node>, term: u64) {
     // Plan only on a replica as new as the cluster's.
-    if !catch_up(node).await {
+    if !catch_up(node, term).await {
         return;
     }
     let hosts: Vec<u64> = node.state.read().state.nodes.registered.keys().copied().collect();
@@ -128,12 +142,13 @@ async fn lead(node: &Arc<Node>) {
     let mut last_plan: Option<(Plan, Instant)> = None;
     loop {
         // Also stops autopilot and webhook delivery (their tasks end with this one).
-        if !node.raft.is_leader() || node.disk.problem().is_some() {
+        // Leading again in a later term is a new leadership (`run`).
+        if leading_term(node) != Some(term) {
             return;
         }
         for (host, state) in liveness_verdicts(node) {
             tracing::warn!(host, ?state, "host liveness changed");
-            if let Err(e) = node.proposer.write(Command::SetHostState { id: host, state }, None).await {
+            if let Err(e) = node.proposer.write_in_term(Command::SetHostState { id: host, state }, term).await {
                 tracing::debug!(error = %e, "cannot record host state");
             }
         }
@@ -147,7 +162,7 @@ async fn lead(node: &Arc<Node>) {
         let repeat = last_plan.as_ref().is_some_and(|(p, at)| p == &plan && at.elapsed() < Duration::from_secs(2));
         if !plan.is_empty() && !repeat {
             last_plan = Some((plan.clone(), Instant::now()));
-            if let Err(e) = node.proposer.write(Command::ApplyPlan(plan), None).await {
+            if let Err(e) = node.proposer.write_in_term(Command::ApplyPlan(plan), term).await {
                 tracing::debug!(error = %e, "plan not committed");
             }
         }

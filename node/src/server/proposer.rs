@@ -143,6 +143,25 @@ impl Proposer {
         }
     }
 
+    /// Proposes `cmd` here, as the leader of `term`, and never forwards it: for the
+    /// leader's own decisions (plans, host liveness verdicts), which hold only in the
+    /// term they were made in. A leader deposed meanwhile gets `not_leader`; its
+    /// successor decides again from its own view (a paused and resumed leader's
+    /// view of host liveness is stale: every host looks silent to it).
+    pub async fn write_in_term(&self, cmd: Command, term: u64) -> Result<Response, ApiError> {
+        if self.raft.metrics().borrow_watched().current_term != term {
+            return Err(not_leader());
+        }
+        let req = Request { id: self.new_request_id(), at_ms: 0, cmd };
+        match self
+            .execute(LeaderRequest { call: LeaderCall::Write(Box::new(req)), credentials: None }, WRITE_DEADLINE)
+            .await?
+        {
+            LeaderReply::Write(r) => Ok(r),
+            other => Err(ApiError::internal(format!("unexpected leader reply {other:?}"))),
+        }
+    }
+
     /// Adds a member (or promotes a learner); returns once committed.
     pub async fn add_member(&self, id: u64, grpc: String, voter: bool) -> Result<(), ApiError> {
         self.call_leader(LeaderCall::AddMember { id, grpc, voter }, MEMBERSHIP_DEADLINE).await.map(|_| ())
