@@ -93,15 +93,16 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 40;
 pub const DEFAULT_ELECTION_TIMEOUT_MS: (u64, u64) = (100, 200);
 
 /// Raft timing and snapshot tuning (`[raft]` in the file). Defaults:
-/// [`DEFAULT_HEARTBEAT_MS`], [`DEFAULT_ELECTION_TIMEOUT_MS`] and a snapshot every 5000
-/// entries.
+/// [`DEFAULT_HEARTBEAT_MS`], [`DEFAULT_ELECTION_TIMEOUT_MS`] and at least 5000 entries
+/// between snapshots.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RaftTuning {
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
-    /// Build a snapshot (and purge the log before it) every this many entries.
+    /// The fewest entries between two snapshots (which also wait until the log took in
+    /// as many bytes as the last snapshot had; the log before one is then purged).
     pub snapshot_logs: Option<u64>,
 }
 

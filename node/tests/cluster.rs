@@ -390,3 +390,30 @@ async fn a_wiped_node_refuses_to_rejoin_under_its_old_id_and_says_how() {
     let (s, v) = allocate(&c, leader, "lan", "after", None).await;
     assert_eq!(s, 201, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_wait_for_as_many_log_bytes_as_the_last_one_had() {
+    // A floor of 10 entries: counting entries alone, 240 allocations would take 24
+    // snapshots on every node. The state grows with each allocation, so each snapshot
+    // is bigger than the last, and the log must take in as many bytes before the next.
+    let c = Cluster::start(3, &["--snapshot-logs", "10"]);
+    c.wait_leader(FORM).await;
+    c.create_pool(1, "lan", 5).await;
+    for i in 0..240 {
+        let (s, v) = allocate(&c, i % 3 + 1, "lan", &format!("an-owner-with-a-longer-name-{i}"), None).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for id in c.ids() {
+        let log = c.log_of(id);
+        let sizes: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains("snapshot built"))
+            .filter_map(|l| l.split("bytes=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert!(sizes.len() >= 2, "node {id}: snapshots are still taken: {sizes:?}");
+        eprintln!("node {id}: {sizes:?}");
+        assert!(sizes.len() <= 12, "node {id}: {} snapshots for 240 entries: {sizes:?}", sizes.len());
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "node {id}: the state only grew: {sizes:?}");
+    }
+}

@@ -49,7 +49,7 @@ pub mod state_machine;
 pub mod type_config;
 
 pub use connections::Connections;
-pub use log_store::LogStore;
+pub use log_store::{AppendedBytes, LogStore};
 pub use network::Network;
 pub use openraft;
 pub use service::RaftService;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
@@ -40,11 +41,28 @@ pub struct LogStore<C: RaftTypeConfig> {
     kv: Arc<dyn KvStore>,
     tail: Arc<Mutex<Tail<C>>>,
     writer: Arc<Writer>,
+    appended: AppendedBytes,
+}
+
+/// Bytes of encoded entries appended to a [`LogStore`] since it was opened (what the
+/// snapshot policy weighs against the size of the last snapshot).
+#[derive(Clone, Default)]
+pub struct AppendedBytes(Arc<AtomicU64>);
+
+impl AppendedBytes {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self { kv: self.kv.clone(), tail: self.tail.clone(), writer: self.writer.clone() }
+        Self {
+            kv: self.kv.clone(),
+            tail: self.tail.clone(),
+            writer: self.writer.clone(),
+            appended: self.appended.clone(),
+        }
     }
 }
 
@@ -139,7 +157,13 @@ impl<C: RaftTypeConfig> LogStore<C> {
             .spawn(move || write_loop(writer_kv, queue))
             .expect("cannot start the Raft log writer thread");
         let writer = Arc::new(Writer { jobs: Some(jobs), thread: Some(thread) });
-        Self { kv, tail: Arc::new(Mutex::new(Tail { entries: BTreeMap::new(), cut: None })), writer }
+        let tail = Arc::new(Mutex::new(Tail { entries: BTreeMap::new(), cut: None }));
+        Self { kv, tail, writer, appended: AppendedBytes::default() }
+    }
+
+    /// The count of bytes appended through this store (and its clones).
+    pub fn appended_bytes(&self) -> AppendedBytes {
+        self.appended.clone()
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail<C>> {
@@ -307,10 +331,14 @@ where
         let entries: Vec<C::Entry> = entries.into_iter().collect();
         let mut batch = WriteBatch::new();
         let mut ids = Vec::with_capacity(entries.len());
+        let mut bytes = 0;
         for entry in &entries {
-            batch.put(keys::log(entry.index()), codec::encode(entry)?);
+            let encoded = codec::encode(entry)?;
+            bytes += encoded.len() as u64;
+            batch.put(keys::log(entry.index()), encoded);
             ids.push(entry.log_id());
         }
+        self.appended.0.fetch_add(bytes, Ordering::Relaxed);
         {
             let mut tail = self.tail();
             for entry in entries {

@@ -66,6 +66,8 @@ struct Shared<SM: StateMachine> {
     /// The longest an apply (or a snapshot install) waited for the replica's write
     /// lock, in microseconds, since the node started.
     apply_wait_max_us: AtomicU64,
+    /// Bytes of the last snapshot this node built, installed or restored.
+    snapshot_bytes: AtomicU64,
 }
 
 /// The state machine store handed to openraft, and (through [`SmStore::handle`]) the
@@ -107,6 +109,11 @@ impl<SM: StateMachine> StateHandle<SM> {
                 blocking::run(|| self.shared.replica.read().unwrap_or_else(|p| p.into_inner()))
             }
         }
+    }
+
+    /// Bytes of the last snapshot this node built, installed or restored (0: none).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.shared.snapshot_bytes.load(Ordering::Relaxed)
     }
 
     /// The index of the last applied entry.
@@ -164,7 +171,9 @@ impl<SM: StateMachine> SmStore<SM> {
             Some(l) if l.get(keys::SNAPSHOT_META)?.is_some() => Some(l),
             _ => None,
         };
+        let mut snapshot_bytes = 0;
         if let Some((meta, data)) = load(&kv, legacy.as_ref())? {
+            snapshot_bytes = data.len() as u64;
             let meta: SnapshotMeta<SM> = codec::decode(&meta)?;
             replica.state.restore(&data)?;
             replica.last_applied = meta.last_log_id;
@@ -180,6 +189,7 @@ impl<SM: StateMachine> SmStore<SM> {
             applied: applied_tx,
             changed: changed_tx,
             apply_wait_max_us: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(snapshot_bytes),
         };
         Ok(Self { shared: Arc::new(shared) })
     }
@@ -228,6 +238,7 @@ impl<SM: StateMachine> SmStore<SM> {
                 .delete_range(keys::snapshot_chunk(0, 0), keys::snapshot_chunk(generation, 0));
             Ok(kv.write(batch)?)
         })?;
+        self.shared.snapshot_bytes.store(data.len() as u64, Ordering::Relaxed);
         // The new snapshot is durable: the one an older data dir kept in the log's
         // store is of no more use.
         let legacy = self.shared.legacy.write().unwrap_or_else(|p| p.into_inner()).take();

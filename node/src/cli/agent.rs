@@ -63,7 +63,8 @@ pub struct AgentArgs {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<LogFormat>,
-    /// Snapshot (and purge the log) every this many Raft entries.
+    /// The fewest Raft entries between two snapshots; a snapshot also waits until the
+    /// log took in as many bytes as the last one had [default: 5000].
     #[arg(long)]
     snapshot_logs: Option<u64>,
     /// Raft heartbeat interval in ms.

@@ -25,6 +25,7 @@ pub mod network;
 pub mod openapi;
 pub mod ops;
 pub mod proposer;
+pub mod snapshots;
 pub mod ui;
 pub mod webhooks;
 pub mod workloads;
@@ -119,14 +120,21 @@ pub struct Node {
     _lock: File,
 }
 
+/// `--snapshot-logs`: the fewest entries between two snapshots.
+fn snapshot_min_entries(cfg: &ValidConfig) -> u64 {
+    cfg.raft.snapshot_logs.unwrap_or(5000)
+}
+
 fn raft_config(cfg: &ValidConfig) -> Result<RaftConfig, StartError> {
-    let snapshot_logs = cfg.raft.snapshot_logs.unwrap_or(5000);
+    let snapshot_logs = snapshot_min_entries(cfg);
     RaftConfig {
         cluster_name: "berth".into(),
         heartbeat_interval: cfg.raft.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS),
         election_timeout_min: cfg.raft.election_timeout_min_ms.unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS.0),
         election_timeout_max: cfg.raft.election_timeout_max_ms.unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS.1),
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        // berth asks for snapshots itself, weighing the log's bytes against the
+        // state's (`snapshots`).
+        snapshot_policy: SnapshotPolicy::Never,
         // Keep some log behind a snapshot so a briefly lagging follower catches up from
         // the log, not a whole snapshot; but less than the snapshot interval so that a
         // long-lost one does need the snapshot path (exercised by tests).
@@ -248,11 +256,13 @@ impl Node {
             Some(t) => t.peer_http_client().map_err(StartError::Tls)?,
             None => reqwest::Client::new(),
         };
+        let log = LogStore::new(store);
+        let appended = log.appended_bytes();
         let raft = typ::Raft::<State>::new(
             config.id,
             Arc::new(raft_config(&config)?),
             Network::new(config.id, connections.clone()),
-            LogStore::new(store),
+            log,
             sm,
         )
         .await
@@ -337,6 +347,7 @@ impl Node {
             tokio::spawn(disk::run(node.clone())),
             tokio::spawn(register(node.clone())),
             tokio::spawn(leader::run(node.clone())),
+            tokio::spawn(snapshots::run(node.clone(), appended, snapshot_min_entries(&node.config))),
             tokio::spawn(leader::heartbeat(node.clone())),
             tokio::spawn(metrics::watch_leader(node.clone())),
             tokio::spawn(leader::report(node.clone(), reports_rx)),
