@@ -257,6 +257,12 @@ impl Node {
         self.app_write(Command::PutApp { spec }, request_id).await
     }
 
+    /// Creates an app; `app_exists` (409) if there is one with its id already.
+    pub async fn create_app(&self, spec: AppSpec, request_id: Option<String>) -> Result<AppView, ApiError> {
+        self.check_instances("invalid_spec", spec.instances)?;
+        Ok(self.app_write(Command::CreateApp { spec }, request_id).await?.0)
+    }
+
     pub async fn scale_app(&self, id: &str, instances: u32, request_id: Option<String>) -> Result<AppView, ApiError> {
         self.check_instances("invalid_request", instances)?;
         let cmd = Command::ScaleApp { id: id.to_string(), instances };

@@ -135,6 +135,12 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// Creates an app that must not exist yet (Marathon's `POST /v2/apps`). Refused
+    /// at apply (`app_exists`), so of two racing creations exactly one succeeds —
+    /// a check before proposing could let both through, the second as a new version.
+    CreateApp {
+        spec: AppSpec,
+    },
 }
 
 /// A scheduling plan: what the leader's scheduler decided from one view of the state.
@@ -208,6 +214,7 @@ impl fmt::Display for Request {
             Command::Allocate { pool, owner, ip } => write!(f, "allocate {pool} {owner:?} {ip:?}"),
             Command::Release { pool, ip } => write!(f, "release {pool} {ip}"),
             Command::PutApp { spec } => write!(f, "put-app {}", spec.id),
+            Command::CreateApp { spec } => write!(f, "create-app {}", spec.id),
             Command::ScaleApp { id, instances } => write!(f, "scale {id} {instances}"),
             Command::DeleteApp { id } => write!(f, "delete-app {id}"),
             Command::RollbackApp { id, version } => write!(f, "rollback {id} {version:?}"),

@@ -311,7 +311,7 @@ impl Before {
         let mut b = Before { apps: Vec::new(), hosts: Vec::new(), pools: Vec::new(), finished: Vec::new() };
         let mut app = |id: &str| b.apps.push((id.to_string(), app_mark(state, id)));
         match cmd {
-            Command::PutApp { spec } => app(&spec.id),
+            Command::PutApp { spec } | Command::CreateApp { spec } => app(&spec.id),
             Command::ScaleApp { id, .. }
             | Command::DeleteApp { id }
             | Command::RollbackApp { id, .. }

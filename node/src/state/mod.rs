@@ -70,6 +70,7 @@ impl State {
             Command::Allocate { pool, owner, ip } => self.ipam.allocate(&pool, &owner, ip, now),
             Command::Release { pool, ip } => self.ipam.release(&pool, ip),
             Command::PutApp { spec } => self.put_app(spec),
+            Command::CreateApp { spec } => self.create_app(spec),
             Command::ScaleApp { id, instances } => self.scale_app(&id, instances),
             Command::DeleteApp { id } => self.delete_app(&id),
             Command::RollbackApp { id, version } => self.rollback_app(&id, version),

@@ -182,3 +182,18 @@ fn putting_the_stored_spec_after_a_scale_scales_back() {
     let app = &s.apps.apps["web"];
     assert_eq!((app.instances, app.version, app.deployment.is_none()), (2, 1, true));
 }
+
+#[test]
+fn creating_an_app_that_exists_is_refused_and_changes_nothing() {
+    let mut s = State::default();
+    let spec = crate::state::apps::AppSpec::from_json(br#"{"id": "web", "cmd": ["x"], "instances": 2}"#).unwrap();
+    let first = s.apply(1, req("a", 1, Command::CreateApp { spec: spec.clone() })).0;
+    assert!(matches!(first, Ok(Reply::App { created: true, version: 1, .. })), "{first:?}");
+    // A second creation, racing the first or not: refused, the app as it was.
+    let mut other = spec.clone();
+    other.instances = 5;
+    let second = s.apply(2, req("b", 2, Command::CreateApp { spec: other })).0;
+    assert_eq!(second.unwrap_err().code, "app_exists");
+    let app = &s.apps.apps["web"];
+    assert_eq!((app.instances, app.version), (2, 1));
+}

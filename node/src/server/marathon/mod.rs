@@ -236,12 +236,18 @@ async fn create_app(State(node): Ctx, headers: HeaderMap, RawBody(body): RawBody
         Some(id) => normalize_id(id).map_err(MarathonError::invalid)?,
         None => return Err(MarathonError::invalid(model::Invalid { path: "/id".into(), error: "is required".into() })),
     };
+    let exists = || MarathonError::new(409, format!("An app with id [{id}] already exists."));
+    // Also tells an id that maps onto another app's (`find`); the creation itself is
+    // refused at apply if the app appeared meanwhile.
     if read(&node, |s| find(s, &id).map(|a| a.is_some())).await?? {
-        return Err(MarathonError::new(409, format!("An app with id [{id}] already exists.")));
+        return Err(exists());
     }
     let spec = spec_for(body, &id)?;
     let berth = spec.id.clone();
-    node.put_app(spec, request_id(&headers)?).await?;
+    match node.create_app(spec, request_id(&headers)?).await {
+        Err(e) if e.code == "app_exists" => return Err(exists()),
+        r => r?,
+    };
     let replica = node.state.read();
     let app = replica.state.apps.apps.get(&berth).ok_or_else(|| no_app(&id))?;
     Ok((StatusCode::CREATED, Json(app_json(&replica.state, app, false))).into_response())

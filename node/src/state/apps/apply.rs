@@ -36,6 +36,14 @@ impl State {
             && self.apps.usage(host).fits(Usage::of(cpus, mem_mb), info.cpus, info.mem_mb)
     }
 
+    /// [`Command::CreateApp`]: [`Self::put_app`] for an app that does not exist yet.
+    pub(crate) fn create_app(&mut self, spec: AppSpec) -> Response {
+        if self.apps.apps.contains_key(&spec.id) {
+            return Response(Err(DomainError::conflict("app_exists", format!("app {} already exists", spec.id))));
+        }
+        self.put_app(spec)
+    }
+
     pub(crate) fn put_app(&mut self, spec: AppSpec) -> Response {
         if let Some(net) = &spec.network {
             if self.ipam.pool(&net.pool).is_err() {
