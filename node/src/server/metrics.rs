@@ -22,6 +22,7 @@
 //! | `berth_hosts` | gauge | `state` (up, down, draining) |
 //! | `berth_auth_refused_total` (401/403 for a token, HTTP and gRPC) | counter | `code` |
 //! | `berth_rate_limited_total` (429) | counter | |
+//! | `berth_read_index_rounds_total` (read-index rounds this node ran for linearizable reads: concurrent reads share one, `server::coalesce`) | counter | |
 //! | `berth_disk_free_bytes`, `berth_disk_usable` (the data dir) | gauge | |
 
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub struct Metrics {
     pub auth_refused: IntCounterVec,
     /// Requests refused with 429.
     pub rate_limited: IntCounter,
+    read_rounds: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -133,6 +135,12 @@ impl Metrics {
         let rate_limited =
             IntCounter::new("berth_rate_limited_total", "requests refused with 429 (--rate-limit)").expect("valid");
         r.register(Box::new(rate_limited.clone())).expect("registered once");
+        let read_rounds = IntCounter::new(
+            "berth_read_index_rounds_total",
+            "read-index rounds run for linearizable reads (concurrent reads share one)",
+        )
+        .expect("valid");
+        r.register(Box::new(read_rounds.clone())).expect("registered once");
         let disk_free = gauge(&r, "berth_disk_free_bytes", "free bytes on the data dir's filesystem (last look)");
         let disk_usable = gauge(
             &r,
@@ -144,6 +152,7 @@ impl Metrics {
             disk_usable,
             auth_refused,
             rate_limited,
+            read_rounds,
             contact_age,
             fence_after,
             requests,
@@ -203,6 +212,7 @@ impl Metrics {
         self.snapshot.set(index(m.snapshot.as_ref()));
         self.apply_lag.set((committed - applied).max(0));
         self.apply_wait_max.set(node.state.apply_wait_max().as_secs_f64());
+        self.read_rounds.inc_by(node.proposer.read_rounds().saturating_sub(self.read_rounds.get()));
         self.is_leader.set(i64::from(m.current_leader == Some(node.id)));
         self.leader_id.set(m.current_leader.unwrap_or(0) as i64);
         let membership = m.membership_config.membership();

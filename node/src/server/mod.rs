@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod coalesce;
 pub mod consul;
 pub mod disk;
 pub mod dns;

@@ -77,6 +77,8 @@ pub struct Proposer {
     counter: AtomicU64,
     /// This node's disk (`server::disk`): writes are refused while it is not usable.
     disk: Arc<super::disk::Disk>,
+    /// Concurrent linearizable reads share read-index rounds (`server::coalesce`).
+    read_rounds: super::coalesce::Coalesced<Result<u64, ApiError>>,
 }
 
 /// Wall-clock milliseconds since the epoch (what the leader stamps on requests).
@@ -112,7 +114,8 @@ impl Proposer {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let membership = tokio::sync::Mutex::new(());
-        Self { id, raft, state, connections, membership, boot, counter: AtomicU64::new(0), disk }
+        let (counter, read_rounds) = (AtomicU64::new(0), Default::default());
+        Self { id, raft, state, connections, membership, boot, counter, disk, read_rounds }
     }
 
     /// Refuses work while this node's disk is not usable: as the node a client asked
@@ -454,8 +457,29 @@ impl Proposer {
         }
     }
 
-    /// Waits until a read on this node's replica would be linearizable.
+    /// Waits until a read on this node's replica would be linearizable: until it has
+    /// applied a read index the leader confirmed after this call began. Concurrent
+    /// calls share the confirmation (`server::coalesce`).
     pub async fn linearize(&self) -> Result<(), ApiError> {
+        let deadline = Instant::now() + READ_DEADLINE;
+        let index = self.read_rounds.run(|| self.read_index()).await?;
+        if self.state.wait_applied(index, deadline.saturating_duration_since(Instant::now())).await {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(
+            "replica_behind",
+            format!("this node has not applied index {index} yet; retry, or read with ?stale=true"),
+        ))
+    }
+
+    /// Read-index rounds run for [`Self::linearize`] since the node started.
+    pub fn read_rounds(&self) -> u64 {
+        self.read_rounds.rounds()
+    }
+
+    /// One read-index round: the index the leader, wherever it is, confirms with a
+    /// quorum now.
+    async fn read_index(&self) -> Result<u64, ApiError> {
         let deadline = Instant::now() + READ_DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -479,14 +503,7 @@ impl Proposer {
                     Err(e) => return Err(e),
                 }
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.state.wait_applied(index, left).await {
-                return Ok(());
-            }
-            return Err(ApiError::unavailable(
-                "replica_behind",
-                format!("this node has not applied index {index} yet; retry, or read with ?stale=true"),
-            ));
+            return Ok(index);
         }
     }
 
