@@ -65,7 +65,7 @@ impl Liveness {
 
 /// Runs for the life of the node; leads whenever this node is leader.
 ///
-/// One [`lead`] per term: a leader deposed and elected again (a pause, a partition
+/// One `lead` per term: a leader deposed and elected again (a pause, a partition
 /// that heals) starts over — catches up, resets liveness, marks the new term ready —
 /// however briefly it was away.
 pub async fn run(node: Arc<Node>) {
