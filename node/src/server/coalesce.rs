@@ -14,7 +14,8 @@
 //! round started when it arrives and takes the outcome of a later one. Rounds run one
 //! at a time (a FIFO lock held for the round); a caller that gets the lock finds the
 //! round it needs already done, or runs it. A caller dropped mid-round (its client
-//! went away) releases the lock, and the next waiter runs the round.
+//! went away, or its own deadline passed — callers bound their wait themselves)
+//! releases the lock, and the next waiter runs the round.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -462,7 +462,12 @@ impl Proposer {
     /// calls share the confirmation (`server::coalesce`).
     pub async fn linearize(&self) -> Result<(), ApiError> {
         let deadline = Instant::now() + READ_DEADLINE;
-        let index = self.read_rounds.run(|| self.read_index()).await?;
+        // Bounded by this read's own deadline, however long the round it queued
+        // behind took (one without a quorum takes its whole deadline).
+        let index = match tokio::time::timeout(READ_DEADLINE, self.read_rounds.run(|| self.read_index())).await {
+            Ok(index) => index?,
+            Err(_) => return Err(no_quorum("the linearizable read", READ_DEADLINE)),
+        };
         if self.state.wait_applied(index, deadline.saturating_duration_since(Instant::now())).await {
             return Ok(());
         }

@@ -64,9 +64,9 @@ pub async fn run(node: Arc<Node>, appended: AppendedBytes, min_entries: u64) {
             continue;
         }
         let entries = applied.saturating_sub(snapshot_at.unwrap_or(0));
-        let log_bytes = appended.get().saturating_sub(base);
-        if due(min_entries, entries, log_bytes, node.state.snapshot_bytes()) {
-            tracing::debug!(entries, log_bytes, last_bytes = node.state.snapshot_bytes(), "snapshot due");
+        let (log_bytes, last_bytes) = (appended.get().saturating_sub(base), node.state.snapshot_bytes());
+        if due(min_entries, entries, log_bytes, last_bytes) {
+            tracing::debug!(entries, log_bytes, last_bytes, "snapshot due");
             if node.raft.trigger().snapshot().await.is_err() {
                 return;
             }
