@@ -9,7 +9,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `berth_raft_term` | gauge | |
-//! | `berth_raft_last_log_index`, `berth_raft_commit_index` (known to this node), `berth_raft_cluster_commit_index` (the quorum's, as last reported by the leader), `berth_raft_applied_index`, `berth_raft_snapshot_index` | gauge | |
+//! | `berth_raft_last_log_index`, `berth_raft_commit_index` (known to this node), `berth_raft_cluster_commit_index` (the quorum's, as last reported by the leader), `berth_raft_applied_index`, `berth_raft_snapshot_index`, `berth_raft_purged_index` (the last entry dropped from the log: a follower behind it catches up by snapshot) | gauge | |
 //! | `berth_raft_apply_lag` (commit − applied entries) | gauge | |
 //! | `berth_apply_wait_max_seconds` (the longest an apply waited for the state's lock — readers, snapshots — since the node started) | gauge | |
 //! | `berth_raft_is_leader`, `berth_raft_leader_id` (0: none known) | gauge | |
@@ -58,6 +58,7 @@ pub struct Metrics {
     cluster_committed: IntGauge,
     applied: IntGauge,
     snapshot: IntGauge,
+    purged: IntGauge,
     apply_lag: IntGauge,
     apply_wait_max: Gauge,
     is_leader: IntGauge,
@@ -167,6 +168,11 @@ impl Metrics {
             ),
             applied: gauge(&r, "berth_raft_applied_index", "index of the last entry applied to the state"),
             snapshot: gauge(&r, "berth_raft_snapshot_index", "index the last snapshot covers"),
+            purged: gauge(
+                &r,
+                "berth_raft_purged_index",
+                "index of the last entry dropped from this node's log (a follower behind it catches up by snapshot)",
+            ),
             apply_lag: gauge(&r, "berth_raft_apply_lag", "entries committed but not yet applied"),
             apply_wait_max: seconds(
                 "berth_apply_wait_max_seconds",
@@ -210,6 +216,7 @@ impl Metrics {
         self.committed.set(committed);
         self.applied.set(applied);
         self.snapshot.set(index(m.snapshot.as_ref()));
+        self.purged.set(index(m.purged.as_ref()));
         self.apply_lag.set((committed - applied).max(0));
         self.apply_wait_max.set(node.state.apply_wait_max().as_secs_f64());
         self.read_rounds.inc_by(node.proposer.read_rounds().saturating_sub(self.read_rounds.get()));
