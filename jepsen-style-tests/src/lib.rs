@@ -12,10 +12,12 @@
 //!   known-valid and doctored histories.
 //! - `berth-jepsen` (src/main.rs): the chaos runner — nemeses on a timeline, workloads,
 //!   reports (`docs/chaos.md`).
+//! - [`interrupt`]: a run stopped by SIGINT or SIGTERM stops the clusters it started.
 
 pub mod bench;
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod interrupt;
 pub mod netns;
 pub mod report;

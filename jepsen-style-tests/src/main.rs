@@ -749,7 +749,10 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = Args::parse();
+    berth_jepsen::interrupt::until_signalled(run(Args::parse())).await
+}
+
+async fn run(mut args: Args) -> Result<()> {
     for n in &args.nemesis {
         if n != "none" && !NEMESES.contains(&n.as_str()) {
             bail!("unknown nemesis {n:?} (available: {})", NEMESES.join(", "));

@@ -127,7 +127,12 @@ enum Scenario {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    match Args::parse().scenario {
+    let scenario = Args::parse().scenario;
+    berth_jepsen::interrupt::until_signalled(run(scenario)).await
+}
+
+async fn run(scenario: Scenario) -> Result<()> {
+    match scenario {
         Scenario::Ipam { clients, secs, vs } => {
             if clients.is_empty() || clients.contains(&0) {
                 bail!("--clients needs positive counts");
