@@ -31,8 +31,9 @@ use crate::{codec, keys};
 ///   are submitted, so a leader's own fsync overlaps the round trip to its followers —
 ///   as Raft allows (thesis §10.2.1) — instead of preceding it.
 /// - the vote, a truncation and a purge are durable before the call returns.
-/// - the commit pointer is written lazily (`KvStore::write_lazy`): it rides along with
-///   the next durable write. That is safe only because berth turns openraft's leader
+/// - the commit pointer is written lazily: the writer holds it for the next durable
+///   write to carry, and commits it on its own (`KvStore::write_lazy`) only after
+///   [`LAZY_HOLD`] without one or when the store closes. That is safe only because berth turns openraft's leader
 ///   restore off (`enable_leader_restore`, see `save_committed`).
 ///
 /// A write that fails fails every call of its group; openraft stops the node on a
@@ -104,10 +105,40 @@ struct Job {
 /// tens of megabytes; a group of them should not hold every appender waiting).
 const GROUP_BYTES: usize = 64 * 1024 * 1024;
 
+/// How long a lazy write (the commit pointer) may wait in the writer for a durable one
+/// to ride along with before it is committed on its own.
+pub const LAZY_HOLD: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The writer thread: one transaction per group of queued jobs, durable when any job
 /// of the group is; completions run in queue order after the commit.
+///
+/// A group of only lazy writes without callbacks (the commit pointer, after every
+/// commit) is not a transaction of its own: it is held and goes into the next group's
+/// transaction, or on its own after [`LAZY_HOLD`] without one, or when the queue
+/// closes. At one write at a time that halves the transactions per entry (the append,
+/// then the pointer, each a B-tree commit of a dozen page writes, became the append
+/// with the previous pointer).
 fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+    let mut held: Option<WriteBatch> = None;
+    loop {
+        let next = match held {
+            None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(_) => jobs.recv_timeout(LAZY_HOLD),
+        };
+        let first = match next {
+            Ok(job) => job,
+            Err(timeout_or_closed) => {
+                if let Some(batch) = held.take() {
+                    if let Err(e) = kv.write_lazy(batch) {
+                        tracing::error!(error = %e, "the Raft log's lazy write failed");
+                    }
+                }
+                match timeout_or_closed {
+                    mpsc::RecvTimeoutError::Timeout => continue,
+                    mpsc::RecvTimeoutError::Disconnected => return,
+                }
+            }
+        };
         let mut bytes = first.batch.bytes();
         let mut group = vec![first];
         while bytes < GROUP_BYTES {
@@ -119,11 +150,15 @@ fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let durable = group.iter().any(|j| j.durable);
-        let mut batch = WriteBatch::new();
+        let mut batch = held.take().unwrap_or_default();
         for job in &mut group {
             batch.append(&mut job.batch);
         }
+        if group.iter().all(|j| !j.durable && j.done.is_none()) {
+            held = Some(batch);
+            continue;
+        }
+        let durable = group.iter().any(|j| j.durable);
         let result = if durable { kv.write(batch) } else { kv.write_lazy(batch) };
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = group.len(), "the Raft log write failed");

@@ -150,14 +150,33 @@ async fn the_commit_pointer_is_written_lazily_without_waiting() {
         .await
         .expect("save_committed waits for nobody")
         .unwrap();
-    // The writer has taken it and waits at the gate.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     kv.set_closed(false);
-    // A vote is durable on return, and is queued behind the pointer.
+    // A vote is durable on return, and takes the held pointer into its transaction.
     store.save_vote(&berth_raft::openraft::Vote::new(2, 1)).await.unwrap();
-    assert_eq!(*kv.lazy.lock().unwrap(), 1);
-    assert_eq!(kv.durable_writes(), vec![1, 1], "the append, then the vote");
+    assert_eq!(*kv.lazy.lock().unwrap(), 0, "no transaction of its own");
+    assert_eq!(kv.durable_writes(), vec![1, 2], "the append, then the vote with the pointer");
     assert_eq!(store.read_committed().await.unwrap(), Some(log_id::<C>(1, 1, 1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_commit_pointer_is_written_after_the_hold_or_when_the_store_closes() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone());
+    append(&mut store, vec![entry(1, 1)]).await.await.unwrap().unwrap();
+    store.save_committed(Some(log_id::<C>(1, 1, 1))).await.unwrap();
+    tokio::time::sleep(berth_raft::log_store::LAZY_HOLD / 2).await;
+    assert_eq!(*kv.lazy.lock().unwrap(), 0, "held for a durable write to ride along with");
+    tokio::time::sleep(berth_raft::log_store::LAZY_HOLD * 3).await;
+    assert_eq!(*kv.lazy.lock().unwrap(), 1, "then written on its own");
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id::<C>(1, 1, 1)));
+
+    // Held when the last clone of the store goes: written before the writer ends.
+    store.save_committed(Some(log_id::<C>(1, 1, 2))).await.unwrap();
+    drop(store);
+    assert_eq!(*kv.lazy.lock().unwrap(), 2);
+    let mut again = LogStore::<C>::new(kv.clone());
+    assert_eq!(again.read_committed().await.unwrap(), Some(log_id::<C>(1, 1, 2)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
