@@ -5,21 +5,26 @@
 //! #462): a peer that refuses or drops connections is [`Unreachable`] (openraft backs
 //! off), a deadline is a [`Timeout`], anything else a [`NetworkError`] (retried soon).
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::codec;
@@ -75,16 +80,131 @@ pub fn fit_entries<SM: StateMachine>(
     Ok(rpc.entries.last().map(|e| e.log_id))
 }
 
+/// What a replication stream's two halves share: the deadlines of the requests sent
+/// and not answered yet (oldest first), and why the sending half stopped early.
+#[derive(Default)]
+struct Unanswered {
+    deadlines: Mutex<VecDeque<Instant>>,
+    /// Woken when a request is sent (the receiving half then has a deadline to keep).
+    sent: Notify,
+    failed: Mutex<Option<String>>,
+}
+
+impl Unanswered {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn push(&self, deadline: Instant) {
+        Self::lock(&self.deadlines).push_back(deadline);
+        self.sent.notify_one();
+    }
+    fn oldest(&self) -> Option<Instant> {
+        Self::lock(&self.deadlines).front().copied()
+    }
+    fn answered(&self) {
+        Self::lock(&self.deadlines).pop_front();
+    }
+}
+
+/// The sending half of a replication stream: openraft's requests, each cut to the byte
+/// budget and encoded, its deadline noted. A request that had to be cut is the
+/// session's last: the follower answers with the entries it took, and openraft sends
+/// the rest in a new session (as with a `PartialSuccess` of the unary call).
+fn outbound<SM: StateMachine, S>(
+    input: S,
+    budget: u64,
+    ttl: Duration,
+    unanswered: Arc<Unanswered>,
+) -> impl Stream<Item = RaftMessage>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig<SM>>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold(Some(input), move |input| {
+        let unanswered = unanswered.clone();
+        async move {
+            let mut input = input?;
+            let mut req = input.next().await?;
+            let encoded = fit_entries(&mut req, budget).and_then(|cut| Ok((cut, codec::encode(&req)?)));
+            match encoded {
+                Ok((cut, payload)) => {
+                    unanswered.push(Instant::now() + ttl + transfer_time(payload.len()));
+                    Some((RaftMessage { payload }, cut.is_none().then_some(input)))
+                }
+                Err(e) => {
+                    *Unanswered::lock(&unanswered.failed) = Some(e.to_string());
+                    None
+                }
+            }
+        }
+    })
+}
+
+/// The receiving half: the follower's answers in request order. Each must come by its
+/// request's deadline (none is due while nothing is unanswered: the leader has nothing
+/// to send); a late one, a transport error or a fatal answer ends the session with the
+/// error openraft backs off on.
+fn inbound<SM: StateMachine>(
+    replies: tonic::Streaming<RaftMessage>,
+    unanswered: Arc<Unanswered>,
+    timeout: Timeout<TypeConfig<SM>>,
+) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig<SM>>, RpcError<SM>>> {
+    futures::stream::unfold(Some(replies), move |replies| {
+        let (unanswered, timeout) = (unanswered.clone(), timeout.clone());
+        async move {
+            let mut replies = replies?;
+            let next = loop {
+                let oldest = unanswered.oldest();
+                tokio::select! {
+                    m = replies.message() => break m,
+                    () = tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now)), if oldest.is_some() => {
+                        return Some((Err(RPCError::Timeout(timeout)), None));
+                    }
+                    () = unanswered.sent.notified(), if oldest.is_none() => continue,
+                }
+            };
+            let network =
+                |e: &dyn std::fmt::Display| RPCError::Network(NetworkError::new(&AnyError::error(e.to_string())));
+            match next {
+                Err(status) => Some((Err(classify::<SM>(status)), None)),
+                Ok(None) => Unanswered::lock(&unanswered.failed).take().map(|e| (Err(network(&e)), None)),
+                Ok(Some(m)) => {
+                    unanswered.answered();
+                    let reply: Result<StreamAppendResult<TypeConfig<SM>>, openraft::errors::Fatal<TypeConfig<SM>>> =
+                        match codec::decode(&m.payload) {
+                            Ok(r) => r,
+                            Err(e) => return Some((Err(network(&e)), None)),
+                        };
+                    match reply {
+                        Ok(Ok(matching)) => Some((Ok(Ok(matching)), Some(replies))),
+                        // A conflict or a higher vote ends the session (openraft's rule).
+                        Ok(Err(refused)) => Some((Ok(Err(refused)), None)),
+                        // The follower's Raft has stopped.
+                        Err(fatal) => Some((Err(RPCError::Unreachable(Unreachable::new(&fatal))), None)),
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Creates [`Connection`]s to peers, sharing one channel per address.
 pub struct Network<SM> {
     id: NodeId,
     connections: Arc<Connections>,
+    append_budget: u64,
     _sm: std::marker::PhantomData<fn() -> SM>,
 }
 
 impl<SM> Network<SM> {
     pub fn new(id: NodeId, connections: Arc<Connections>) -> Self {
-        Self { id, connections, _sm: std::marker::PhantomData }
+        Self { id, connections, append_budget: APPEND_BUDGET_BYTES, _sm: std::marker::PhantomData }
+    }
+
+    /// The same, with AppendEntries cut to `bytes` instead of [`APPEND_BUDGET_BYTES`]
+    /// (tests make cuts happen with small entries).
+    pub fn with_append_budget(mut self, bytes: u64) -> Self {
+        self.append_budget = bytes;
+        self
     }
 }
 
@@ -97,6 +217,7 @@ impl<SM: StateMachine> RaftNetworkFactory<TypeConfig<SM>> for Network<SM> {
             target,
             addr: node.addr.clone(),
             channel: self.connections.get(&node.addr).map_err(|e| e.to_string()),
+            append_budget: self.append_budget,
             _sm: std::marker::PhantomData,
         }
     }
@@ -108,6 +229,7 @@ pub struct Connection<SM> {
     target: NodeId,
     addr: String,
     channel: Result<Channel, String>,
+    append_budget: u64,
     _sm: std::marker::PhantomData<fn() -> SM>,
 }
 
@@ -177,13 +299,41 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         mut rpc: AppendEntriesRequest<TypeConfig<SM>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig<SM>>, RpcError<SM>> {
-        let cut = fit_entries(&mut rpc, APPEND_BUDGET_BYTES).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let cut = fit_entries(&mut rpc, self.append_budget).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let resp = self
             .unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move { c.append_entries(m).await })
             .await?;
         Ok(match (resp, cut) {
             (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
             (resp, _) => resp,
+        })
+    }
+
+    /// One `StreamAppend` call per replication session: requests go out as openraft
+    /// produces them, without waiting for the previous answer (pipelined), as HTTP/2
+    /// data frames on one stream instead of a call — headers, data, trailers — each.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig<SM>>, RpcError<SM>>>, RpcError<SM>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig<SM>>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let ttl = option.hard_ttl();
+            let unanswered = Arc::new(Unanswered::default());
+            let requests = outbound::<SM, S>(input, self.append_budget, ttl, unanswered.clone());
+            // The call is open once the follower's response headers arrive.
+            let replies = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+                Err(_) => return Err(RPCError::Timeout(self.timeout(RPCTypes::AppendEntries, ttl))),
+                Ok(Err(status)) => return Err(classify::<SM>(status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            let replies: BoxStream<'s, _> =
+                inbound::<SM>(replies, unanswered, self.timeout(RPCTypes::AppendEntries, ttl)).boxed();
+            Ok(replies)
         })
     }
 

@@ -1,10 +1,14 @@
 //! The server side of the Raft network: tonic handlers that hand each message to the
 //! local openraft instance.
 
+use std::pin::Pin;
+
 use berth_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use berth_proto::raft::{snapshot_chunk, RaftMessage, SnapshotChunk};
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
@@ -15,7 +19,7 @@ use crate::type_config::typ::{Raft, Snapshot, SnapshotMeta, Vote};
 /// Serves `proto/raft.proto` for one node.
 pub struct RaftService<SM: StateMachine> {
     raft: Raft<SM>,
-    gate: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    gate: Option<watch::Receiver<Option<String>>>,
 }
 
 impl<SM: StateMachine> RaftService<SM> {
@@ -29,7 +33,7 @@ impl<SM: StateMachine> RaftService<SM> {
     /// data dir must not take part — a wiped voter has forgotten the vote it cast in
     /// its last term, and a leader that finds a follower's log gone backwards stops
     /// (openraft refuses log reversion) — nor one whose disk cannot take the entries.
-    pub fn with_gate(raft: Raft<SM>, gate: Option<tokio::sync::watch::Receiver<Option<String>>>) -> RaftServer<Self> {
+    pub fn with_gate(raft: Raft<SM>, gate: Option<watch::Receiver<Option<String>>>) -> RaftServer<Self> {
         RaftServer::new(Self { raft, gate })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -38,11 +42,48 @@ impl<SM: StateMachine> RaftService<SM> {
 
 impl<SM: StateMachine> RaftService<SM> {
     fn open(&self) -> Result<(), Status> {
-        match self.gate.as_ref().and_then(|g| g.borrow().clone()) {
-            Some(reason) => Err(Status::unavailable(reason)),
-            None => Ok(()),
-        }
+        closed(self.gate.as_ref())
     }
+}
+
+/// Unavailable, with the reason, while `gate` holds one.
+fn closed(gate: Option<&watch::Receiver<Option<String>>>) -> Result<(), Status> {
+    match gate.and_then(|g| g.borrow().clone()) {
+        Some(reason) => Err(Status::unavailable(reason)),
+        None => Ok(()),
+    }
+}
+
+/// The replies of a `StreamAppend` call.
+pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+/// The requests of a `StreamAppend` call, decoded, until the caller ends the stream or
+/// something goes wrong: a message that does not decode, a transport error, or the
+/// gate closing mid-stream (the disk filled up). What went wrong is left in `failed`,
+/// for the reply stream to end with once the requests taken so far are answered.
+fn append_requests<SM: StateMachine>(
+    incoming: Streaming<RaftMessage>,
+    gate: Option<watch::Receiver<Option<String>>>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<Status>>>,
+) -> impl Stream<Item = openraft::raft::AppendEntriesRequest<crate::TypeConfig<SM>>> + Send + 'static {
+    futures::stream::unfold(Some(incoming), move |incoming| {
+        let (gate, failed) = (gate.clone(), failed.clone());
+        async move {
+            let mut incoming = incoming?;
+            let next = match incoming.message().await {
+                Ok(None) => return None,
+                Ok(Some(m)) => closed(gate.as_ref()).and_then(|()| decode(&m)),
+                Err(status) => Err(status),
+            };
+            match next {
+                Ok(req) => Some((req, Some(incoming))),
+                Err(status) => {
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    None
+                }
+            }
+        }
+    })
 }
 
 fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
@@ -72,6 +113,25 @@ impl<SM: StateMachine> RaftRpc for RaftService<SM> {
         self.open()?;
         let req = decode(request.get_ref())?;
         reply(&self.raft.append_entries(req).await)
+    }
+
+    type StreamAppendStream = ReplyStream;
+
+    /// Replication as one stream per session: each request goes to openraft as it
+    /// arrives (pipelined: the next is taken while earlier ones are written), each
+    /// reply is sent once its entries are durable, in request order.
+    async fn stream_append(&self, request: Request<Streaming<RaftMessage>>) -> Result<Response<ReplyStream>, Status> {
+        self.open()?;
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let requests = append_requests::<SM>(request.into_inner(), self.gate.clone(), failed.clone());
+        let replies = self.raft.stream_append(requests).map(|r| {
+            let payload = codec::encode(&r).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(RaftMessage { payload })
+        });
+        // After the last reply: why the requests stopped, if they did not just end.
+        let why = futures::stream::once(async move { failed.lock().unwrap_or_else(|p| p.into_inner()).take() })
+            .filter_map(|f| async move { f.map(Err) });
+        Ok(Response::new(Box::pin(replies.chain(why))))
     }
 
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
