@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
         0 => drop(pb::CreatePoolRequest::decode(body)),
         1 => drop(pb::AllocateRequest::decode(body)),
         2 => drop(pb::AddMemberRequest::decode(body)),
-        3 => drop(pb::ProposeRequest::decode(body)),
+        3 => {
+            drop(pb::ProposeRequest::decode(body));
+            drop(pb::ForwardRequest::decode(body));
+        }
         4 => drop(berth_proto::raft::RaftMessage::decode(body)),
         5 => drop(decode::<openraft::raft::VoteRequest<C>>(body)),
         6 => drop(decode::<openraft::raft::AppendEntriesRequest<C>>(body)),

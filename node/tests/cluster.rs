@@ -145,6 +145,66 @@ async fn killing_the_leader_elects_a_new_one_and_writes_continue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_in_flight_when_the_leader_dies_are_answered_and_applied_once() {
+    // A follower forwards every write on one stream to the leader; killing the leader
+    // fails every call waiting on that stream at once, and each, retried with its
+    // key, is applied exactly once under the new leader.
+    let mut c = Cluster::start(3, &[]);
+    let old = c.wait_leader(FORM).await;
+    c.create_pool(old, "lan", 6).await;
+    let via = c.ids().into_iter().find(|i| *i != old).unwrap();
+    let leader_pid = c.nodes[&old].pid().unwrap();
+    // Eight clients write through `via`; the leader is killed 200 ms in.
+    let started = Instant::now();
+    let calls: Vec<_> = (0..8)
+        .map(|client| {
+            let c = &c;
+            async move {
+                let (mut waits, mut owners) = (Vec::new(), Vec::new());
+                let mut i = 0;
+                // At most 25 each (the /24 pool holds 253), spread over the kill.
+                while i < 25 && started.elapsed() < Duration::from_millis(1500) {
+                    let (key, owner) = (format!("k{client}-{i}"), format!("w{client}-{i}"));
+                    let t = Instant::now();
+                    let mut last = allocate(c, via, "lan", &owner, Some(&key)).await;
+                    waits.push(t.elapsed());
+                    while last.0 != 201 {
+                        assert!(t.elapsed() < FORM, "{owner} never acknowledged: {:?}", last.1);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        last = allocate(c, via, "lan", &owner, Some(&key)).await;
+                    }
+                    owners.push(owner);
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (waits, owners)
+            }
+        })
+        .collect();
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // SAFETY: kill(2) on a node process this test started.
+        unsafe { libc::kill(leader_pid, libc::SIGKILL) };
+    };
+    let (done, ()) = futures::join!(futures::future::join_all(calls), kill);
+    c.kill(old);
+    let (waits, acked): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+    let (waits, acked): (Vec<Duration>, BTreeSet<String>) =
+        (waits.into_iter().flatten().collect(), acked.into_iter().flatten().collect());
+    // No call waits out its deadline (3 s) on a dead stream: those in flight fail at
+    // once and are resent to the new leader within the same call.
+    let slowest = waits.iter().max().unwrap();
+    assert!(*slowest < Duration::from_millis(2500), "a forwarded call waited {slowest:?} for its first answer");
+    assert!(waits.iter().filter(|w| **w > Duration::from_millis(100)).count() > 0, "the kill hit no call in flight");
+    let mut owners: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, o) in c.allocations(via, "lan").await {
+        *owners.entry(o).or_default() += 1;
+    }
+    assert_eq!(owners.keys().cloned().collect::<BTreeSet<_>>(), acked, "acknowledged writes and the pool differ");
+    assert!(owners.values().all(|n| *n == 1), "a write applied twice: {owners:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_cannot_commit_and_nothing_is_lost_or_duplicated_after_healing() {
     let c = Cluster::start(3, &[]);
     c.wait_leader(FORM).await;

@@ -101,6 +101,21 @@ fn cluster_pb(v: ClusterView) -> pb::ClusterInfo {
     }
 }
 
+/// Runs a call forwarded by another node (`Internal.Propose`, `Internal.ProposeStream`)
+/// here, as this node's leader, within the caller's `timeout` if it gave one; answers
+/// the encoded `Result<LeaderReply, ApiError>`.
+async fn run_forwarded(node: &Node, command: &[u8], timeout: Option<std::time::Duration>) -> Result<Vec<u8>, Status> {
+    let call: LeaderRequest =
+        berth_raft::codec::decode(command).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let budget = match call.call {
+        LeaderCall::Write(_) => super::proposer::WRITE_DEADLINE,
+        _ => super::proposer::MEMBERSHIP_DEADLINE,
+    };
+    let budget = timeout.map_or(budget, |t| t.min(budget));
+    let result: Result<LeaderReply, ApiError> = node.proposer.execute(call, budget).await;
+    berth_raft::codec::encode(&result).map_err(|e| Status::internal(e.to_string()))
+}
+
 fn pool_pb(p: PoolInfo) -> pb::Pool {
     pb::Pool {
         name: p.name,
@@ -130,16 +145,41 @@ impl Internal for Svc {
     }
 
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeReply>, Status> {
-        let left = super::proposer::MEMBERSHIP_DEADLINE;
-        let call: LeaderRequest = berth_raft::codec::decode(&request.get_ref().command)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let budget = match call.call {
-            LeaderCall::Write(_) => super::proposer::WRITE_DEADLINE,
-            _ => left,
-        };
-        let result: Result<LeaderReply, ApiError> = self.0.proposer.execute(call, budget).await;
-        let bytes = berth_raft::codec::encode(&result).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::ProposeReply { result: bytes }))
+        let result = run_forwarded(&self.0, &request.get_ref().command, None).await?;
+        Ok(Response::new(pb::ProposeReply { result }))
+    }
+
+    type ProposeStreamStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ForwardReply, Status>> + Send>>;
+
+    /// Each forwarded call runs as its own task as it arrives; replies go back as the
+    /// calls finish. A call that cannot be run (its command does not decode) is
+    /// answered with the error in place of a result, and the stream goes on.
+    async fn propose_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::ForwardRequest>>,
+    ) -> Result<Response<Self::ProposeStreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let node = self.0.clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<pb::ForwardReply, Status>>();
+        tokio::spawn(async move {
+            while let Ok(Some(call)) = incoming.message().await {
+                let (node, tx) = (node.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let timeout = (call.timeout_ms > 0).then(|| std::time::Duration::from_millis(call.timeout_ms));
+                    let result = match run_forwarded(&node, &call.command, timeout).await {
+                        Ok(result) => result,
+                        Err(status) => berth_raft::codec::encode(&Err::<LeaderReply, _>(ApiError::internal(format!(
+                            "the forwarded call failed on the leader: {}",
+                            status.message()
+                        ))))
+                        .unwrap_or_default(),
+                    };
+                    let _ = tx.send(Ok(pb::ForwardReply { id: call.id, result }));
+                });
+            }
+        });
+        let replies = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn heartbeat(&self, r: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {

@@ -16,6 +16,7 @@ pub mod disk;
 pub mod dns;
 pub mod docker_ipam;
 pub mod events;
+pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod leader;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_proto::berth::internal_client::InternalClient;
-use berth_proto::berth::{ProposeRequest, ReadIndexRequest};
+use berth_proto::berth::ReadIndexRequest;
 use berth_raft::openraft::errors::{ClientWriteError, RaftError};
 use berth_raft::openraft::raft::ReadPolicy;
 use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
@@ -79,6 +79,8 @@ pub struct Proposer {
     disk: Arc<super::disk::Disk>,
     /// Concurrent linearizable reads share read-index rounds (`server::coalesce`).
     read_rounds: super::coalesce::Coalesced<Result<u64, ApiError>>,
+    /// Calls forwarded to the leader, on one stream per leader (`server::forward`).
+    forwarder: super::forward::Forwarder,
 }
 
 /// Wall-clock milliseconds since the epoch (what the leader stamps on requests).
@@ -115,7 +117,18 @@ impl Proposer {
             .unwrap_or(0);
         let membership = tokio::sync::Mutex::new(());
         let (counter, read_rounds) = (AtomicU64::new(0), Default::default());
-        Self { id, raft, state, connections, membership, boot, counter, disk, read_rounds }
+        Self {
+            id,
+            raft,
+            state,
+            connections,
+            membership,
+            boot,
+            counter,
+            disk,
+            read_rounds,
+            forwarder: Default::default(),
+        }
     }
 
     /// Refuses work while this node's disk is not usable: as the node a client asked
@@ -248,21 +261,15 @@ impl Proposer {
             .get(&addr)
             .map_err(|e| ApiError::unavailable("unreachable", format!("bad address {addr}: {e}")))?;
         let command = berth_raft::codec::encode(call).map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut client = InternalClient::new(channel)
-            .max_decoding_message_size(berth_raft::connections::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(berth_raft::connections::MAX_MESSAGE_BYTES);
-        let mut req = tonic::Request::new(ProposeRequest { command });
-        req.set_timeout(left);
-        match tokio::time::timeout(left, client.propose(req)).await {
-            Err(_) => Err(no_quorum("the forwarded request", left)),
-            Ok(Err(status)) => Err(match status.code() {
+        match self.forwarder.call(&addr, channel, command, left).await {
+            Err(status) => Err(match status.code() {
                 tonic::Code::Unavailable => ApiError::unavailable("unreachable", status.message().to_string()),
                 tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => no_quorum("the forwarded request", left),
                 _ => ApiError::internal(format!("leader {leader} failed: {}", status.message())),
             }),
-            Ok(Ok(reply)) => {
-                let result: Result<LeaderReply, ApiError> = berth_raft::codec::decode(&reply.into_inner().result)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(result) => {
+                let result: Result<LeaderReply, ApiError> =
+                    berth_raft::codec::decode(&result).map_err(|e| ApiError::internal(e.to_string()))?;
                 result
             }
         }
