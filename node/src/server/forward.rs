@@ -1,9 +1,9 @@
-//! Writes forwarded to the leader on one stream per leader (`Internal.ProposeStream`).
+//! Writes forwarded to the leader on one stream (`Internal.ProposeStream`).
 //!
 //! A node that is not the leader hands each API write (and membership call) to the
 //! leader. As a unary gRPC call each one opened an HTTP/2 stream of its own — headers
 //! and data out, headers, data and trailers back. Here a node keeps one long-lived
-//! stream per leader address: every call is a data frame tagged with an id, runs on
+//! stream to the leader: every call is a data frame tagged with an id, runs on
 //! the leader as soon as it arrives (many at once), and its reply — carrying the id —
 //! comes back as soon as it finishes.
 //!
@@ -88,11 +88,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// This node's forwarding streams, one per leader address, opened on first use and
-/// again after one fails.
+/// This node's forwarding stream to the leader it last forwarded to, opened on first
+/// use, again after it fails, and anew when the leader moves (the old one closes once
+/// its calls in flight have their answers).
 #[derive(Default)]
 pub struct Forwarder {
-    links: Mutex<HashMap<String, Arc<Link>>>,
+    link: Mutex<Option<(String, Arc<Link>)>>,
     next_id: AtomicU64,
 }
 
@@ -104,12 +105,12 @@ impl Forwarder {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let link = {
-            let mut links = lock(&self.links);
-            match links.get(addr) {
-                Some(l) if l.is_open() => l.clone(),
+            let mut current = lock(&self.link);
+            match current.as_ref() {
+                Some((a, l)) if a == addr && l.is_open() => l.clone(),
                 _ => {
                     let l = Arc::new(Link::open(channel));
-                    links.insert(addr.to_string(), l.clone());
+                    *current = Some((addr.to_string(), l.clone()));
                     l
                 }
             }
