@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,28 +82,65 @@ pub fn fit_entries<SM: StateMachine>(
 }
 
 /// What a replication stream's two halves share: the deadlines of the requests sent
-/// and not answered yet (oldest first), and why the sending half stopped early.
+/// and not answered yet (oldest first), why the sending half stopped early, and
+/// whether the receiving half has ended.
 #[derive(Default)]
 struct Unanswered {
-    deadlines: Mutex<VecDeque<Instant>>,
+    deadlines: Mutex<Deadlines>,
     /// Woken when a request is sent (the receiving half then has a deadline to keep).
     sent: Notify,
     failed: Mutex<Option<String>>,
+    /// Set (and `closing` woken) once the receiving half has ended or was dropped: the
+    /// session is over, and the sending half must take no more of openraft's
+    /// requests. (HTTP/2 keeps sending a request body after its response stream was
+    /// dropped, and openraft's request stream shares its state with the next session.)
+    closed: AtomicBool,
+    closing: Notify,
+}
+
+#[derive(Default)]
+struct Deadlines {
+    due: VecDeque<Instant>,
+    /// When the follower can have taken in everything sent so far: it answers in
+    /// order, so a request's time to arrive adds to that of the ones before it.
+    busy_until: Option<Instant>,
 }
 
 impl Unanswered {
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn push(&self, deadline: Instant) {
-        Self::lock(&self.deadlines).push_back(deadline);
+    /// Notes a request of `bytes` sent now: due `ttl` after the follower can have
+    /// received it and the ones before it.
+    fn push(&self, bytes: usize, ttl: Duration) {
+        {
+            let mut d = Self::lock(&self.deadlines);
+            let now = Instant::now();
+            let busy = d.busy_until.map_or(now, |b| b.max(now)) + transfer_time(bytes);
+            d.busy_until = Some(busy);
+            d.due.push_back(busy + ttl);
+        }
         self.sent.notify_one();
     }
     fn oldest(&self) -> Option<Instant> {
-        Self::lock(&self.deadlines).front().copied()
+        Self::lock(&self.deadlines).due.front().copied()
     }
     fn answered(&self) {
-        Self::lock(&self.deadlines).pop_front();
+        Self::lock(&self.deadlines).due.pop_front();
+    }
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.closing.notify_one();
+    }
+}
+
+/// Ends the sending half when the receiving half's state is dropped — whichever way
+/// the session ended.
+struct CloseOnDrop(Arc<Unanswered>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -123,11 +161,18 @@ where
         let unanswered = unanswered.clone();
         async move {
             let mut input = input?;
-            let mut req = input.next().await?;
+            if unanswered.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let mut req = tokio::select! {
+                biased;
+                () = unanswered.closing.notified() => return None,
+                req = input.next() => req?,
+            };
             let encoded = fit_entries(&mut req, budget).and_then(|cut| Ok((cut, codec::encode(&req)?)));
             match encoded {
                 Ok((cut, payload)) => {
-                    unanswered.push(Instant::now() + ttl + transfer_time(payload.len()));
+                    unanswered.push(payload.len(), ttl);
                     Some((RaftMessage { payload }, cut.is_none().then_some(input)))
                 }
                 Err(e) => {
@@ -148,13 +193,15 @@ fn inbound<SM: StateMachine>(
     unanswered: Arc<Unanswered>,
     timeout: Timeout<TypeConfig<SM>>,
 ) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig<SM>>, RpcError<SM>>> {
-    futures::stream::unfold(Some(replies), move |replies| {
+    let guard = CloseOnDrop(unanswered.clone());
+    futures::stream::unfold(Some((replies, guard)), move |state| {
         let (unanswered, timeout) = (unanswered.clone(), timeout.clone());
         async move {
-            let mut replies = replies?;
+            let (mut replies, guard) = state?;
             let next = loop {
                 let oldest = unanswered.oldest();
                 tokio::select! {
+                    biased;
                     m = replies.message() => break m,
                     () = tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now)), if oldest.is_some() => {
                         return Some((Err(RPCError::Timeout(timeout)), None));
@@ -175,7 +222,7 @@ fn inbound<SM: StateMachine>(
                             Err(e) => return Some((Err(network(&e)), None)),
                         };
                     match reply {
-                        Ok(Ok(matching)) => Some((Ok(Ok(matching)), Some(replies))),
+                        Ok(Ok(matching)) => Some((Ok(Ok(matching)), Some((replies, guard)))),
                         // A conflict or a higher vote ends the session (openraft's rule).
                         Ok(Err(refused)) => Some((Ok(Err(refused)), None)),
                         // The follower's Raft has stopped.

@@ -122,7 +122,8 @@ impl Forwarder {
             };
             w.insert(id, tx);
         }
-        let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        // At least 1 ms: 0 would read as "no limit given" on the leader.
+        let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
         if link.calls.send(ForwardRequest { id, command, timeout_ms }).is_err() {
             lock(&link.waiting).as_mut().and_then(|w| w.remove(&id));
             return Err(Status::unavailable("the forwarding stream to the leader has just failed"));
