@@ -114,21 +114,22 @@ pub const LAZY_HOLD: std::time::Duration = std::time::Duration::from_millis(100)
 ///
 /// A group of only lazy writes without callbacks (the commit pointer, after every
 /// commit) is not a transaction of its own: it is held and goes into the next group's
-/// transaction, or on its own after [`LAZY_HOLD`] without one, or when the queue
-/// closes. At one write at a time that halves the transactions per entry (the append,
+/// transaction, or on its own once the first of them has waited [`LAZY_HOLD`], or when
+/// the queue closes. At one write at a time that halves the transactions per entry (the append,
 /// then the pointer, each a B-tree commit of a dozen page writes, became the append
 /// with the previous pointer).
 fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
-    let mut held: Option<WriteBatch> = None;
+    // Lazy writes held for the next transaction, and since when.
+    let mut held: Option<(WriteBatch, std::time::Instant)> = None;
     loop {
-        let next = match held {
+        let next = match &held {
             None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(_) => jobs.recv_timeout(LAZY_HOLD),
+            Some((_, since)) => jobs.recv_timeout(LAZY_HOLD.saturating_sub(since.elapsed())),
         };
         let first = match next {
             Ok(job) => job,
             Err(timeout_or_closed) => {
-                if let Some(batch) = held.take() {
+                if let Some((batch, _)) = held.take() {
                     if let Err(e) = kv.write_lazy(batch) {
                         tracing::error!(error = %e, "the Raft log's lazy write failed");
                     }
@@ -150,12 +151,12 @@ fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut batch = held.take().unwrap_or_default();
+        let (mut batch, since) = held.take().unwrap_or_else(|| (WriteBatch::new(), std::time::Instant::now()));
         for job in &mut group {
             batch.append(&mut job.batch);
         }
         if group.iter().all(|j| !j.durable && j.done.is_none()) {
-            held = Some(batch);
+            held = Some((batch, since));
             continue;
         }
         let durable = group.iter().any(|j| j.durable);

@@ -79,7 +79,7 @@ pub struct Proposer {
     disk: Arc<super::disk::Disk>,
     /// Concurrent linearizable reads share read-index rounds (`server::coalesce`).
     read_rounds: super::coalesce::Coalesced<Result<u64, ApiError>>,
-    /// Calls forwarded to the leader, on one stream per leader (`server::forward`).
+    /// Calls forwarded to the leader, on one stream to the leader (`server::forward`).
     forwarder: super::forward::Forwarder,
 }
 
