@@ -5,9 +5,13 @@
 //!
 //! - [`kv`]: durable ordered key-value storage behind one small trait — ordered keys,
 //!   atomic batch, durable commit — with two real backends (redb, the default; sled)
-//!   and an in-memory twin for tests. Everything above runs on any of them.
+//!   and an in-memory twin for tests. Snapshots live there.
+//! - [`log_disk`] and [`wal`]: where the Raft log lands — berth's append-only log
+//!   ([`wal::Wal`], the default: CRC-chained frames in preallocated segments, one
+//!   `pwrite` and one `fdatasync` per group) or one key per entry in a
+//!   [`kv::KvStore`] ([`log_disk::KvLog`], with sled and in memory).
 //! - [`log_store`]: openraft's log storage (entries, vote, commit pointer) over a
-//!   [`kv::KvStore`], written by one group-committing writer thread.
+//!   [`log_disk::LogDisk`], written by one group-committing writer thread.
 //! - [`state_machine`]: the three-method trait an application implements
 //!   (apply / snapshot / restore), with its determinism contract.
 //! - [`sm_store`]: openraft's state-machine storage for any [`StateMachine`]: the state
@@ -41,12 +45,14 @@ pub mod codec;
 pub mod connections;
 pub mod keys;
 pub mod kv;
+pub mod log_disk;
 pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod sm_store;
 pub mod state_machine;
 pub mod type_config;
+pub mod wal;
 
 pub use connections::Connections;
 pub use log_store::{AppendedBytes, LogStore};

@@ -1,4 +1,5 @@
-//! The Raft log, vote and commit pointer on a [`KvStore`].
+//! The Raft log, vote and commit pointer on a [`LogDisk`]: berth's append-only
+//! [`Wal`](crate::wal::Wal) by default, or a [`KvStore`].
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -14,10 +15,11 @@ use openraft::{OptionalSend, RaftLogReader, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::kv::{KvError, KvStore, WriteBatch};
-use crate::{codec, keys};
+use crate::codec;
+use crate::kv::{KvError, KvStore};
+use crate::log_disk::{KvLog, LogDisk, LogOp, Meta};
 
-/// openraft's [`RaftLogStorage`] over any [`KvStore`], with a group-committing writer.
+/// openraft's [`RaftLogStorage`] over any [`LogDisk`], with a group-committing writer.
 ///
 /// Every write goes, in the order openraft issues it, to one writer thread, which takes
 /// whatever has queued up since its last commit and writes it as **one** transaction:
@@ -32,14 +34,14 @@ use crate::{codec, keys};
 ///   as Raft allows (thesis §10.2.1) — instead of preceding it.
 /// - the vote, a truncation and a purge are durable before the call returns.
 /// - the commit pointer is written lazily: the writer holds it for the next durable
-///   write to carry, and commits it on its own (`KvStore::write_lazy`) only after
+///   write to carry, and writes it on its own (lazily: no sync) only after
 ///   [`LAZY_HOLD`] without one or when the store closes. That is safe only because berth turns openraft's leader
 ///   restore off (`enable_leader_restore`, see `save_committed`).
 ///
 /// A write that fails fails every call of its group; openraft stops the node on a
 /// storage error, and nothing it was told is flushed was not.
 pub struct LogStore<C: RaftTypeConfig> {
-    kv: Arc<dyn KvStore>,
+    disk: Arc<dyn LogDisk>,
     tail: Arc<Mutex<Tail<C>>>,
     writer: Arc<Writer>,
     appended: AppendedBytes,
@@ -59,7 +61,7 @@ impl AppendedBytes {
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
-            kv: self.kv.clone(),
+            disk: self.disk.clone(),
             tail: self.tail.clone(),
             writer: self.writer.clone(),
             appended: self.appended.clone(),
@@ -96,7 +98,7 @@ type Done = Box<dyn FnOnce(Result<(), KvError>) + Send>;
 
 /// One write, queued for the writer thread.
 struct Job {
-    batch: WriteBatch,
+    ops: Vec<LogOp>,
     durable: bool,
     done: Option<Done>,
 }
@@ -118,9 +120,9 @@ pub const LAZY_HOLD: std::time::Duration = std::time::Duration::from_millis(100)
 /// the queue closes. At one write at a time that halves the transactions per entry (the append,
 /// then the pointer, each a B-tree commit of a dozen page writes, became the append
 /// with the previous pointer).
-fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
+fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>) {
     // Lazy writes held for the next transaction, and since when.
-    let mut held: Option<(WriteBatch, std::time::Instant)> = None;
+    let mut held: Option<(Vec<LogOp>, std::time::Instant)> = None;
     loop {
         let next = match &held {
             None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
@@ -129,8 +131,8 @@ fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
         let first = match next {
             Ok(job) => job,
             Err(timeout_or_closed) => {
-                if let Some((batch, _)) = held.take() {
-                    if let Err(e) = kv.write_lazy(batch) {
+                if let Some((ops, _)) = held.take() {
+                    if let Err(e) = disk.write(ops, false) {
                         tracing::error!(error = %e, "the Raft log's lazy write failed");
                     }
                 }
@@ -140,27 +142,27 @@ fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
                 }
             }
         };
-        let mut bytes = first.batch.bytes();
+        let mut bytes = op_bytes(&first.ops);
         let mut group = vec![first];
         while bytes < GROUP_BYTES {
             match jobs.try_recv() {
                 Ok(job) => {
-                    bytes += job.batch.bytes();
+                    bytes += op_bytes(&job.ops);
                     group.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let (mut batch, since) = held.take().unwrap_or_else(|| (WriteBatch::new(), std::time::Instant::now()));
+        let (mut batch, since) = held.take().unwrap_or_else(|| (Vec::new(), std::time::Instant::now()));
         for job in &mut group {
-            batch.append(&mut job.batch);
+            batch.append(&mut job.ops);
         }
         if group.iter().all(|j| !j.durable && j.done.is_none()) {
             held = Some((batch, since));
             continue;
         }
         let durable = group.iter().any(|j| j.durable);
-        let result = if durable { kv.write(batch) } else { kv.write_lazy(batch) };
+        let result = disk.write(batch, durable);
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = group.len(), "the Raft log write failed");
         }
@@ -170,6 +172,10 @@ fn write_loop(kv: Arc<dyn KvStore>, jobs: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+fn op_bytes(ops: &[LogOp]) -> usize {
+    ops.iter().map(LogOp::bytes).sum()
 }
 
 /// Locks the tail; a panic elsewhere while it was held leaves it usable (every update
@@ -183,18 +189,23 @@ fn writer_stopped() -> io::Error {
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
-    /// A log store over `kv`, with its writer thread (which ends when the last clone of
-    /// the store is dropped, once the queue is written).
+    /// A log store with one key per entry in `kv` ([`KvLog`]).
     pub fn new(kv: Arc<dyn KvStore>) -> Self {
+        Self::on(Arc::new(KvLog(kv)))
+    }
+
+    /// A log store on `disk`, with its writer thread (which ends when the last clone of
+    /// the store is dropped, once the queue is written).
+    pub fn on(disk: Arc<dyn LogDisk>) -> Self {
         let (jobs, queue) = mpsc::channel();
-        let writer_kv = kv.clone();
+        let writer_disk = disk.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(writer_kv, queue))
+            .spawn(move || write_loop(writer_disk, queue))
             .expect("cannot start the Raft log writer thread");
         let writer = Arc::new(Writer { jobs: Some(jobs), thread: Some(thread) });
         let tail = Arc::new(Mutex::new(Tail { entries: BTreeMap::new(), cut: None }));
-        Self { kv, tail, writer, appended: AppendedBytes::default() }
+        Self { disk, tail, writer, appended: AppendedBytes::default() }
     }
 
     /// The count of bytes appended through this store (and its clones).
@@ -206,20 +217,20 @@ impl<C: RaftTypeConfig> LogStore<C> {
         lock(&self.tail)
     }
 
-    fn submit(&self, batch: WriteBatch, durable: bool, done: Option<Done>) -> io::Result<()> {
+    fn submit(&self, ops: Vec<LogOp>, durable: bool, done: Option<Done>) -> io::Result<()> {
         let jobs = self.writer.jobs.as_ref().ok_or_else(writer_stopped)?;
-        jobs.send(Job { batch, durable, done }).map_err(|_| writer_stopped())
+        jobs.send(Job { ops, durable, done }).map_err(|_| writer_stopped())
     }
 
-    /// Queues `batch` and waits until it is durable.
-    async fn write_durable(&self, batch: WriteBatch) -> io::Result<()> {
+    /// Queues `op` and waits until it is durable.
+    async fn write_durable(&self, op: LogOp) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(batch, true, Some(Box::new(move |r| drop(tx.send(r)))))?;
+        self.submit(vec![op], true, Some(Box::new(move |r| drop(tx.send(r)))))?;
         rx.await.map_err(|_| writer_stopped())?.map_err(io::Error::from)
     }
 
-    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.kv.get(key)? {
+    fn get_meta<T: DeserializeOwned>(&self, which: Meta) -> io::Result<Option<T>> {
+        match self.disk.meta(which)? {
             None => Ok(None),
             Some(bytes) => codec::decode(&bytes).map(Some),
         }
@@ -270,13 +281,8 @@ where
                 return Ok(pending.into_values().collect());
             }
         }
-        let end_key = match end {
-            Some(e) => keys::log(e),
-            None => keys::log_end(),
-        };
         let mut out = Vec::new();
-        for (key, value) in self.kv.scan(&keys::log(start), &end_key)? {
-            let index = keys::log_index(&key);
+        for (index, value) in self.disk.entries(start, end)? {
             if let Some(entry) = pending.remove(&index) {
                 out.push(entry);
             } else if cut.is_none_or(|c| index < c) {
@@ -290,7 +296,7 @@ where
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
-        self.get_meta(keys::VOTE)
+        self.get_meta(Meta::Vote)
     }
 }
 
@@ -304,17 +310,13 @@ where
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
-        let last_purged_log_id: Option<LogIdOf<C>> = self.get_meta(keys::PURGED)?;
+        let last_purged_log_id: Option<LogIdOf<C>> = self.get_meta(Meta::Purged)?;
         let (tail_last, cut) = {
             let tail = self.tail();
             (tail.entries.last_key_value().map(|(_, e)| e.log_id()), tail.cut)
         };
-        let store_end = match cut {
-            Some(c) => keys::log(c),
-            None => keys::log_end(),
-        };
-        let stored_last = match self.kv.last(&keys::log(0), &store_end)? {
-            Some((_, v)) => Some(codec::decode::<EntryOf<C>>(&v)?.log_id()),
+        let stored_last = match self.disk.last_entry(cut)? {
+            Some(v) => Some(codec::decode::<EntryOf<C>>(&v)?.log_id()),
             None => None,
         };
         let last_log_id = match (tail_last, stored_last) {
@@ -329,9 +331,7 @@ where
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
-        let mut batch = WriteBatch::new();
-        batch.put(keys::VOTE.to_vec(), codec::encode(vote)?);
-        self.write_durable(batch).await
+        self.write_durable(LogOp::Vote(codec::encode(vote)?)).await
     }
 
     /// Lazy: the pointer rides along with the next durable write, so after a power cut
@@ -350,13 +350,11 @@ where
     /// back and catches up from the leader. The node's agent does not act on its
     /// replica before it has caught up with the leader's commit (`agent::Agent`).
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        let mut batch = WriteBatch::new();
-        batch.put(keys::COMMITTED.to_vec(), codec::encode(&committed)?);
-        self.submit(batch, false, None)
+        self.submit(vec![LogOp::Committed(codec::encode(&committed)?)], false, None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self.get_meta::<Option<LogIdOf<C>>>(keys::COMMITTED)?.flatten())
+        Ok(self.get_meta::<Option<LogIdOf<C>>>(Meta::Committed)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
@@ -365,13 +363,13 @@ where
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<C::Entry> = entries.into_iter().collect();
-        let mut batch = WriteBatch::new();
+        let mut ops = Vec::with_capacity(entries.len());
         let mut ids = Vec::with_capacity(entries.len());
         let mut bytes = 0;
         for entry in &entries {
             let encoded = codec::encode(entry)?;
             bytes += encoded.len() as u64;
-            batch.put(keys::log(entry.index()), encoded);
+            ops.push(LogOp::Entry { index: entry.index(), bytes: encoded });
             ids.push(entry.log_id());
         }
         self.appended.0.fetch_add(bytes, Ordering::Relaxed);
@@ -395,7 +393,7 @@ where
             }
             callback.io_completed(result.map_err(io::Error::from));
         });
-        self.submit(batch, true, Some(done))
+        self.submit(ops, true, Some(done))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -409,21 +407,16 @@ where
             tail.entries.split_off(&from);
             tail.cut = Some(tail.cut.map_or(from, |c| c.min(from)));
         }
-        let mut batch = WriteBatch::new();
-        batch.delete_range(keys::log(from), keys::log_end());
-        let result = self.write_durable(batch).await;
+        let result = self.write_durable(LogOp::TruncateFrom(from)).await;
         self.tail().cut = None;
         result
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         tracing::debug!(upto = log_id.index(), "purge log");
-        // The purge pointer and the deletion land in one batch: after a crash the log
+        // The purge pointer and the deletion are one operation: after a crash the log
         // never has a hole below a pointer that does not explain it.
-        let mut batch = WriteBatch::new();
-        batch.put(keys::PURGED.to_vec(), codec::encode(&log_id)?);
-        batch.delete_range(keys::log(0), keys::log(log_id.index() + 1));
-        self.write_durable(batch).await?;
+        self.write_durable(LogOp::Purge { upto: log_id.index(), log_id: codec::encode(&log_id)? }).await?;
         let mut tail = self.tail();
         let keep = tail.entries.split_off(&(log_id.index() + 1));
         tail.entries = keep;

@@ -38,3 +38,16 @@ impl StateMachine for Journal {
         Ok(())
     }
 }
+
+/// The log store a node of `backend` keeps in `dir` (the append-only log with redb),
+/// with the backend's store.
+#[allow(dead_code)] // not every test binary opens a log
+pub fn open_log(
+    backend: berth_raft::kv::Backend,
+    dir: &std::path::Path,
+) -> (std::sync::Arc<dyn berth_raft::kv::KvStore>, berth_raft::LogStore<berth_raft::TypeConfig<Journal>>) {
+    let kv = berth_raft::kv::open(backend, dir).expect("open store");
+    let disk =
+        berth_raft::log_disk::open::<berth_raft::TypeConfig<Journal>>(backend, dir, kv.clone()).expect("open log");
+    (kv, berth_raft::LogStore::on(disk))
+}

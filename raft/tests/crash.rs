@@ -8,15 +8,14 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_raft::kv::{self, Backend};
+use berth_raft::kv::Backend;
 use berth_raft::openraft::entry::RaftEntry;
 use berth_raft::openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use berth_raft::openraft::testing::log_id;
 use berth_raft::openraft::{Entry, EntryPayload, RaftLogReader};
-use berth_raft::{LogStore, TypeConfig};
+use berth_raft::TypeConfig;
 use common::{Journal, Put};
 
 type C = TypeConfig<Journal>;
@@ -34,8 +33,7 @@ async fn crash_writer_child() {
         return; // only meaningful when run by the parent below
     };
     let (backend, dir) = spec.split_once(':').unwrap();
-    let kv = kv::open(backend.parse().unwrap(), std::path::Path::new(dir)).unwrap();
-    let mut store = LogStore::<C>::new(kv);
+    let (_kv, mut store) = common::open_log(backend.parse().unwrap(), std::path::Path::new(dir));
     let state = store.get_log_state().await.unwrap();
     let mut next = state.last_log_id.map(|l| l.index() + 1).unwrap_or(1);
     let mut batch = 1;
@@ -94,9 +92,7 @@ async fn check_all_acked_present(backend: Backend) {
         let acked = crash_once(backend, dir.path(), Duration::from_millis(300 + round * 150));
         assert!(acked >= total_acked, "{backend}: acked went backwards");
         total_acked = acked;
-        let kv = kv::open(backend, dir.path()).unwrap();
-        let kv: Arc<dyn kv::KvStore> = kv;
-        let mut store = LogStore::<C>::new(kv);
+        let (_kv, mut store) = common::open_log(backend, dir.path());
         let entries = store.try_get_log_entries(1..=acked).await.unwrap();
         assert_eq!(entries.len() as u64, acked, "{backend} round {round}: acknowledged entries lost");
         for (i, e) in entries.iter().enumerate() {
@@ -113,7 +109,7 @@ async fn check_all_acked_present(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redb_keeps_every_acknowledged_entry_across_kill_9() {
+async fn the_append_only_log_keeps_every_acknowledged_entry_across_kill_9() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use berth_raft::kv::{self, Backend};
 use berth_raft::openraft::testing::log::{StoreBuilder, Suite};
 use berth_raft::openraft::StorageError;
@@ -18,14 +16,14 @@ struct Builder(Backend, bool);
 impl StoreBuilder<C, LogStore<C>, SmStore<Journal>, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore<C>, SmStore<Journal>), StorageError<C>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kv: Arc<dyn kv::KvStore> = kv::open(self.0, &dir.path().join("raft")).expect("open store");
+        let (kv, log) = common::open_log(self.0, &dir.path().join("raft"));
         let sm = if self.1 {
             let snapshots = kv::open(self.0, &dir.path().join("snapshot")).expect("open snapshot store");
             SmStore::open_with_snapshots(snapshots, kv.clone()).expect("open state machine")
         } else {
             SmStore::open(kv.clone()).expect("open state machine")
         };
-        Ok((dir, LogStore::new(kv), sm))
+        Ok((dir, log, sm))
     }
 }
 
@@ -38,7 +36,7 @@ async fn suite(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redb_store_passes_openraft_suite() {
+async fn the_append_only_log_with_redb_snapshots_passes_openraft_suite() {
     suite(Backend::Redb).await;
 }
 

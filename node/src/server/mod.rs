@@ -258,7 +258,13 @@ impl Node {
             Some(t) => t.peer_http_client().map_err(StartError::Tls)?,
             None => reqwest::Client::new(),
         };
-        let log = LogStore::new(store);
+        let log_disk =
+            berth_raft::log_disk::open::<berth_raft::TypeConfig<State>>(backend, &config.data_dir.join("raft"), store)
+                .map_err(|e| StartError::DataDir {
+                    path: config.data_dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+        let log = LogStore::on(log_disk);
         let appended = log.appended_bytes();
         let raft = typ::Raft::<State>::new(
             config.id,

@@ -1,0 +1,202 @@
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{segment_name, Wal, FRAME_HEADER, HEADER};
+use crate::kv::{KvStore, MemStore, RedbStore};
+use crate::log_disk::{KvLog, LogDisk, LogOp, Meta};
+
+fn entry(index: u64, tag: &str) -> LogOp {
+    LogOp::Entry { index, bytes: format!("{tag}-{index}").into_bytes() }
+}
+
+/// Everything a disk holds: entries, the three metas, the last entry.
+type Contents = (Vec<(u64, Vec<u8>)>, [Option<Vec<u8>>; 3], Option<Vec<u8>>);
+
+/// Everything a disk holds, for comparing two.
+fn contents(d: &dyn LogDisk) -> Contents {
+    (
+        d.entries(0, None).unwrap(),
+        [Meta::Vote, Meta::Committed, Meta::Purged].map(|m| d.meta(m).unwrap()),
+        d.last_entry(None).unwrap(),
+    )
+}
+
+/// A small deterministic generator (xorshift), so a failure replays.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn the_log_holds_what_the_key_value_log_holds_across_reopens_and_segments() {
+    // Random appends, truncations, purges, votes and pointers, written to the WAL (tiny
+    // segments, reopened now and then) and to the key-value log that is its model.
+    for seed in 1..=6u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let model = KvLog(Arc::new(MemStore::default()));
+        let mut wal = Wal::open_with(dir.path(), 4096).unwrap();
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (mut next, mut purged) = (1u64, 0u64);
+        for step in 0..600 {
+            let mut ops = Vec::new();
+            for _ in 0..=rng.below(3) {
+                match rng.below(10) {
+                    0..=5 => {
+                        for _ in 0..=rng.below(4) {
+                            ops.push(entry(next, &format!("s{step}")));
+                            next += 1;
+                        }
+                    }
+                    6 if next > purged + 2 => {
+                        next = purged + 1 + rng.below(next - purged - 1);
+                        ops.push(LogOp::TruncateFrom(next));
+                    }
+                    7 if next > purged + 2 => {
+                        purged += 1 + rng.below(next - purged - 2);
+                        ops.push(LogOp::Purge { upto: purged, log_id: format!("p{purged}").into_bytes() });
+                    }
+                    8 => ops.push(LogOp::Vote(format!("v{step}").into_bytes())),
+                    _ => ops.push(LogOp::Committed(format!("c{step}").into_bytes())),
+                }
+            }
+            let durable = rng.below(4) != 0;
+            model.write(ops.clone(), durable).unwrap();
+            wal.write(ops, durable).unwrap();
+            assert_eq!(contents(&wal), contents(&model), "seed {seed}, step {step}");
+            assert_eq!(wal.entries(purged + 1, Some(next)).unwrap(), model.entries(purged + 1, Some(next)).unwrap());
+            if rng.below(40) == 0 {
+                wal.write(Vec::new(), true).unwrap();
+                drop(wal);
+                wal = Wal::open_with(dir.path(), 4096).unwrap();
+                assert_eq!(contents(&wal), contents(&model), "seed {seed}, after reopening at step {step}");
+            }
+        }
+        assert!(wal.segments() < 40, "purged segments are deleted (seed {seed}: {} left)", wal.segments());
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, wal.segments(), "one file per live segment");
+    }
+}
+
+fn segment(dir: &Path, seq: u64) -> std::fs::File {
+    OpenOptions::new().read(true).write(true).open(dir.join(segment_name(seq))).unwrap()
+}
+
+/// The file offsets of the frames of segment 1, read from the headers.
+fn frames(dir: &Path) -> Vec<(u64, u64)> {
+    let f = segment(dir, 1);
+    let mut out = Vec::new();
+    let mut pos = HEADER;
+    loop {
+        let mut head = [0u8; 4];
+        f.read_exact_at(&mut head, pos).unwrap();
+        let len = u32::from_le_bytes(head) as u64;
+        if len == 0 {
+            return out;
+        }
+        out.push((pos, len));
+        pos += FRAME_HEADER + len;
+    }
+}
+
+#[test]
+fn a_torn_last_frame_is_dropped_and_writing_resumes_there() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(dir.path()).unwrap();
+        for i in 1..=3 {
+            wal.write(vec![entry(i, "a")], true).unwrap();
+        }
+    }
+    let f = frames(dir.path());
+    assert_eq!(f.len(), 3);
+    // A crash in the middle of the third frame: its second half never reached the disk.
+    let (pos, len) = f[2];
+    segment(dir.path(), 1).write_all_at(&vec![0; (len / 2) as usize], pos + FRAME_HEADER + len / 2).unwrap();
+    let wal = Wal::open(dir.path()).unwrap();
+    assert_eq!(wal.entries(0, None).unwrap(), vec![(1, b"a-1".to_vec()), (2, b"a-2".to_vec())]);
+    wal.write(vec![entry(3, "b"), entry(4, "b")], true).unwrap();
+    drop(wal);
+    let wal = Wal::open(dir.path()).unwrap();
+    let got: Vec<u64> = wal.entries(0, None).unwrap().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    assert_eq!(wal.last_entry(None).unwrap(), Some(b"b-4".to_vec()));
+}
+
+#[test]
+fn a_frame_left_behind_by_a_crash_is_not_read_back_after_new_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(dir.path()).unwrap();
+        for (i, tag) in [(1, "a"), (2, "x"), (3, "x")] {
+            wal.write(vec![entry(i, tag)], true).unwrap();
+        }
+    }
+    // The crash: frame 2 torn, frame 3 intact behind it (written, never acknowledged).
+    let f = frames(dir.path());
+    let (pos, _) = f[1];
+    segment(dir.path(), 1).write_all_at(b"garbage!", pos + FRAME_HEADER).unwrap();
+    let wal = Wal::open(dir.path()).unwrap();
+    assert_eq!(wal.entries(0, None).unwrap().len(), 1);
+    // A new frame of exactly the torn one's size: the old frame 3 now sits right behind
+    // a valid frame, but its CRC chains to the frame it was written after.
+    wal.write(vec![entry(2, "y")], true).unwrap();
+    drop(wal);
+    assert_eq!(frames(dir.path())[1], f[1], "the new frame took the torn one's place");
+    let wal = Wal::open(dir.path()).unwrap();
+    assert_eq!(wal.entries(0, None).unwrap(), vec![(1, b"a-1".to_vec()), (2, b"y-2".to_vec())]);
+}
+
+#[test]
+fn corruption_before_the_last_segment_or_a_missing_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open_with(dir.path(), 256).unwrap();
+        for i in 1..=40 {
+            wal.write(vec![entry(i, "a")], true).unwrap();
+        }
+        assert!(wal.segments() > 3);
+    }
+    // A flipped byte in the first frame of segment 2.
+    let f = segment(dir.path(), 2);
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, HEADER + FRAME_HEADER).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], HEADER + FRAME_HEADER).unwrap();
+    let err = Wal::open_with(dir.path(), 256).err().expect("a corrupt segment").to_string();
+    assert!(err.contains("corrupt"), "{err}");
+    f.write_all_at(&b, HEADER + FRAME_HEADER).unwrap();
+    Wal::open_with(dir.path(), 256).unwrap();
+    std::fs::remove_file(dir.path().join(segment_name(3))).unwrap();
+    let err = Wal::open_with(dir.path(), 256).err().expect("a missing segment").to_string();
+    assert!(err.contains("missing"), "{err}");
+}
+
+#[test]
+fn a_log_kept_in_the_store_is_taken_over_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv: Arc<dyn KvStore> = Arc::new(RedbStore::open(&dir.path().join("berth.redb")).unwrap());
+    let old = KvLog(kv.clone());
+    let mut ops: Vec<LogOp> = (1..=20).map(|i| entry(i, "old")).collect();
+    ops.push(LogOp::Vote(b"vote".to_vec()));
+    ops.push(LogOp::Committed(b"c".to_vec()));
+    ops.push(LogOp::Purge { upto: 7, log_id: 7u64.to_le_bytes().to_vec() });
+    old.write(ops, true).unwrap();
+    let expected = contents(&old);
+    let index = |b: &[u8]| Ok(u64::from_le_bytes(b.try_into().unwrap()));
+    let wal_dir = dir.path().join("wal");
+    let wal = Wal::open_taking_over(&wal_dir, &kv, index).unwrap();
+    assert_eq!(contents(&wal), expected);
+    assert_eq!(contents(&old), (vec![], [None, None, None], None), "the store's copy is gone");
+    wal.write(vec![entry(21, "new")], true).unwrap();
+    drop(wal);
+    // Opened again: the log, not a second takeover.
+    let wal = Wal::open_taking_over(&wal_dir, &kv, index).unwrap();
+    assert_eq!(wal.entries(8, None).unwrap().len(), 14);
+    assert!(!dir.path().join("wal.new").exists());
+}
