@@ -182,6 +182,20 @@ pub struct NodeConfig {
     /// Free space (MiB) the data dir's filesystem must keep (`--min-free-disk-mb`,
     /// default 64): under it the node refuses writes and Raft until space returns.
     pub min_free_disk_mb: Option<u64>,
+    /// Threads of the node's async runtime (`--worker-threads`, default: one per CPU).
+    /// Nodes sharing a host (`berth dev`, the test harnesses) take their share: one
+    /// thread per core each on a small host wakes fewer threads per request.
+    pub worker_threads: Option<usize>,
+}
+
+/// The most `worker_threads` a node takes.
+pub const MAX_WORKER_THREADS: usize = 256;
+
+/// The `worker_threads` of each of `nodes` nodes sharing this host: its CPUs divided
+/// among them, at least one.
+pub fn worker_share(nodes: u64) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / nodes.max(1) as usize).max(1)
 }
 
 /// The three files of a node's TLS setup, all given.
@@ -332,7 +346,8 @@ impl NodeConfig {
             tls_cert,
             tls_key,
             tls_ca,
-            min_free_disk_mb
+            min_free_disk_mb,
+            worker_threads
         );
         if let Some(labels) = flags.labels {
             let mut merged = self.labels.take().unwrap_or_default();
@@ -455,6 +470,9 @@ impl NodeConfig {
                 "max_instances_per_app",
                 format!("{max_instances_per_app} is not between 1 and {MAX_INSTANCES_PER_APP}"),
             ));
+        }
+        if let Some(n) = self.worker_threads.filter(|n| !(1..=MAX_WORKER_THREADS).contains(n)) {
+            return Err(invalid("worker_threads", format!("{n} is not between 1 and {MAX_WORKER_THREADS}")));
         }
         let rate_limit = match self.rate_limit {
             None => None,

@@ -156,3 +156,22 @@ fn the_consul_feed_address_is_optional_and_must_be_its_own() {
     let clash = NodeConfig { dns_listen: Some("127.0.0.1:7401".into()), ..base() };
     assert!(clash.validate().unwrap_err().to_string().contains("dns_listen"));
 }
+
+#[test]
+fn worker_threads_are_checked_and_nodes_sharing_a_host_get_their_share() {
+    let mut c = base();
+    c.worker_threads = Some(4);
+    assert!(c.validate().is_ok());
+    for bad in [0, MAX_WORKER_THREADS + 1] {
+        let mut c = base();
+        c.worker_threads = Some(bad);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("worker_threads") && e.contains(&bad.to_string()), "{e}");
+    }
+    let from_toml = NodeConfig::from_toml("worker_threads = 3").unwrap();
+    assert_eq!(from_toml.worker_threads, Some(3));
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(worker_share(1), cpus);
+    assert_eq!(worker_share(cpus as u64 * 4), 1, "never none");
+    assert_eq!(worker_share(0), cpus);
+}

@@ -101,6 +101,10 @@ impl Cluster {
         }
         let peers = nodes.values().map(|p| format!("{}={}", p.id, p.grpc)).collect::<Vec<_>>().join(",");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // The nodes share this host's CPUs, as `berth dev`'s do.
+        if !extra.iter().any(|f| f == "--worker-threads") {
+            extra.extend(["--worker-threads".to_string(), berth_node::worker_share(n).to_string()]);
+        }
         if opts.disks {
             extra.extend(["--min-free-disk-mb".to_string(), RESERVE_MB.to_string()]);
         }

@@ -23,3 +23,4 @@ pub mod server;
 pub mod state;
 pub mod timing;
 pub mod tls;
+pub use berth_cluster_config::worker_share;

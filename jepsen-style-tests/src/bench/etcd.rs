@@ -43,11 +43,23 @@ pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: BTreeMap<u64, Member>,
     initial: String,
+    /// `GOMAXPROCS` of every member (none: Go's default, one per CPU).
+    gomaxprocs: Option<usize>,
 }
 
 impl EtcdCluster {
-    /// Starts `n` members (ids 1..=n) and waits until one is leader.
+    /// Starts `n` members (ids 1..=n) as shipped and waits until one is leader.
     pub async fn start(n: u64) -> Result<EtcdCluster> {
+        Self::start_with(n, None).await
+    }
+
+    /// Starts `n` members that share this host's CPUs as berth's nodes do
+    /// (`GOMAXPROCS` = CPUs / members, at least 1: `berth_node::worker_share`).
+    pub async fn start_shared(n: u64) -> Result<EtcdCluster> {
+        Self::start_with(n, Some(berth_node::worker_share(n))).await
+    }
+
+    async fn start_with(n: u64, gomaxprocs: Option<usize>) -> Result<EtcdCluster> {
         let binary = binary()?;
         let dir = tempfile::tempdir()?;
         let mut members = BTreeMap::new();
@@ -63,7 +75,7 @@ impl EtcdCluster {
             );
         }
         let initial = members.values().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-        let mut c = EtcdCluster { binary, dir, members, initial };
+        let mut c = EtcdCluster { binary, dir, members, initial, gomaxprocs };
         for id in 1..=n {
             c.spawn(id)?;
         }
@@ -79,7 +91,11 @@ impl EtcdCluster {
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("{}.log", m.name)))?;
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some(g) = self.gomaxprocs {
+            cmd.env("GOMAXPROCS", g.to_string());
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)

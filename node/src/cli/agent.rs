@@ -99,6 +99,10 @@ pub struct AgentArgs {
     /// node's HTTP API, bursts of twice that; beyond, 429 (default 0: no limit).
     #[arg(long, value_name = "PER_SECOND")]
     rate_limit: Option<f64>,
+    /// Threads of the node's async runtime (default: one per CPU). Nodes sharing a
+    /// host take their share (`berth dev` gives each CPUs / nodes, at least 1).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
     /// This node's certificate (PEM, from `berth ca issue`). With --tls-key and
     /// --tls-ca: mutual TLS between nodes, HTTPS on the API.
     #[arg(long, value_name = "FILE")]
@@ -163,6 +167,7 @@ impl AgentArgs {
             tls_key: self.tls_key.clone(),
             tls_ca: self.tls_ca.clone(),
             min_free_disk_mb: self.min_free_disk_mb,
+            worker_threads: self.worker_threads,
         }
     }
 }
@@ -182,6 +187,20 @@ pub fn init_logging(format: LogFormat, id: u64) {
         LogFormat::Text => builder.try_init(),
     };
     tracing::debug!(node = id, "logging initialized");
+}
+
+impl AgentArgs {
+    /// The runtime's thread count the flag or the config file asks for (the runtime
+    /// starts before the configuration is checked: a file that cannot be read or a
+    /// count out of range leaves the default here, and `run` reports it).
+    pub fn worker_threads(&self) -> Option<usize> {
+        let n = match (self.worker_threads, &self.config) {
+            (Some(n), _) => Some(n),
+            (None, Some(path)) => NodeConfig::from_file(path).ok().and_then(|c| c.worker_threads),
+            (None, None) => None,
+        };
+        n.filter(|n| (1..=berth_cluster_config::MAX_WORKER_THREADS).contains(n))
+    }
 }
 
 pub async fn run(args: AgentArgs) -> ExitCode {

@@ -135,6 +135,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
             .args(["--runtime", &runtime.to_string()])
             .args(args.macvlan_parent.iter().flat_map(|p| ["--macvlan-parent".to_string(), p.clone()]))
             .arg("--stop-instances-on-exit")
+            .args(["--worker-threads", &berth_cluster_config::worker_share(args.nodes).to_string()])
             .args(tls_flags.as_ref().map(|f| f[i as usize - 1].clone()).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
