@@ -33,15 +33,16 @@ use crate::log_disk::{KvLog, LogDisk, LogOp, Meta};
 ///   are submitted, so a leader's own fsync overlaps the round trip to its followers —
 ///   as Raft allows (thesis §10.2.1) — instead of preceding it.
 /// - the vote, a truncation and a purge are durable before the call returns.
-/// - the commit pointer is written lazily: the writer holds it for the next durable
-///   write to carry, and writes it on its own (lazily: no sync) only after
-///   [`LAZY_HOLD`] without one or when the store closes. That is safe only because berth turns openraft's leader
+/// - the commit pointer is written lazily: it waits, without waking the writer, for the
+///   next durable write to carry it, and is written on its own (lazily: no sync) only
+///   after [`LAZY_HOLD`] without one or when the store closes. That is safe only because berth turns openraft's leader
 ///   restore off (`enable_leader_restore`, see `save_committed`).
 ///
 /// A write that fails fails every call of its group; openraft stops the node on a
 /// storage error, and nothing it was told is flushed was not.
 pub struct LogStore<C: RaftTypeConfig> {
     disk: Arc<dyn LogDisk>,
+    pointer: Arc<Pointer>,
     tail: Arc<Mutex<Tail<C>>>,
     writer: Arc<Writer>,
     appended: AppendedBytes,
@@ -62,6 +63,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
             disk: self.disk.clone(),
+            pointer: self.pointer.clone(),
             tail: self.tail.clone(),
             writer: self.writer.clone(),
             appended: self.appended.clone(),
@@ -96,11 +98,10 @@ struct Tail<C: RaftTypeConfig> {
 
 type Done = Box<dyn FnOnce(Result<(), KvError>) + Send>;
 
-/// One write, queued for the writer thread.
+/// One durable write, queued for the writer thread, and what to tell when it is done.
 struct Job {
     ops: Vec<LogOp>,
-    durable: bool,
-    done: Option<Done>,
+    done: Done,
 }
 
 /// At most this many bytes go into one group transaction (one scheduler plan can be
@@ -111,65 +112,103 @@ const GROUP_BYTES: usize = 64 * 1024 * 1024;
 /// to ride along with before it is committed on its own.
 pub const LAZY_HOLD: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The writer thread: one transaction per group of queued jobs, durable when any job
-/// of the group is; completions run in queue order after the commit.
+/// The commit pointer waiting for a write to ride along with, and since when (the
+/// first pointer held: later ones replace it, the wait does not restart).
+#[derive(Default)]
+struct Pointer(Mutex<Option<(LogOp, std::time::Instant)>>);
+
+impl Pointer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(LogOp, std::time::Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, op: LogOp) {
+        let mut p = self.lock();
+        let since = p.as_ref().map_or_else(std::time::Instant::now, |(_, since)| *since);
+        *p = Some((op, since));
+    }
+
+    /// Puts `op` back unless a newer pointer came meanwhile.
+    fn restore(&self, op: LogOp, since: std::time::Instant) {
+        let mut p = self.lock();
+        if p.is_none() {
+            *p = Some((op, since));
+        }
+    }
+}
+
+/// The writer thread: one durable write per group of queued jobs; completions run in
+/// queue order after the write.
 ///
-/// A group of only lazy writes without callbacks (the commit pointer, after every
-/// commit) is not a transaction of its own: it is held and goes into the next group's
-/// transaction, or on its own once the first of them has waited [`LAZY_HOLD`], or when
-/// the queue closes. At one write at a time that halves the transactions per entry (the append,
-/// then the pointer, each a B-tree commit of a dozen page writes, became the append
-/// with the previous pointer).
-fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>) {
-    // Lazy writes held for the next transaction, and since when.
-    let mut held: Option<(Vec<LogOp>, std::time::Instant)> = None;
+/// The commit pointer (openraft saves it after every commit) is not a job: it waits in
+/// a slot ([`Pointer`]) without waking the writer, goes into the next group's write,
+/// or is written on its own once it has waited [`LAZY_HOLD`] (the writer looks at the
+/// slot at least that often), or when the queue closes. At one write at a time that
+/// saves a write per entry (the append, then the pointer, became the append with the
+/// previous pointer) and, since session 13, the writer's wake-up for each pointer.
+///
+/// The slot is read **before** the group is taken from the queue: the entries a pointer
+/// names were queued before openraft saved it, so they are in this group or an earlier
+/// one — a pointer never becomes durable ahead of its entries. A group cut short by
+/// [`GROUP_BYTES`] leaves the pointer for the next one.
+fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>, pointer: Arc<Pointer>) {
+    let write_alone = |p: Option<(LogOp, std::time::Instant)>| {
+        if let Some((op, _)) = p {
+            if let Err(e) = disk.write(vec![op], false) {
+                tracing::error!(error = %e, "the Raft log's lazy write failed");
+            }
+        }
+    };
     loop {
-        let next = match &held {
-            None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some((_, since)) => jobs.recv_timeout(LAZY_HOLD.saturating_sub(since.elapsed())),
-        };
-        let first = match next {
+        let wait = pointer.lock().as_ref().map_or(LAZY_HOLD, |(_, since)| LAZY_HOLD.saturating_sub(since.elapsed()));
+        let first = match jobs.recv_timeout(wait) {
             Ok(job) => job,
-            Err(timeout_or_closed) => {
-                if let Some((ops, _)) = held.take() {
-                    if let Err(e) = disk.write(ops, false) {
-                        tracing::error!(error = %e, "the Raft log's lazy write failed");
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let due = {
+                    let mut p = pointer.lock();
+                    if p.as_ref().is_some_and(|(_, since)| since.elapsed() >= LAZY_HOLD) {
+                        p.take()
+                    } else {
+                        None
                     }
-                }
-                match timeout_or_closed {
-                    mpsc::RecvTimeoutError::Timeout => continue,
-                    mpsc::RecvTimeoutError::Disconnected => return,
-                }
+                };
+                write_alone(due);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                write_alone(pointer.lock().take());
+                return;
             }
         };
+        let held = pointer.lock().take();
         let mut bytes = op_bytes(&first.ops);
         let mut group = vec![first];
-        while bytes < GROUP_BYTES {
+        let mut cut = false;
+        while !cut {
             match jobs.try_recv() {
                 Ok(job) => {
                     bytes += op_bytes(&job.ops);
                     group.push(job);
+                    cut = bytes >= GROUP_BYTES;
                 }
                 Err(_) => break,
             }
         }
-        let (mut batch, since) = held.take().unwrap_or_else(|| (Vec::new(), std::time::Instant::now()));
+        let mut ops = Vec::new();
         for job in &mut group {
-            batch.append(&mut job.ops);
+            ops.append(&mut job.ops);
         }
-        if group.iter().all(|j| !j.durable && j.done.is_none()) {
-            held = Some((batch, since));
-            continue;
+        match held {
+            Some((op, since)) if cut => pointer.restore(op, since),
+            Some((op, _)) => ops.push(op),
+            None => {}
         }
-        let durable = group.iter().any(|j| j.durable);
-        let result = disk.write(batch, durable);
+        let result = disk.write(ops, true);
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = group.len(), "the Raft log write failed");
         }
         for job in group {
-            if let Some(done) = job.done {
-                done(result.clone());
-            }
+            (job.done)(result.clone());
         }
     }
 }
@@ -199,13 +238,15 @@ impl<C: RaftTypeConfig> LogStore<C> {
     pub fn on(disk: Arc<dyn LogDisk>) -> Self {
         let (jobs, queue) = mpsc::channel();
         let writer_disk = disk.clone();
+        let pointer = Arc::new(Pointer::default());
+        let writer_pointer = pointer.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(writer_disk, queue))
+            .spawn(move || write_loop(writer_disk, queue, writer_pointer))
             .expect("cannot start the Raft log writer thread");
         let writer = Arc::new(Writer { jobs: Some(jobs), thread: Some(thread) });
         let tail = Arc::new(Mutex::new(Tail { entries: BTreeMap::new(), cut: None }));
-        Self { disk, tail, writer, appended: AppendedBytes::default() }
+        Self { disk, pointer, tail, writer, appended: AppendedBytes::default() }
     }
 
     /// The count of bytes appended through this store (and its clones).
@@ -217,15 +258,15 @@ impl<C: RaftTypeConfig> LogStore<C> {
         lock(&self.tail)
     }
 
-    fn submit(&self, ops: Vec<LogOp>, durable: bool, done: Option<Done>) -> io::Result<()> {
+    fn submit(&self, ops: Vec<LogOp>, done: Done) -> io::Result<()> {
         let jobs = self.writer.jobs.as_ref().ok_or_else(writer_stopped)?;
-        jobs.send(Job { ops, durable, done }).map_err(|_| writer_stopped())
+        jobs.send(Job { ops, done }).map_err(|_| writer_stopped())
     }
 
     /// Queues `op` and waits until it is durable.
     async fn write_durable(&self, op: LogOp) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(vec![op], true, Some(Box::new(move |r| drop(tx.send(r)))))?;
+        self.submit(vec![op], Box::new(move |r| drop(tx.send(r))))?;
         rx.await.map_err(|_| writer_stopped())?.map_err(io::Error::from)
     }
 
@@ -350,7 +391,11 @@ where
     /// back and catches up from the leader. The node's agent does not act on its
     /// replica before it has caught up with the leader's commit (`agent::Agent`).
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        self.submit(vec![LogOp::Committed(codec::encode(&committed)?)], false, None)
+        if self.writer.jobs.is_none() {
+            return Err(writer_stopped());
+        }
+        self.pointer.set(LogOp::Committed(codec::encode(&committed)?));
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
@@ -393,7 +438,7 @@ where
             }
             callback.io_completed(result.map_err(io::Error::from));
         });
-        self.submit(ops, true, Some(done))
+        self.submit(ops, done)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
