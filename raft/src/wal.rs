@@ -542,7 +542,13 @@ impl Wal {
         let doomed = lock(&self.index).purgeable();
         for seq in doomed {
             let path = self.dir.join(segment_name(seq));
-            if let Err(e) = fs::remove_file(&path) {
+            // Each deletion durable before the next: whatever a crash undoes, the
+            // segments left are consecutive (open refuses a gap).
+            let removed = match fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+            if let Err(e) = removed.and_then(|()| sync_dir(&self.dir)) {
                 tracing::warn!(segment = %path.display(), error = %e, "cannot delete a purged log segment");
                 return;
             }
