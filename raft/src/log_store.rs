@@ -162,25 +162,28 @@ fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>, pointer: Arc<Po
     loop {
         let wait = pointer.lock().as_ref().map_or(LAZY_HOLD, |(_, since)| LAZY_HOLD.saturating_sub(since.elapsed()));
         let first = match jobs.recv_timeout(wait) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let due = {
-                    let mut p = pointer.lock();
-                    if p.as_ref().is_some_and(|(_, since)| since.elapsed() >= LAZY_HOLD) {
-                        p.take()
-                    } else {
-                        None
-                    }
-                };
-                write_alone(due);
-                continue;
-            }
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 write_alone(pointer.lock().take());
                 return;
             }
         };
+        // The pointer first, then the queue (the ordering argument above).
         let held = pointer.lock().take();
+        let first = match first.map_or_else(|| jobs.try_recv().ok(), Some) {
+            Some(job) => job,
+            // Nothing queued after the pointer was taken: every entry it names is
+            // written. Due, it is written alone; else it waits on.
+            None => {
+                match held {
+                    Some((op, since)) if since.elapsed() >= LAZY_HOLD => write_alone(Some((op, since))),
+                    Some((op, since)) => pointer.restore(op, since),
+                    None => {}
+                }
+                continue;
+            }
+        };
         let mut bytes = op_bytes(&first.ops);
         let mut group = vec![first];
         let mut cut = false;
@@ -391,15 +394,24 @@ where
     /// back and catches up from the leader. The node's agent does not act on its
     /// replica before it has caught up with the leader's commit (`agent::Agent`).
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        if self.writer.jobs.is_none() {
-            return Err(writer_stopped());
-        }
         self.pointer.set(LogOp::Committed(codec::encode(&committed)?));
         Ok(())
     }
 
+    /// The pointer is never written ahead of the entries it names (`write_loop`); should
+    /// one be found beyond the log anyway, it is dropped with a warning — openraft
+    /// re-applies up to the pointer at start, and would stop on the missing entries,
+    /// while a pointer known to nobody only means learning the commit from the leader.
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self.get_meta::<Option<LogIdOf<C>>>(Meta::Committed)?.flatten())
+        let committed = self.get_meta::<Option<LogIdOf<C>>>(Meta::Committed)?.flatten();
+        if let Some(c) = &committed {
+            let last = self.get_log_state().await?.last_log_id;
+            if last.as_ref().is_none_or(|l| l.index() < c.index()) {
+                tracing::warn!(committed = c.index(), last = ?last.map(|l| l.index()), "the saved commit pointer is beyond the log; ignored");
+                return Ok(None);
+            }
+        }
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>

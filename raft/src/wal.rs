@@ -19,9 +19,12 @@
 //!   left behind by a frame that was written but never made durable before a crash
 //!   cannot be read back as valid once new frames overwrite the start of the region.
 //! - Every segment begins with a frame of the state as it was when the segment was
-//!   created (vote, commit pointer, last purge), so any suffix of the segments is a
-//!   whole log: segments whose every entry is purged are deleted, oldest first, after
-//!   the purge is durable.
+//!   created (vote, commit pointer, last purge), in the file before it is renamed into
+//!   place, so any suffix of the segments is a whole log: segments whose every entry is
+//!   purged are deleted, oldest first, after the purge is durable.
+//! - A segment left for the next gets an end marker (a zero length where its next
+//!   frame would go) and is synced first: what a crash left behind its last frame is
+//!   never read as a frame of a segment that has a successor.
 //!
 //! Reading back (at open): segments in order, frames in order, each applied to an
 //! in-memory index (entry index → segment, offset, length; the vote, pointer and purge
@@ -72,6 +75,9 @@ pub struct Wal {
 struct Writer {
     file: Arc<File>,
     seq: u64,
+    /// Where the segment's own frames begin (after its state): a segment holding no
+    /// more than its state is not rotated away from, whatever comes.
+    start: u64,
     pos: u64,
     crc: u32,
     /// Set by the first failed write: the segment's end is then unknown, and every
@@ -305,23 +311,41 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates segment `seq` in `dir`: header, preallocated, synced, then renamed into
-/// place (a segment file is never seen half-made).
-fn create_segment(dir: &Path, seq: u64, bytes: u64) -> Result<File, KvError> {
+/// One frame: header and payload, and the CRC the next frame chains to.
+fn frame(prev: u32, payload: &[u8]) -> (Vec<u8>, u32) {
+    let crc = chain(prev, payload);
+    let mut out = Vec::with_capacity(payload.len() + FRAME_HEADER as usize);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    (out, crc)
+}
+
+/// Creates segment `seq` in `dir` beginning with a frame of `state` (none if empty):
+/// header and state written, preallocated, synced, then renamed into place — a
+/// segment file is never seen half-made, nor without the state it starts with.
+/// Returns the file and where its next frame goes, with the CRC to chain to.
+fn create_segment(dir: &Path, seq: u64, bytes: u64, state: &[u8]) -> Result<(File, u64, u32), KvError> {
     let path = dir.join(segment_name(seq));
     let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
     let err = |e: std::io::Error| io_err(format_args!("cannot create the log segment {}", path.display()), e);
     let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(err)?;
-    let mut header = Vec::with_capacity(HEADER as usize);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&0u32.to_le_bytes());
-    f.write_all(&header).map_err(err)?;
-    preallocate(&f, bytes.max(HEADER)).map_err(err)?;
+    let mut head = Vec::with_capacity(HEADER as usize + FRAME_HEADER as usize + state.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    let mut crc = seed(seq);
+    if !state.is_empty() {
+        let (bytes, next) = frame(crc, state);
+        head.extend_from_slice(&bytes);
+        crc = next;
+    }
+    f.write_all(&head).map_err(err)?;
+    preallocate(&f, bytes.max(head.len() as u64)).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, &path).map_err(err)?;
     sync_dir(dir).map_err(err)?;
-    Ok(f)
+    Ok((f, head.len() as u64, crc))
 }
 
 /// A segment read back: its frames applied to `index`; where its valid frames end, the
@@ -366,7 +390,12 @@ impl Wal {
     /// [`open`](Self::open) with segments of `segment_bytes` (tests use small ones).
     pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Wal, KvError> {
         let open_err = |reason: String| KvError::Open { path: dir.display().to_string(), reason };
-        fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(|e| open_err(e.to_string()))?;
+            }
+        }
         let mut seqs = Vec::new();
         for item in fs::read_dir(dir).map_err(|e| open_err(e.to_string()))? {
             let name = item.map_err(|e| open_err(e.to_string()))?.file_name();
@@ -374,7 +403,9 @@ impl Wal {
             if name.ends_with(".wal.tmp") {
                 // A segment whose creation a crash interrupted: never written to.
                 fs::remove_file(dir.join(name.as_ref())).map_err(|e| open_err(e.to_string()))?;
-            } else if let Some(seq) = name.strip_suffix(".wal").and_then(|s| u64::from_str_radix(s, 16).ok()) {
+            } else if let Some(seq) =
+                name.strip_suffix(".wal").filter(|s| s.len() == 16).and_then(|s| u64::from_str_radix(s, 16).ok())
+            {
                 seqs.push(seq);
             }
         }
@@ -407,15 +438,16 @@ impl Wal {
                 tracing::warn!(segment = %path.display(), offset = pos, "the Raft log ends in a frame a crash left unfinished; it was never acknowledged and is dropped");
             }
             if last {
-                writer = Some(Writer { file, seq, pos, crc, failed: None });
+                writer = Some(Writer { file, seq, start: HEADER, pos, crc, failed: None });
             }
         }
         let writer = match writer {
             Some(w) => w,
             None => {
-                let file = Arc::new(create_segment(dir, 1, segment_bytes)?);
+                let (file, pos, crc) = create_segment(dir, 1, segment_bytes, &[])?;
+                let file = Arc::new(file);
                 index.segments.push_back(Segment { seq: 1, file: file.clone(), max_index: 0 });
-                Writer { file, seq: 1, pos: HEADER, crc: seed(1), failed: None }
+                Writer { file, seq: 1, start: pos, pos, crc, failed: None }
             }
         };
         Ok(Wal { dir: dir.to_path_buf(), segment_bytes, writer: Mutex::new(writer), index: Mutex::new(index) })
@@ -484,53 +516,43 @@ impl Wal {
         Wal::open(dir)
     }
 
-    /// Starts the next segment (the current one synced first), beginning with the state.
-    fn rotate(&self, w: &mut Writer) -> Result<Vec<u8>, KvError> {
+    /// Starts the next segment, beginning with the state. The current one first gets an
+    /// end marker (a zero length where its next frame would go: whatever a crash left
+    /// beyond its last frame — the rest of a torn frame that writing resumed over — can
+    /// then never be read as a frame once a later segment exists) and is synced.
+    fn rotate(&self, w: &mut Writer) -> Result<(), KvError> {
+        w.file.write_all_at(&[0; FRAME_HEADER as usize], w.pos).map_err(|e| io_err("cannot end the log segment", e))?;
         w.file.sync_data().map_err(|e| io_err("cannot sync the log segment", e))?;
         let seq = w.seq + 1;
-        let file = Arc::new(create_segment(&self.dir, seq, self.segment_bytes)?);
-        let state = {
+        let state = encode(&lock(&self.index).state())?;
+        let (file, pos, crc) = create_segment(&self.dir, seq, self.segment_bytes, &state)?;
+        let file = Arc::new(file);
+        {
             let mut ix = lock(&self.index);
             ix.segments.push_back(Segment { seq, file: file.clone(), max_index: 0 });
-            ix.state()
-        };
-        *w = Writer { file, seq, pos: HEADER, crc: seed(seq), failed: None };
-        encode(&state)
+            if !state.is_empty() {
+                ix.apply(seq, HEADER + FRAME_HEADER, &state)?;
+            }
+        }
+        *w = Writer { file, seq, start: pos, pos, crc, failed: None };
+        Ok(())
     }
 
     fn write_locked(&self, w: &mut Writer, ops: Vec<LogOp>, durable: bool) -> Result<(), KvError> {
         let payload = encode(&ops)?;
-        let mut frames = Vec::new();
-        if w.pos > HEADER && w.pos + FRAME_HEADER + payload.len() as u64 > self.segment_bytes {
-            let state = self.rotate(w)?;
-            frames.push(state);
-        }
-        frames.push(payload);
         // A length of zero ends a segment: an empty write is no frame at all.
-        frames.retain(|f| !f.is_empty());
-        let mut buf = Vec::with_capacity(frames.iter().map(|f| f.len() + FRAME_HEADER as usize).sum());
-        let mut crc = w.crc;
-        let mut at = Vec::with_capacity(frames.len());
-        for f in &frames {
-            crc = chain(crc, f);
-            buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc.to_le_bytes());
-            at.push(w.pos + (buf.len() as u64));
-            buf.extend_from_slice(f);
+        if !payload.is_empty() {
+            if w.pos + FRAME_HEADER + payload.len() as u64 > self.segment_bytes && w.pos > w.start {
+                self.rotate(w)?;
+            }
+            let (buf, crc) = frame(w.crc, &payload);
+            w.file.write_all_at(&buf, w.pos).map_err(|e| io_err("cannot write the Raft log", e))?;
+            lock(&self.index).apply(w.seq, w.pos + FRAME_HEADER, &payload)?;
+            w.pos += buf.len() as u64;
+            w.crc = crc;
         }
-        w.file.write_all_at(&buf, w.pos).map_err(|e| io_err("cannot write the Raft log", e))?;
         if durable {
             w.file.sync_data().map_err(|e| io_err("cannot sync the Raft log", e))?;
-        }
-        {
-            let mut ix = lock(&self.index);
-            for (f, off) in frames.iter().zip(at) {
-                ix.apply(w.seq, off, f)?;
-            }
-        }
-        w.pos += buf.len() as u64;
-        w.crc = crc;
-        if durable {
             self.delete_purged();
         }
         Ok(())

@@ -172,11 +172,27 @@ async fn a_lone_commit_pointer_is_written_after_the_hold_or_when_the_store_close
     assert_eq!(store.read_committed().await.unwrap(), Some(log_id::<C>(1, 1, 1)));
 
     // Held when the last clone of the store goes: written before the writer ends.
+    append(&mut store, vec![entry(1, 2)]).await.await.unwrap().unwrap();
     store.save_committed(Some(log_id::<C>(1, 1, 2))).await.unwrap();
     drop(store);
     assert_eq!(*kv.lazy.lock().unwrap(), 2);
     let mut again = LogStore::<C>::new(kv.clone());
     assert_eq!(again.read_committed().await.unwrap(), Some(log_id::<C>(1, 1, 2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_pointer_beyond_the_log_is_not_read_back() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone());
+    append(&mut store, vec![entry(1, 1)]).await.await.unwrap().unwrap();
+    // What the writer never does (a pointer ahead of its entries), made by hand.
+    store.save_committed(Some(log_id::<C>(1, 1, 5))).await.unwrap();
+    drop(store);
+    let mut again = LogStore::<C>::new(kv.clone());
+    assert_eq!(again.read_committed().await.unwrap(), None, "openraft would re-apply up to a missing entry");
+    again.save_committed(Some(log_id::<C>(1, 1, 1))).await.unwrap();
+    drop(again);
+    assert_eq!(LogStore::<C>::new(kv).read_committed().await.unwrap(), Some(log_id::<C>(1, 1, 1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
