@@ -101,11 +101,15 @@ async fn every_node_serves_prometheus_metrics_that_match_the_api() {
 
     let mut leaders = 0.0;
     for id in c.ids() {
-        // Each node's replica catches up with what was read through the leader.
+        // Each node's replica catches up with what was read through the leader — and
+        // with every host's registration (three running instances need not be on
+        // three hosts, so they do not say that the third host has reported yet).
         let (text, m) = c
             .eventually(Duration::from_secs(10), "the replica caught up", || async {
                 let (text, m) = scrape(&c, id).await;
-                (value(&m, "berth_instances", &[("state", "running")]) == Some(3.0)).then_some((text, m))
+                let running = value(&m, "berth_instances", &[("state", "running")]) == Some(3.0);
+                let hosts = value(&m, "berth_hosts", &[("state", "up")]) == Some(3.0);
+                (running && hosts).then_some((text, m))
             })
             .await;
         match promtool(&text) {
