@@ -45,6 +45,7 @@ pub mod codec;
 pub mod connections;
 pub mod keys;
 pub mod kv;
+pub mod locks;
 pub mod log_disk;
 pub mod log_store;
 pub mod network;

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::kv::{KvError, KvStore};
+use crate::locks::lock;
 use crate::log_disk::{KvLog, LogDisk, LogOp, Meta};
 
 /// openraft's [`RaftLogStorage`] over any [`LogDisk`], with a group-committing writer.
@@ -108,8 +109,8 @@ struct Job {
 /// tens of megabytes; a group of them should not hold every appender waiting).
 const GROUP_BYTES: usize = 64 * 1024 * 1024;
 
-/// How long a lazy write (the commit pointer) may wait in the writer for a durable one
-/// to ride along with before it is committed on its own.
+/// How long the commit pointer may wait in its slot for a durable write to ride along
+/// with before it is written on its own.
 pub const LAZY_HOLD: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The commit pointer waiting for a write to ride along with, and since when (the
@@ -118,19 +119,15 @@ pub const LAZY_HOLD: std::time::Duration = std::time::Duration::from_millis(100)
 struct Pointer(Mutex<Option<(LogOp, std::time::Instant)>>);
 
 impl Pointer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(LogOp, std::time::Instant)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn set(&self, op: LogOp) {
-        let mut p = self.lock();
+        let mut p = lock(&self.0);
         let since = p.as_ref().map_or_else(std::time::Instant::now, |(_, since)| *since);
         *p = Some((op, since));
     }
 
     /// Puts `op` back unless a newer pointer came meanwhile.
     fn restore(&self, op: LogOp, since: std::time::Instant) {
-        let mut p = self.lock();
+        let mut p = lock(&self.0);
         if p.is_none() {
             *p = Some((op, since));
         }
@@ -152,32 +149,32 @@ impl Pointer {
 /// one — a pointer never becomes durable ahead of its entries. A group cut short by
 /// [`GROUP_BYTES`] leaves the pointer for the next one.
 fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>, pointer: Arc<Pointer>) {
-    let write_alone = |p: Option<(LogOp, std::time::Instant)>| {
-        if let Some((op, _)) = p {
-            if let Err(e) = disk.write(vec![op], false) {
-                tracing::error!(error = %e, "the Raft log's lazy write failed");
-            }
+    let write_alone = |op: LogOp| {
+        if let Err(e) = disk.write(vec![op], false) {
+            tracing::error!(error = %e, "the Raft log's lazy write failed");
         }
     };
     loop {
-        let wait = pointer.lock().as_ref().map_or(LAZY_HOLD, |(_, since)| LAZY_HOLD.saturating_sub(since.elapsed()));
+        let wait = lock(&pointer.0).as_ref().map_or(LAZY_HOLD, |(_, since)| LAZY_HOLD.saturating_sub(since.elapsed()));
         let first = match jobs.recv_timeout(wait) {
             Ok(job) => Some(job),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                write_alone(pointer.lock().take());
+                if let Some((op, _)) = lock(&pointer.0).take() {
+                    write_alone(op);
+                }
                 return;
             }
         };
         // The pointer first, then the queue (the ordering argument above).
-        let held = pointer.lock().take();
+        let held = lock(&pointer.0).take();
         let first = match first.map_or_else(|| jobs.try_recv().ok(), Some) {
             Some(job) => job,
             // Nothing queued after the pointer was taken: every entry it names is
             // written. Due, it is written alone; else it waits on.
             None => {
                 match held {
-                    Some((op, since)) if since.elapsed() >= LAZY_HOLD => write_alone(Some((op, since))),
+                    Some((op, since)) if since.elapsed() >= LAZY_HOLD => write_alone(op),
                     Some((op, since)) => pointer.restore(op, since),
                     None => {}
                 }
@@ -186,7 +183,7 @@ fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>, pointer: Arc<Po
         };
         let mut bytes = op_bytes(&first.ops);
         let mut group = vec![first];
-        let mut cut = false;
+        let mut cut = bytes >= GROUP_BYTES;
         while !cut {
             match jobs.try_recv() {
                 Ok(job) => {
@@ -218,12 +215,6 @@ fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>, pointer: Arc<Po
 
 fn op_bytes(ops: &[LogOp]) -> usize {
     ops.iter().map(LogOp::bytes).sum()
-}
-
-/// Locks the tail; a panic elsewhere while it was held leaves it usable (every update
-/// of it is a single map operation).
-fn lock<C: RaftTypeConfig>(tail: &Mutex<Tail<C>>) -> std::sync::MutexGuard<'_, Tail<C>> {
-    tail.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn writer_stopped() -> io::Error {

@@ -30,6 +30,7 @@ use tonic::transport::Channel;
 
 use crate::codec;
 use crate::connections::{Connections, MAX_MESSAGE_BYTES};
+use crate::locks::lock;
 use crate::state_machine::StateMachine;
 use crate::type_config::typ::{Snapshot, Vote};
 use crate::type_config::{Node, NodeId, TypeConfig};
@@ -107,14 +108,11 @@ struct Deadlines {
 }
 
 impl Unanswered {
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
     /// Notes a request of `bytes` sent now: due `ttl` after the follower can have
     /// received it and the ones before it.
     fn push(&self, bytes: usize, ttl: Duration) {
         {
-            let mut d = Self::lock(&self.deadlines);
+            let mut d = lock(&self.deadlines);
             let now = Instant::now();
             let busy = d.busy_until.map_or(now, |b| b.max(now)) + transfer_time(bytes);
             d.busy_until = Some(busy);
@@ -123,10 +121,10 @@ impl Unanswered {
         self.sent.notify_one();
     }
     fn oldest(&self) -> Option<Instant> {
-        Self::lock(&self.deadlines).due.front().copied()
+        lock(&self.deadlines).due.front().copied()
     }
     fn answered(&self) {
-        Self::lock(&self.deadlines).due.pop_front();
+        lock(&self.deadlines).due.pop_front();
     }
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -176,7 +174,7 @@ where
                     Some((RaftMessage { payload }, cut.is_none().then_some(input)))
                 }
                 Err(e) => {
-                    *Unanswered::lock(&unanswered.failed) = Some(e.to_string());
+                    *lock(&unanswered.failed) = Some(e.to_string());
                     None
                 }
             }
@@ -213,7 +211,7 @@ fn inbound<SM: StateMachine>(
                 |e: &dyn std::fmt::Display| RPCError::Network(NetworkError::new(&AnyError::error(e.to_string())));
             match next {
                 Err(status) => Some((Err(classify::<SM>(status)), None)),
-                Ok(None) => Unanswered::lock(&unanswered.failed).take().map(|e| (Err(network(&e)), None)),
+                Ok(None) => lock(&unanswered.failed).take().map(|e| (Err(network(&e)), None)),
                 Ok(Some(m)) => {
                     unanswered.answered();
                     let reply: Result<StreamAppendResult<TypeConfig<SM>>, openraft::errors::Fatal<TypeConfig<SM>>> =

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
 use crate::connections::MAX_MESSAGE_BYTES;
+use crate::locks::lock;
 use crate::state_machine::StateMachine;
 use crate::type_config::typ::{Raft, Snapshot, SnapshotMeta, Vote};
 
@@ -78,7 +79,7 @@ fn append_requests<SM: StateMachine>(
             match next {
                 Ok(req) => Some((req, Some(incoming))),
                 Err(status) => {
-                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    *lock(&failed) = Some(status);
                     None
                 }
             }
@@ -129,8 +130,7 @@ impl<SM: StateMachine> RaftRpc for RaftService<SM> {
             Ok(RaftMessage { payload })
         });
         // After the last reply: why the requests stopped, if they did not just end.
-        let why = futures::stream::once(async move { failed.lock().unwrap_or_else(|p| p.into_inner()).take() })
-            .filter_map(|f| async move { f.map(Err) });
+        let why = futures::stream::once(async move { lock(&failed).take() }).filter_map(|f| async move { f.map(Err) });
         Ok(Response::new(Box::pin(replies.chain(why))))
     }
 

@@ -41,13 +41,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::keys;
 use crate::kv::{KvError, KvStore, WriteBatch};
+use crate::locks::lock;
 use crate::log_disk::{LogDisk, LogOp, Meta};
 
 /// The size a segment is preallocated to.
@@ -109,10 +110,6 @@ struct Loc {
     seq: u64,
     off: u64,
     len: u32,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn io_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> KvError {
@@ -422,8 +419,10 @@ impl Wal {
         let mut writer = None;
         for (i, &seq) in seqs.iter().enumerate() {
             let path = dir.join(segment_name(seq));
-            let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| open_err(e.to_string()))?;
-            let data = fs::read(&path).map_err(|e| open_err(e.to_string()))?;
+            let mut file =
+                OpenOptions::new().read(true).write(true).open(&path).map_err(|e| open_err(e.to_string()))?;
+            let mut data = Vec::new();
+            file.read_to_end(&mut data).map_err(|e| open_err(e.to_string()))?;
             let file = Arc::new(file);
             index.segments.push_back(Segment { seq, file: file.clone(), max_index: 0 });
             let (pos, crc, torn) = replay(&mut index, seq, &data, &path)?;

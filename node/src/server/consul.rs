@@ -261,7 +261,7 @@ impl Feed {
     /// remembered — a client asking for made-up keys or a deleted app grows nothing —
     /// so a missing view is numbered by the applied index.
     fn index(&self, name: &str, view: &View) -> u64 {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = berth_raft::locks::lock(&self.seen);
         let applied = self.node.state.applied_index().max(1);
         let Some(v) = view else {
             seen.remove(name);

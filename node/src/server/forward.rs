@@ -21,6 +21,7 @@ use std::time::Duration;
 use berth_proto::berth::internal_client::InternalClient;
 use berth_proto::berth::{ForwardReply, ForwardRequest};
 use berth_raft::connections::MAX_MESSAGE_BYTES;
+use berth_raft::locks::lock;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::Status;
@@ -82,10 +83,6 @@ impl Link {
     fn is_open(&self) -> bool {
         lock(&self.waiting).is_some()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// This node's forwarding stream to the leader it last forwarded to, opened on first
