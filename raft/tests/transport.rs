@@ -74,8 +74,17 @@ async fn a_follower_catches_up_over_streams_cut_to_the_byte_budget() {
     })
     .await;
     let leader = &peers[leader as usize - 1].raft;
+    // A new leader takes writes once a quorum has acknowledged it (its lease): its
+    // first entry applied says so.
+    until("the leader's first entry applied", Duration::from_secs(10), || {
+        leader.metrics().borrow_watched().last_applied.filter(|l| l.index >= 1)
+    })
+    .await;
     for i in 0..60 {
-        let r = leader.client_write(Put(format!("{i}:{}", "x".repeat(1000)))).await.unwrap();
+        let r = leader
+            .client_write(Put(format!("{i}:{}", "x".repeat(1000))))
+            .await
+            .unwrap_or_else(|e| panic!("write {i}: {e:?}"));
         assert_eq!(r.data, i + 1, "each write applied once, in order");
     }
     let want = peers[0].state.read().state.clone();
