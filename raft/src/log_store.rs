@@ -89,12 +89,54 @@ impl Drop for Writer {
     }
 }
 
-/// Entries appended but possibly not yet written, readable meanwhile.
+/// Entries appended but possibly not yet written, readable meanwhile; and the last
+/// ones written, kept decoded ([`Recent`]).
 struct Tail<C: RaftTypeConfig> {
     entries: BTreeMap<u64, C::Entry>,
     /// While a truncation is on its way to the store: entries the store still holds
     /// from this index on are gone.
     cut: Option<u64>,
+    recent: Recent<C>,
+}
+
+/// The last entries written, as they were appended: the state machine reads each
+/// entry right after it commits (soon after it was written), and replication to a
+/// follower a little behind reads the last few — from here instead of a read and a
+/// decode from the disk. Bounded by [`RECENT_ENTRIES`] and [`RECENT_BYTES`] (encoded),
+/// oldest out first; truncated and purged with the log.
+struct Recent<C: RaftTypeConfig> {
+    entries: BTreeMap<u64, (C::Entry, u64)>,
+    bytes: u64,
+}
+
+/// At most this many written entries are kept in [`Recent`]...
+const RECENT_ENTRIES: usize = 1024;
+/// ...and at most this many of their encoded bytes.
+const RECENT_BYTES: u64 = 8 * 1024 * 1024;
+
+impl<C: RaftTypeConfig> Recent<C> {
+    fn insert(&mut self, index: u64, entry: C::Entry, bytes: u64) {
+        if let Some((_, old)) = self.entries.insert(index, (entry, bytes)) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            let Some((_, (_, b))) = self.entries.pop_first() else { break };
+            self.bytes -= b;
+        }
+    }
+
+    /// Keeps the entries below `index` only.
+    fn cut(&mut self, index: u64) {
+        self.bytes -= self.entries.split_off(&index).values().map(|(_, b)| b).sum::<u64>();
+    }
+
+    /// Keeps the entries from `index` on only.
+    fn keep_from(&mut self, index: u64) {
+        let keep = self.entries.split_off(&index);
+        self.entries = keep;
+        self.bytes = self.entries.values().map(|(_, b)| b).sum();
+    }
 }
 
 type Done = Box<dyn FnOnce(Result<(), KvError>) + Send>;
@@ -239,7 +281,11 @@ impl<C: RaftTypeConfig> LogStore<C> {
             .spawn(move || write_loop(writer_disk, queue, writer_pointer))
             .expect("cannot start the Raft log writer thread");
         let writer = Arc::new(Writer { jobs: Some(jobs), thread: Some(thread) });
-        let tail = Arc::new(Mutex::new(Tail { entries: BTreeMap::new(), cut: None }));
+        let tail = Arc::new(Mutex::new(Tail {
+            entries: BTreeMap::new(),
+            cut: None,
+            recent: Recent { entries: BTreeMap::new(), bytes: 0 },
+        }));
         Self { disk, pointer, tail, writer, appended: AppendedBytes::default() }
     }
 
@@ -305,12 +351,18 @@ where
             let tail = self.tail();
             let range = match end {
                 Some(e) if e <= start => return Ok(Vec::new()),
-                Some(e) => tail.entries.range(start..e),
-                None => tail.entries.range(start..),
+                Some(e) => (Bound::Included(start), Bound::Excluded(e)),
+                None => (Bound::Included(start), Bound::Unbounded),
             };
-            (range.map(|(i, e)| (*i, e.clone())).collect::<BTreeMap<_, _>>(), tail.cut)
+            // Written ones first: an entry still waiting to be written replaces one
+            // written at its index (never the case after a truncation, which cuts both).
+            let mut found: BTreeMap<u64, C::Entry> =
+                tail.recent.entries.range(range).map(|(i, (e, _))| (*i, e.clone())).collect();
+            found.extend(tail.entries.range(range).map(|(i, e)| (*i, e.clone())));
+            (found, tail.cut)
         };
-        // Replication mostly reads what was just appended: all in the tail.
+        // Replication mostly reads what was just appended, the state machine what was
+        // just written: all in the tail.
         if let (Some(e), Some((&first, _))) = (end, pending.first_key_value()) {
             if first == start && pending.len() as u64 == e - start {
                 return Ok(pending.into_values().collect());
@@ -417,8 +469,8 @@ where
         for entry in &entries {
             let encoded = codec::encode(entry)?;
             bytes += encoded.len() as u64;
+            ids.push((entry.log_id(), encoded.len() as u64));
             ops.push(LogOp::Entry { index: entry.index(), bytes: encoded });
-            ids.push(entry.log_id());
         }
         self.appended.0.fetch_add(bytes, Ordering::Relaxed);
         {
@@ -430,12 +482,15 @@ where
         let tail = self.tail.clone();
         let done: Done = Box::new(move |result| {
             if result.is_ok() {
-                // Written: the store serves them from now on. Only these very entries
-                // leave the tail (a later append may have replaced one).
+                // Written: the store serves them from now on (the last ones from
+                // `recent`). Only these very entries leave the tail (a later append,
+                // or a truncation, may have replaced or removed one).
                 let mut tail = lock(&tail);
-                for id in ids {
+                for (id, bytes) in ids {
                     if tail.entries.get(&id.index()).is_some_and(|e| e.log_id() == id) {
-                        tail.entries.remove(&id.index());
+                        if let Some(entry) = tail.entries.remove(&id.index()) {
+                            tail.recent.insert(id.index(), entry, bytes);
+                        }
                     }
                 }
             }
@@ -453,6 +508,7 @@ where
         {
             let mut tail = self.tail();
             tail.entries.split_off(&from);
+            tail.recent.cut(from);
             tail.cut = Some(tail.cut.map_or(from, |c| c.min(from)));
         }
         let result = self.write_durable(LogOp::TruncateFrom(from)).await;
@@ -468,6 +524,7 @@ where
         let mut tail = self.tail();
         let keep = tail.entries.split_off(&(log_id.index() + 1));
         tail.entries = keep;
+        tail.recent.keep_from(log_id.index() + 1);
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The log store's writer thread, observed through a store whose writes wait at a gate:
 //! appended entries are readable before they are durable, and reported flushed only
 //! after; queued writes share one transaction; the commit pointer never waits for the
-//! disk; a truncation hides the entries it removes at once.
+//! disk; a truncation hides the entries it removes at once; the last entries written
+//! are read back without the disk.
 
 mod common;
 
@@ -27,6 +28,7 @@ struct Gated {
     opened: Condvar,
     durable: Mutex<Vec<usize>>,
     lazy: Mutex<usize>,
+    scans: Mutex<usize>,
 }
 
 impl Gated {
@@ -51,6 +53,7 @@ impl KvStore for Gated {
         self.inner.get(key)
     }
     fn scan(&self, start: &[u8], end: &[u8]) -> Result<Vec<Pair>, KvError> {
+        *self.scans.lock().unwrap() += 1;
         self.inner.scan(start, end)
     }
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<Pair>, KvError> {
@@ -215,4 +218,30 @@ async fn a_truncation_hides_the_removed_entries_before_it_is_written() {
     assert_eq!(indexes(&mut store, 4..10).await, vec![(4, "1-4".into()), (5, "2-5".into())]);
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id::<C>(2, 1, 5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_entries_written_are_read_back_without_the_disk() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone());
+    for group in 0..40 {
+        let entries = (group * 50 + 1..=group * 50 + 50).map(|i| entry(1, i)).collect();
+        append(&mut store, entries).await.await.unwrap().unwrap();
+    }
+    let scans = || *kv.scans.lock().unwrap();
+    let before = scans();
+    let want = |r: std::ops::Range<u64>| r.map(|i| (i, format!("1-{i}"))).collect::<Vec<_>>();
+    assert_eq!(indexes(&mut store, 1990..2001).await, want(1990..2001));
+    assert_eq!(scans(), before, "the last ones written come from memory");
+    // Beyond what memory keeps (a bounded number): from the disk, the same entries.
+    assert_eq!(indexes(&mut store, 1..11).await, want(1..11));
+    assert_eq!(indexes(&mut store, 900..1100).await, want(900..1100));
+    assert!(scans() > before);
+    // Truncated and purged with the log.
+    store.truncate_after(Some(log_id::<C>(1, 1, 1997))).await.unwrap();
+    assert_eq!(indexes(&mut store, 1990..2001).await, want(1990..1998));
+    append(&mut store, vec![entry(2, 1998)]).await.await.unwrap().unwrap();
+    store.purge(log_id::<C>(1, 1, 1995)).await.unwrap();
+    let got = indexes(&mut store, 1996..2001).await;
+    assert_eq!(got, vec![(1996, "1-1996".into()), (1997, "1-1997".into()), (1998, "2-1998".into())]);
 }
