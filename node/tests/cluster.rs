@@ -415,6 +415,9 @@ async fn a_snapshot_on_demand_covers_what_was_applied_and_the_node_restarts_with
         let (s, v) = allocate(&c, 2, "lan", &format!("o{i}"), None).await;
         assert_eq!(s, 201, "{v}");
     }
+    // Node 3 has applied them (a linearizable read there waits for that; followers
+    // learn a commit from the next message, up to `COMMIT_RIDE` later).
+    assert_eq!(c.allocations(3, "lan").await.len(), 5);
     // Snapshot on a follower or the leader alike; it covers every applied entry.
     let (s, v) = c.post(3, "/v1/cluster/snapshot", json!({})).await;
     assert_eq!(s, 200, "{v}");

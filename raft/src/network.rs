@@ -151,9 +151,12 @@ impl Drop for CloseOnDrop {
 /// entry-less one is dropped ([`ride_commits`]): one message, one wake-up and one
 /// answer fewer per follower per write, and the follower applies the committed entry
 /// while its log writer syncs the next one instead of in a round of its own — which,
-/// on a busy host, competed for the CPU with the leader's answer to the client. A
-/// follower therefore learns a commit at most this much later when writes stop
-/// (heartbeats and read-index rounds are single-request sessions and never wait).
+/// on a busy host, competed for the CPU with the leader's answer to the client. When
+/// writes stop, a follower therefore learns the last commit within this window of the
+/// leader's last commit change (a commit-only request that replaces another starts the
+/// window again; commits stop advancing once what was sent is acknowledged).
+/// Heartbeats and read-index rounds are single-request sessions and never wait, and
+/// carry the commit index themselves.
 pub const COMMIT_RIDE: Duration = Duration::from_millis(1);
 
 /// openraft's requests of one replication session, an entry-less request dropped
@@ -165,8 +168,9 @@ pub const COMMIT_RIDE: Duration = Duration::from_millis(1);
 /// reads answers cumulatively (an answer acknowledges every request up to the log id
 /// it matched). The session's first request is never held: it is a probe, or what a
 /// new leader needs acknowledged before its lease lets it take writes. A request that
-/// did not ride is held for the next poll; when the session ends, the one held back is
-/// sent at once.
+/// did not ride is held for the next poll; when openraft ends the session, the one held
+/// back is sent at once. (When the follower's side ends it, the sending half takes no more:
+/// the session is over, and the next one — or a heartbeat — carries the commit.)
 pub fn ride_commits<C, S>(input: S, window: Duration) -> impl Stream<Item = AppendEntriesRequest<C>>
 where
     C: openraft::RaftTypeConfig,

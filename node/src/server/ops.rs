@@ -32,6 +32,8 @@ pub struct SnapshotView {
 
 /// How long `POST /v1/cluster/snapshot` waits for the snapshot.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long `POST /v1/cluster/snapshot` waits for a build before asking again.
+const SNAPSHOT_RETRIGGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MemberView {
@@ -204,15 +206,26 @@ impl Node {
         }
         let started = std::time::Instant::now();
         let target = self.state.applied_index();
-        self.raft.trigger().snapshot().await.map_err(|e| ApiError::unavailable("raft_stopped", e.to_string()))?;
-        let m = self
-            .raft
-            .wait(Some(SNAPSHOT_WAIT))
-            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= target), "snapshot built")
-            .await
-            .map_err(|e| ApiError::unavailable("snapshot_timeout", format!("snapshot not built: {e}")))?;
-        let index = m.snapshot.map(|s| s.index).unwrap_or(0);
-        Ok(SnapshotView { index, ms: started.elapsed().as_millis() as u64 })
+        // openraft drops a trigger while a build is under way (the snapshot policy's, or
+        // another request's), and that build may cover less than `target`: ask again
+        // until a snapshot covers it.
+        loop {
+            self.raft.trigger().snapshot().await.map_err(|e| ApiError::unavailable("raft_stopped", e.to_string()))?;
+            let left = SNAPSHOT_WAIT.saturating_sub(started.elapsed());
+            let round = left.min(SNAPSHOT_RETRIGGER);
+            let covered =
+                |m: &berth_raft::typ::RaftMetrics<crate::state::State>| m.snapshot.is_some_and(|s| s.index >= target);
+            match self.raft.wait(Some(round)).metrics(covered, "snapshot built").await {
+                Ok(m) => {
+                    let index = m.snapshot.map(|s| s.index).unwrap_or(0);
+                    return Ok(SnapshotView { index, ms: started.elapsed().as_millis() as u64 });
+                }
+                Err(e) if round == left => {
+                    return Err(ApiError::unavailable("snapshot_timeout", format!("snapshot not built: {e}")));
+                }
+                Err(_) => continue,
+            }
+        }
     }
 
     /// The cluster as this node's replica sees it (after a read barrier unless stale).
