@@ -286,13 +286,18 @@ pub async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
 }
 
 /// Counts leader changes as this node sees them: each (term, leader) with a leader.
+///
+/// Watches openraft's server metrics (vote, role, leader, membership), not the full
+/// metrics, which change with every entry appended or applied: this task would
+/// otherwise wake for each write on every node.
 pub async fn watch_leader(node: Arc<Node>) {
-    let mut rx = node.raft.metrics();
+    use berth_raft::openraft::vote::RaftLeaderId;
+    let mut rx = node.raft.server_metrics();
     let mut last = None;
     loop {
         let seen = {
             let m = rx.borrow_and_update();
-            m.current_leader.map(|l| (m.current_term, l))
+            m.current_leader.map(|l| (m.vote.leader_id().term(), l))
         };
         if seen.is_some() && seen != last {
             node.metrics.leader_changed();
