@@ -1,7 +1,7 @@
 //! The Raft log, vote and commit pointer on a [`LogDisk`]: berth's append-only
 //! [`Wal`](crate::wal::Wal) by default, or a [`KvStore`].
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -485,11 +485,12 @@ where
                 // Written: the store serves them from now on (the last ones from
                 // `recent`). Only these very entries leave the tail (a later append,
                 // or a truncation, may have replaced or removed one).
-                let mut tail = lock(&tail);
+                let mut guard = lock(&tail);
+                let tail = &mut *guard;
                 for (id, bytes) in ids {
-                    if tail.entries.get(&id.index()).is_some_and(|e| e.log_id() == id) {
-                        if let Some(entry) = tail.entries.remove(&id.index()) {
-                            tail.recent.insert(id.index(), entry, bytes);
+                    if let btree_map::Entry::Occupied(e) = tail.entries.entry(id.index()) {
+                        if e.get().log_id() == id {
+                            tail.recent.insert(id.index(), e.remove(), bytes);
                         }
                     }
                 }

@@ -19,6 +19,10 @@
 //! least 1; the harness's `Cluster`). etcd runs as shipped; its best design runs once
 //! more with `GOMAXPROCS` set the same way (`etcd-best-shared`), and the anchor is the
 //! best etcd row at each client count.
+//!
+//! At one client the run also measures this machine's floor (`floor`): three copies
+//! of each write, two of them durable before the answer, with no software around it —
+//! how far above the anchor any system could get on these cores and this disk.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::etcd::{pb, Etcd, EtcdCluster};
+use super::floor;
 use super::{cpu_total, create_pool, emit, round, Latencies};
 use crate::cluster::Cluster;
 
@@ -299,6 +304,27 @@ pub async fn run(levels: &[usize], secs: f64, vs_etcd: bool) -> Result<()> {
         }
         let per_s = |m: &Measured| m.ops as f64 / m.secs;
         let (anchor, a) = rows.iter().max_by(|x, y| per_s(&x.1).total_cmp(&per_s(&y.1))).expect("rows");
+        // At one client, the machine's own floor beside them (`floor`): how far above
+        // the anchor any system could get here.
+        let floor = if clients == 1 {
+            let f = tokio::task::spawn_blocking(move || {
+                let dir = tempfile::tempdir()?;
+                floor::measure(dir.path(), secs)
+            })
+            .await??;
+            let f_per_s = f.ops as f64 / f.secs;
+            emit(json!({
+                "scenario": "ipam", "system": "floor", "clients": 1, "ops": f.ops,
+                "ops_per_s": round(f_per_s, 0),
+                "p50_ms": round(f.lat.quantile(0.5), 2), "p99_ms": round(f.lat.quantile(0.99), 2),
+            }));
+            Some(json!({
+                "floor_ratio": round(f_per_s / per_s(a).max(f64::MIN_POSITIVE), 2),
+                "berth_of_floor": round(per_s(&b) / f_per_s.max(f64::MIN_POSITIVE), 2),
+            }))
+        } else {
+            None
+        };
         let mut p99 = serde_json::Map::new();
         let mut cpu = serde_json::Map::new();
         for (name, m) in std::iter::once(("berth", &b)).chain(rows.iter().map(|(n, m)| (*n, m))) {
@@ -312,6 +338,7 @@ pub async fn run(levels: &[usize], secs: f64, vs_etcd: bool) -> Result<()> {
             "p99_at_or_below_anchor": b.lat.quantile(0.99) <= a.lat.quantile(0.99),
             "p99_ms": p99,
             "cpu_ms_per_op": cpu,
+            "floor": floor,
         }));
     }
     if vs_etcd {

@@ -11,6 +11,7 @@ pub mod etcd;
 #[cfg(feature = "etcd-best")]
 pub mod etcd_best;
 pub mod failover;
+pub mod floor;
 pub mod hostloss;
 pub mod ipam;
 pub mod mixed;
