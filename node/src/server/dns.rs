@@ -7,7 +7,9 @@
 //! - `_APP._tcp.berth` SRV: one record per healthy instance, its app `port`, target
 //!   `INDEX.APP.berth` (with its A record in the additional section).
 //!
-//! Names are case-insensitive; the TTL is 5 s (placements move). An unknown app or
+//! Names are case-insensitive; the TTL is 5 s (placements move). EDNS version 0: a
+//! query with an OPT record gets one back and UDP answers up to its size (at most
+//! 4096 bytes); without, UDP answers over 512 bytes are truncated. An unknown app or
 //! instance is NXDOMAIN, a known name without records of the asked type NOERROR with
 //! no answer; names outside `berth.` are REFUSED (this is not a recursive resolver).
 //! Answers come from the local replica without a read barrier — a few milliseconds
@@ -19,7 +21,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -136,6 +138,19 @@ pub fn answer(state: &State, request: &Message) -> Message {
         .set_recursion_desired(request.recursion_desired())
         .set_recursion_available(false);
     reply.add_queries(request.queries().iter().cloned());
+    // EDNS (RFC 6891): a query with an OPT record gets one back — without it a client
+    // such as systemd-resolved concludes the server has no EDNS and falls back to
+    // 512-byte answers (then TCP for every big one). Only version 0 exists: a later
+    // one is answered BADVERS, with no records.
+    if let Some(asked) = request.extensions() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(UDP_MAX as u16).set_version(0);
+        reply.set_edns(edns);
+        if asked.version() > 0 {
+            reply.set_response_code(ResponseCode::BADVERS);
+            return reply;
+        }
+    }
     let query = match (request.op_code(), request.queries()) {
         (OpCode::Query, [q]) => q,
         (OpCode::Query, _) => {
@@ -229,7 +244,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
 
 #[cfg(test)]
 mod tests {
-    use hickory_proto::op::{Edns, Query};
+    use hickory_proto::op::Query;
 
     use super::*;
     use crate::scheduler::tests::{process_app, World};
@@ -270,6 +285,28 @@ mod tests {
         let small = web(3);
         let fits = Message::from_vec(&answer_bytes(&small.s, &ask, true).unwrap()).unwrap();
         assert_eq!((fits.truncated(), fits.answers().len()), (false, 3));
+    }
+
+    #[test]
+    fn an_edns_query_gets_an_opt_record_back_and_an_unknown_version_badvers() {
+        let w = web(60);
+        let plain =
+            Message::from_vec(&answer_bytes(&w.s, &query("web.berth.", RecordType::A, None), true).unwrap()).unwrap();
+        assert!(plain.extensions().is_none(), "no OPT for a query without one");
+        let small =
+            Message::from_vec(&answer_bytes(&w.s, &query("web.berth.", RecordType::A, Some(600)), true).unwrap())
+                .unwrap();
+        let opt = small.extensions().as_ref().expect("an OPT record back");
+        assert_eq!((opt.version(), opt.max_payload()), (0, UDP_MAX as u16));
+        // 60 A records do not fit in the client's 600 bytes: truncated, still with OPT.
+        assert!(small.truncated() && small.answers().is_empty() && small.extensions().is_some());
+        let mut v1 = Message::from_vec(&query("web.berth.", RecordType::A, Some(4096))).unwrap();
+        v1.extensions_mut().as_mut().unwrap().set_version(1);
+        let r = Message::from_vec(&answer_bytes(&w.s, &v1.to_vec().unwrap(), true).unwrap()).unwrap();
+        // BADVERS is 16, which hickory reads back as its other name, BADSIG.
+        assert_eq!(u16::from(r.response_code()), u16::from(ResponseCode::BADVERS));
+        assert!(r.answers().is_empty());
+        assert_eq!(r.extensions().as_ref().map(Edns::version), Some(0));
     }
 
     #[test]
