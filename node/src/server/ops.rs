@@ -209,12 +209,12 @@ impl Node {
         // openraft drops a trigger while a build is under way (the snapshot policy's, or
         // another request's), and that build may cover less than `target`: ask again
         // until a snapshot covers it.
+        let covered =
+            |m: &berth_raft::typ::RaftMetrics<crate::state::State>| m.snapshot.is_some_and(|s| s.index >= target);
         loop {
             self.raft.trigger().snapshot().await.map_err(|e| ApiError::unavailable("raft_stopped", e.to_string()))?;
             let left = SNAPSHOT_WAIT.saturating_sub(started.elapsed());
             let round = left.min(SNAPSHOT_RETRIGGER);
-            let covered =
-                |m: &berth_raft::typ::RaftMetrics<crate::state::State>| m.snapshot.is_some_and(|s| s.index >= target);
             match self.raft.wait(Some(round)).metrics(covered, "snapshot built").await {
                 Ok(m) => {
                     let index = m.snapshot.map(|s| s.index).unwrap_or(0);
