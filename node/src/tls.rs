@@ -200,7 +200,8 @@ impl NodeTls {
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(c))
         };
-        let grpc_server = server(&[b"h2"])?;
+        // gRPC, and Raft replication links (`berth_raft::link`) on the same port.
+        let grpc_server = server(&[b"h2", berth_raft::link::ALPN])?;
         let http_server = server(&[b"h2", b"http/1.1"])?;
         let peer_client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -218,6 +219,12 @@ impl NodeTls {
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
             .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
             .domain_name(NODE_NAME)
+    }
+
+    /// How this node dials its peers' replication links: its certificate, and only a
+    /// node certificate of the CA accepted at the other end.
+    pub fn link_client(&self) -> berth_raft::link::Links {
+        berth_raft::link::Links::with_tls(&self.peer_client, NODE_NAME).expect("NODE_NAME is a valid DNS name")
     }
 
     /// An HTTP client for peers' APIs (log and exec proxies): this node's certificate,
@@ -244,20 +251,7 @@ impl NodeTls {
         let what = if http { "HTTP API" } else { "gRPC" };
         let tls = self.clone();
         tokio::spawn(async move {
-            loop {
-                let (tcp, addr) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = listener.accept() => match r {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, what, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                // No Nagle: a small reply held back for a delayed ACK costs 40 ms.
-                let _ = tcp.set_nodelay(true);
+            while let Some((tcp, addr)) = berth_raft::link::accept(&listener, &stop, what).await {
                 let (acceptor, tx, tls) = (acceptor.clone(), tx.clone(), tls.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -274,14 +268,30 @@ impl NodeTls {
         rx
     }
 
-    /// The gRPC port's connections, for tonic's `serve_with_incoming_shutdown`.
+    /// The gRPC port's connections, for tonic's `serve_with_incoming_shutdown`. Those
+    /// that negotiated the replication link protocol go to `link` instead — from a
+    /// node certificate of the CA only; anyone else's is refused and closed.
     pub fn grpc_incoming(
         self: &Arc<Self>,
         listener: TcpListener,
         stop: CancellationToken,
+        link: impl Fn(TlsStream<TcpStream>) + Send + 'static,
     ) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
         let rx = self.accept(listener, false, stop);
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|(s, _)| (Ok(s), rx)) })
+        let tls = self.clone();
+        futures::stream::unfold((rx, link, tls), |(mut rx, link, tls)| async move {
+            loop {
+                let (s, peer) = rx.recv().await?;
+                if s.get_ref().1.alpn_protocol() != Some(berth_raft::link::ALPN) {
+                    return Some((Ok(s), (rx, link, tls)));
+                }
+                if peer.node {
+                    link(s);
+                } else {
+                    tls.refused(peer.addr, "Raft link", "a Raft link without a node certificate of the cluster CA");
+                }
+            }
+        })
     }
 
     /// The HTTP API's listener, for `axum::serve`.

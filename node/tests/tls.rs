@@ -148,6 +148,33 @@ async fn nodes_speak_mutual_tls_and_keep_out_whoever_has_no_certificate_of_the_c
     })
     .await;
 
+    // Replication ran on links over TLS (no leader fell back to gRPC for a peer), and
+    // a link offered without a node certificate is closed unanswered, and logged.
+    for id in 1..=3 {
+        let log = c.log_of(id);
+        assert!(!log.contains("does not speak berth-raft links"), "node {id} fell back to gRPC: {log}");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&std::fs::read(&ca).unwrap()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![berth_raft::link::ALPN.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("node.berth").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(berth_raft::link::ALPN), "the node offers links");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tls.write_all(berth_raft::link::PREFACE).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    assert!(read.is_ok() && answer.is_empty(), "closed without an answer: {read:?} {answer:?}");
+    c.eventually(Duration::from_secs(5), "node 1 logs the link without a node certificate", || async {
+        c.log_of(1).contains("a Raft link without a node certificate").then_some(())
+    })
+    .await;
+
     // A node of another CA, and a node without TLS, never join: both sides say why.
     c.add_node(4, &tls_flags(&rogue_dir, 4).iter().map(String::as_str).collect::<Vec<_>>());
     c.add_node(6, &[]);

@@ -1,10 +1,12 @@
 //! A pool of reusable gRPC channels, one per peer address.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::link::Links;
 
 /// The largest gRPC message berth sends or accepts (Raft batches, snapshot chunks).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -20,10 +22,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// forwarding, read-index calls — without a connection per RPC.
 ///
 /// With TLS, every channel dials `https://` with the node's client certificate.
+///
+/// Replication has links of its own ([`Links`], `crate::link`), dialed the same way.
 #[derive(Default)]
 pub struct Connections {
     channels: Mutex<HashMap<String, Channel>>,
     tls: Option<ClientTlsConfig>,
+    links: Arc<Links>,
 }
 
 impl Connections {
@@ -31,9 +36,15 @@ impl Connections {
         Self::default()
     }
 
-    /// Channels over TLS with `tls` (the cluster CA, this node's identity).
-    pub fn with_tls(tls: ClientTlsConfig) -> Self {
-        Connections { channels: Default::default(), tls: Some(tls) }
+    /// Channels over TLS with `tls` (the cluster CA, this node's identity), and
+    /// replication links dialed with `links` (TLS too).
+    pub fn with_tls(tls: ClientTlsConfig, links: Links) -> Self {
+        Connections { channels: Default::default(), tls: Some(tls), links: Arc::new(links) }
+    }
+
+    /// The replication links to peers.
+    pub fn links(&self) -> &Arc<Links> {
+        &self.links
     }
 
     /// The channel to `addr` (`host:port`), created on first use. Fails only for an

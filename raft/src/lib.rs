@@ -18,7 +18,9 @@
 //!   in memory, snapshots persisted atomically; plus the read handle the application
 //!   uses ([`StateHandle`]).
 //! - [`network`] and [`service`]: the Raft transport over tonic/gRPC, client and server,
-//!   with channel reuse ([`connections`]) and openraft's error classes.
+//!   with channel reuse ([`connections`]) and openraft's error classes; replication
+//!   itself runs on [`link`]s — framed TCP (or TLS) connections on the same port —
+//!   with gRPC as the fallback for peers that do not speak them.
 //! - [`type_config`]: `TypeConfig<SM>` and the `typ` aliases.
 //!
 //! ## Invariants
@@ -45,6 +47,7 @@ pub mod codec;
 pub mod connections;
 pub mod keys;
 pub mod kv;
+pub mod link;
 pub mod locks;
 pub mod log_disk;
 pub mod log_store;

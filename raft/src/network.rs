@@ -30,6 +30,7 @@ use tonic::transport::Channel;
 
 use crate::codec;
 use crate::connections::{Connections, MAX_MESSAGE_BYTES};
+use crate::link::{self, Dial, Link, Links};
 use crate::locks::lock;
 use crate::state_machine::StateMachine;
 use crate::type_config::typ::{Snapshot, Vote};
@@ -214,7 +215,7 @@ fn outbound<SM: StateMachine, S>(
     budget: u64,
     ttl: Duration,
     unanswered: Arc<Unanswered>,
-) -> impl Stream<Item = RaftMessage>
+) -> impl Stream<Item = Vec<u8>>
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig<SM>>> + Send + Unpin + 'static,
 {
@@ -235,7 +236,7 @@ where
             match encoded {
                 Ok((cut, payload)) => {
                     unanswered.push(payload.len(), ttl);
-                    Some((RaftMessage { payload }, cut.is_none().then_some(input)))
+                    Some((payload, cut.is_none().then_some(input)))
                 }
                 Err(e) => {
                     *lock(&unanswered.failed) = Some(e.to_string());
@@ -249,12 +250,16 @@ where
 /// The receiving half: the follower's answers in request order. Each must come by its
 /// request's deadline (none is due while nothing is unanswered: the leader has nothing
 /// to send); a late one, a transport error or a fatal answer ends the session with the
-/// error openraft backs off on.
-fn inbound<SM: StateMachine>(
-    replies: tonic::Streaming<RaftMessage>,
+/// error openraft backs off on. `replies` is the transport's: each answer's bytes, and
+/// its end when the follower ended the session cleanly.
+fn inbound<SM: StateMachine, R>(
+    replies: R,
     unanswered: Arc<Unanswered>,
     timeout: Timeout<TypeConfig<SM>>,
-) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig<SM>>, RpcError<SM>>> {
+) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig<SM>>, RpcError<SM>>>
+where
+    R: Stream<Item = Result<Vec<u8>, RpcError<SM>>> + Unpin,
+{
     let guard = CloseOnDrop(unanswered.clone());
     futures::stream::unfold(Some((replies, guard)), move |state| {
         let (unanswered, timeout) = (unanswered.clone(), timeout.clone());
@@ -264,22 +269,20 @@ fn inbound<SM: StateMachine>(
                 let oldest = unanswered.oldest();
                 tokio::select! {
                     biased;
-                    m = replies.message() => break m,
+                    m = replies.next() => break m,
                     () = tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now)), if oldest.is_some() => {
                         return Some((Err(RPCError::Timeout(timeout)), None));
                     }
                     () = unanswered.sent.notified(), if oldest.is_none() => continue,
                 }
             };
-            let network =
-                |e: &dyn std::fmt::Display| RPCError::Network(NetworkError::new(&AnyError::error(e.to_string())));
             match next {
-                Err(status) => Some((Err(classify::<SM>(status)), None)),
-                Ok(None) => lock(&unanswered.failed).take().map(|e| (Err(network(&e)), None)),
-                Ok(Some(m)) => {
+                Some(Err(e)) => Some((Err(e), None)),
+                None => lock(&unanswered.failed).take().map(|e| (Err(network(&e)), None)),
+                Some(Ok(payload)) => {
                     unanswered.answered();
                     let reply: Result<StreamAppendResult<TypeConfig<SM>>, openraft::errors::Fatal<TypeConfig<SM>>> =
-                        match codec::decode(&m.payload) {
+                        match codec::decode(&payload) {
                             Ok(r) => r,
                             Err(e) => return Some((Err(network(&e)), None)),
                         };
@@ -296,17 +299,92 @@ fn inbound<SM: StateMachine>(
     })
 }
 
+/// A transport failure openraft retries soon.
+fn network<SM: StateMachine>(e: &dyn std::fmt::Display) -> RpcError<SM> {
+    RPCError::Network(NetworkError::new(&AnyError::error(e.to_string())))
+}
+
+/// One replication session on a link (`crate::link`): a task writes openraft's
+/// requests as they come; the answers are read where openraft polls for them. A
+/// session that ends cleanly on both sides puts the link back in the pool.
+fn link_session<SM: StateMachine, S>(
+    link: Link,
+    links: Arc<Links>,
+    addr: String,
+    input: S,
+    budget: u64,
+    ttl: Duration,
+    timeout: Timeout<TypeConfig<SM>>,
+) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig<SM>>, RpcError<SM>>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig<SM>>> + Send + Unpin + 'static,
+{
+    let Link { reader, mut writer } = link;
+    let unanswered = Arc::new(Unanswered::default());
+    let requests = outbound::<SM, S>(input, budget, ttl, unanswered.clone());
+    let (back_tx, back_rx) = tokio::sync::oneshot::channel();
+    let sending = unanswered.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(requests);
+        while let Some(payload) = requests.next().await {
+            if let Err(e) = link::write_frame(&mut writer, link::REQUEST, &payload).await {
+                lock(&sending.failed).get_or_insert_with(|| format!("sending to the follower: {e}"));
+                // Wakes the receiving half, which may be waiting for a deadline only.
+                sending.sent.notify_one();
+                return;
+            }
+        }
+        let clean = !sending.closed.load(Ordering::SeqCst) && lock(&sending.failed).is_none();
+        if clean && link::write_frame(&mut writer, link::END, &[]).await.is_ok() {
+            let _ = back_tx.send(writer);
+        }
+    });
+    let replies = futures::stream::unfold(Some((reader, back_rx)), move |state| {
+        let (links, addr) = (links.clone(), addr.clone());
+        async move {
+            let (mut reader, back_rx) = state?;
+            match link::read_frame(&mut reader).await {
+                Ok((link::REPLY, payload)) => Some((Ok(payload), Some((reader, back_rx)))),
+                Ok((link::END, body)) => match link::parse_end(&body) {
+                    None => {
+                        // Both sides ended cleanly: the link serves the next session.
+                        if let Ok(writer) = back_rx.await {
+                            links.put_back(&addr, Link { reader, writer });
+                        }
+                        None
+                    }
+                    Some((link::Stop::Unavailable, why)) => {
+                        Some((Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(why)))), None))
+                    }
+                    Some((link::Stop::Invalid, why)) => Some((Err(network::<SM>(&why)), None)),
+                },
+                Ok((kind, _)) => Some((Err(network::<SM>(&format!("unexpected frame kind {kind} on a link"))), None)),
+                Err(e) => Some((Err(network::<SM>(&format!("the link to the follower: {e}"))), None)),
+            }
+        }
+    });
+    inbound::<SM, _>(Box::pin(replies), unanswered, timeout)
+}
+
 /// Creates [`Connection`]s to peers, sharing one channel per address.
 pub struct Network<SM> {
     id: NodeId,
     connections: Arc<Connections>,
     append_budget: u64,
+    links: bool,
     _sm: std::marker::PhantomData<fn() -> SM>,
 }
 
 impl<SM> Network<SM> {
     pub fn new(id: NodeId, connections: Arc<Connections>) -> Self {
-        Self { id, connections, append_budget: APPEND_BUDGET_BYTES, _sm: std::marker::PhantomData }
+        Self { id, connections, append_budget: APPEND_BUDGET_BYTES, links: true, _sm: std::marker::PhantomData }
+    }
+
+    /// The same, replicating over gRPC only, never on links (what a berth before links
+    /// did; tests of the gRPC path and of mixed versions).
+    pub fn grpc_only(mut self) -> Self {
+        self.links = false;
+        self
     }
 
     /// The same, with AppendEntries cut to `bytes` instead of [`APPEND_BUDGET_BYTES`]
@@ -326,6 +404,7 @@ impl<SM: StateMachine> RaftNetworkFactory<TypeConfig<SM>> for Network<SM> {
             target,
             addr: node.addr.clone(),
             channel: self.connections.get(&node.addr).map_err(|e| e.to_string()),
+            links: self.links.then(|| self.connections.links().clone()),
             append_budget: self.append_budget,
             _sm: std::marker::PhantomData,
         }
@@ -338,6 +417,8 @@ pub struct Connection<SM> {
     target: NodeId,
     addr: String,
     channel: Result<Channel, String>,
+    /// Replication links, unless this network replicates over gRPC only.
+    links: Option<Arc<Links>>,
     append_budget: u64,
     _sm: std::marker::PhantomData<fn() -> SM>,
 }
@@ -418,9 +499,10 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         })
     }
 
-    /// One `StreamAppend` call per replication session: requests go out as openraft
-    /// produces them, without waiting for the previous answer (pipelined), as HTTP/2
-    /// data frames on one stream instead of a call — headers, data, trailers — each.
+    /// One replication session: on a link to the follower (`crate::link`), or — for a
+    /// peer that does not speak links — one `StreamAppend` call, as HTTP/2 data frames
+    /// on one stream. Either way requests go out as openraft produces them, without
+    /// waiting for the previous answer (pipelined).
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -430,18 +512,33 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
         S: Stream<Item = AppendEntriesRequest<TypeConfig<SM>>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
-            let mut client = self.client()?;
             let ttl = option.hard_ttl();
+            let timeout = self.timeout(RPCTypes::AppendEntries, ttl);
+            if let Some(links) = &self.links {
+                match links.open(&self.addr, ttl).await {
+                    None => return Err(RPCError::Timeout(timeout)),
+                    Some(Dial::Failed(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+                    Some(Dial::Link(link)) => {
+                        let (links, addr) = (links.clone(), self.addr.clone());
+                        let s = link_session::<SM, S>(link, links, addr, input, self.append_budget, ttl, timeout);
+                        let replies: BoxStream<'s, _> = Box::pin(s);
+                        return Ok(replies);
+                    }
+                    Some(Dial::Legacy) => {}
+                }
+            }
+            let mut client = self.client()?;
             let unanswered = Arc::new(Unanswered::default());
-            let requests = outbound::<SM, S>(input, self.append_budget, ttl, unanswered.clone());
+            let requests = outbound::<SM, S>(input, self.append_budget, ttl, unanswered.clone())
+                .map(|payload| RaftMessage { payload });
             // The call is open once the follower's response headers arrive.
             let replies = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
-                Err(_) => return Err(RPCError::Timeout(self.timeout(RPCTypes::AppendEntries, ttl))),
+                Err(_) => return Err(RPCError::Timeout(timeout)),
                 Ok(Err(status)) => return Err(classify::<SM>(status)),
                 Ok(Ok(r)) => r.into_inner(),
             };
-            let replies: BoxStream<'s, _> =
-                inbound::<SM>(replies, unanswered, self.timeout(RPCTypes::AppendEntries, ttl)).boxed();
+            let replies = replies.map(|r| r.map(|m| m.payload).map_err(classify::<SM>));
+            let replies: BoxStream<'s, _> = inbound::<SM, _>(replies, unanswered, timeout).boxed();
             Ok(replies)
         })
     }

@@ -1,5 +1,7 @@
 //! The Raft transport end to end: three openraft nodes in this process, each serving
-//! `proto/raft.proto` on loopback over tonic, replicating through `StreamAppend`.
+//! `proto/raft.proto` on loopback over tonic, replicating on links (`berth_raft::link`)
+//! on the same port — or, to a peer that serves gRPC only (an older berth), through
+//! `StreamAppend`.
 
 mod common;
 
@@ -19,6 +21,7 @@ struct Peer {
     raft: Raft<C, SmStore<Journal>>,
     state: StateHandle<Journal>,
     addr: std::net::SocketAddr,
+    connections: Arc<Connections>,
     _dir: tempfile::TempDir,
 }
 
@@ -33,15 +36,39 @@ async fn peer(id: u64, addr: std::net::SocketAddr, append_budget: u64) -> Peer {
     let state = sm.handle();
     let config =
         Config { heartbeat_interval: 50, election_timeout_min: 300, election_timeout_max: 600, ..Default::default() };
-    let network = Network::new(id, Arc::new(Connections::new())).with_append_budget(append_budget);
+    let connections = Arc::new(Connections::new());
+    let network = Network::new(id, connections.clone()).with_append_budget(append_budget);
     let raft = Raft::new(id, Arc::new(config.validate().unwrap()), network, LogStore::new(kv), sm).await.unwrap();
-    Peer { raft, state, addr, _dir: dir }
+    Peer { raft, state, addr, connections, _dir: dir }
 }
 
-fn serve(p: &Peer) {
+/// How a peer serves its port.
+#[derive(Clone, Copy, PartialEq)]
+enum Serves {
+    /// gRPC and replication links, as berth does.
+    Links,
+    /// gRPC only, as a berth before links did.
+    GrpcOnly,
+}
+
+async fn serve(p: &Peer, how: Serves) {
     let service = RaftService::server(p.raft.clone());
-    let addr = p.addr;
-    tokio::spawn(async move { tonic::transport::Server::builder().add_service(service).serve(addr).await.unwrap() });
+    let listener = tokio::net::TcpListener::bind(p.addr).await.unwrap();
+    let router = tonic::transport::Server::builder().add_service(service);
+    match how {
+        Serves::Links => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let rx = berth_raft::link::sniff(listener, p.raft.clone(), None, stop);
+            let incoming = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
+            });
+            tokio::spawn(async move { router.serve_with_incoming(incoming).await.unwrap() });
+        }
+        Serves::GrpcOnly => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            tokio::spawn(async move { router.serve_with_incoming(incoming).await.unwrap() });
+        }
+    }
 }
 
 async fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -56,24 +83,34 @@ async fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_catches_up_over_streams_cut_to_the_byte_budget() {
-    // ~1 KiB entries against a 4 KiB budget: every catch-up request is cut to a few
-    // entries, and each cut ends its stream session.
+async fn a_follower_catches_up_over_links_cut_to_the_byte_budget() {
+    catch_up(Serves::Links).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_serves_grpc_only_catches_up_over_streams() {
+    catch_up(Serves::GrpcOnly).await;
+}
+
+/// Node 3 is down while 60 ~1 KiB entries commit, then comes up serving `node3` and
+/// catches up; against a 4 KiB budget every catch-up request is cut to a few entries,
+/// and each cut ends its session.
+async fn catch_up(node3: Serves) {
     let mut peers = Vec::new();
     for id in 1..=3 {
         peers.push(peer(id, free_addr(), 4096).await);
     }
     // Node 3 is down: nothing listens at its address yet.
-    serve(&peers[0]);
-    serve(&peers[1]);
+    serve(&peers[0], Serves::Links).await;
+    serve(&peers[1], Serves::Links).await;
     let members: BTreeMap<u64, Node> =
         peers.iter().zip(1..).map(|(p, id)| (id, Node::new(p.addr.to_string()))).collect();
     peers[0].raft.initialize(members).await.unwrap();
-    let leader = until("a leader", Duration::from_secs(10), || {
+    let leader_id = until("a leader", Duration::from_secs(10), || {
         peers[0].raft.metrics().borrow_watched().current_leader.filter(|l| *l != 3)
     })
     .await;
-    let leader = &peers[leader as usize - 1].raft;
+    let leader = &peers[leader_id as usize - 1].raft;
     // A new leader takes writes once a quorum has acknowledged it (its lease): its
     // first entry applied says so.
     until("the leader's first entry applied", Duration::from_secs(10), || {
@@ -91,18 +128,36 @@ async fn a_follower_catches_up_over_streams_cut_to_the_byte_budget() {
     assert_eq!(want.items.len(), 60);
 
     // Node 3 comes up and catches up: ~20 cut requests, each its own session.
-    serve(&peers[2]);
+    serve(&peers[2], node3).await;
     let applied = leader.metrics().borrow_watched().last_applied.map(|l| l.index).unwrap();
     until("node 3 to catch up", Duration::from_secs(30), || (peers[2].state.applied_index() >= applied).then_some(()))
         .await;
     assert_eq!(peers[2].state.read().state, want, "the follower's journal is the leader's");
 
-    // And a write now reaches all three through the open streams.
+    // And a write now reaches all three through the open sessions.
     leader.client_write(Put("after".into())).await.unwrap();
     for p in &peers {
         until("the last write everywhere", Duration::from_secs(10), || {
             p.state.read().state.items.last().is_some_and(|(_, v)| v == "after").then_some(())
         })
         .await;
+    }
+
+    // Sessions reuse links: a heartbeat is a session of its own every 50 ms, and each
+    // cut above ended one, yet the leader opened only a few links per peer (the link
+    // under a session, one for a heartbeat meanwhile). To the gRPC-only peer it opens
+    // none: it learns that the peer does not speak links and uses gRPC for a while.
+    let links = peers[leader_id as usize - 1].connections.links();
+    let dials = |addr: std::net::SocketAddr| links.opened(&addr.to_string());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = peers.iter().position(|p| p.addr != peers[leader_id as usize - 1].addr && p.addr != peers[2].addr);
+    let other = peers[other.unwrap()].addr;
+    assert!((1..=4).contains(&dials(other)), "links dialed to a follower: {}", dials(other));
+    match node3 {
+        Serves::Links => assert!(dials(peers[2].addr) <= 8, "links dialed to node 3: {}", dials(peers[2].addr)),
+        Serves::GrpcOnly => {
+            assert_eq!(dials(peers[2].addr), 0, "no link to a gRPC-only peer");
+            assert!(links.is_legacy(&peers[2].addr.to_string()), "a gRPC-only peer is known as such");
+        }
     }
 }

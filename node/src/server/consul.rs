@@ -78,19 +78,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Serves the feed until `stop`: HTTP/1 with title-case header names.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
     let app = router(node);
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "consul feed: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, _)) = berth_raft::link::accept(&listener, &stop, "consul feed").await {
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         tokio::spawn(async move {

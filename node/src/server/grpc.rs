@@ -52,14 +52,35 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
         ))
         .add_service(ClusterServer::new(svc.clone()))
         .add_service(IpamServer::new(svc));
+    // Raft replication links share the port (`berth_raft::link`): told apart by
+    // their preface, or with TLS by ALPN.
+    let (raft, gate) = (node.raft.clone(), node.raft_gate());
     let result = match &node.tls {
         Some(tls) => {
-            router.serve_with_incoming_shutdown(tls.grpc_incoming(listener, stop.clone()), stop.cancelled_owned()).await
+            let link_stop = stop.clone();
+            let link = move |s| {
+                let (r, w) = berth_raft::link::split_io(s);
+                let (raft, gate, stop) = (raft.clone(), gate.clone(), link_stop.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        r = berth_raft::link::serve(r, w, raft, Some(gate)) => if let Err(e) = r {
+                            tracing::debug!(error = %e, "Raft link closed");
+                        },
+                    }
+                });
+            };
+            let incoming = tls.grpc_incoming(listener, stop.clone(), link);
+            router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
         }
         None => {
-            // No Nagle: a small reply held back for a delayed ACK costs 40 ms. (The
-            // builder's `tcp_nodelay` applies only to listeners tonic binds itself.)
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            // No Nagle (set by `sniff`): a small reply held back for a delayed ACK
+            // costs 40 ms. (The builder's `tcp_nodelay` applies only to listeners tonic
+            // binds itself.)
+            let rx = berth_raft::link::sniff(listener, raft, Some(gate), stop.clone());
+            let incoming = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
+            });
             router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
         }
     };

@@ -251,7 +251,7 @@ impl Node {
         })?;
         let state = sm.handle();
         let connections = Arc::new(match &tls {
-            Some(t) => Connections::with_tls(t.grpc_client()),
+            Some(t) => Connections::with_tls(t.grpc_client(), t.link_client()),
             None => Connections::new(),
         });
         let http_client = match &tls {
@@ -391,7 +391,12 @@ impl Node {
 
     /// The Raft service for this node's gRPC server.
     pub fn raft_service(&self) -> berth_proto::raft::raft_server::RaftServer<RaftService<State>> {
-        RaftService::with_gate(self.raft.clone(), Some(self.raft_gate.subscribe()))
+        RaftService::with_gate(self.raft.clone(), Some(self.raft_gate()))
+    }
+
+    /// Why Raft requests are refused now, if they are (gRPC and replication links).
+    pub fn raft_gate(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.raft_gate.subscribe()
     }
 
     /// Recomputes why Raft requests are refused (bootstrap's check, the disk); call
