@@ -74,6 +74,9 @@ pub enum Stop {
     Invalid = 2,
 }
 
+/// Bytes a link's reading half takes in at once: under load, many frames per read.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// The reading half of a link, buffered: a frame's header and payload in one read.
 pub type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
 /// The writing half.
@@ -82,13 +85,13 @@ pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 /// Both halves of a plain TCP connection (no lock between them).
 pub fn split_tcp(tcp: TcpStream) -> (Reader, Writer) {
     let (r, w) = tcp.into_split();
-    (BufReader::new(Box::new(r)), Box::new(w))
+    (BufReader::with_capacity(READ_BUFFER, Box::new(r)), Box::new(w))
 }
 
 /// Both halves of any other stream (TLS).
 pub fn split_io<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(io: T) -> (Reader, Writer) {
     let (r, w) = tokio::io::split(io);
-    (BufReader::new(Box::new(r)), Box::new(w))
+    (BufReader::with_capacity(READ_BUFFER, Box::new(r)), Box::new(w))
 }
 
 /// Writes one frame with one write (and flushes it: TLS buffers).
@@ -101,6 +104,18 @@ pub async fn write_frame(w: &mut Writer, kind: u8, payload: &[u8]) -> io::Result
     frame.extend_from_slice(payload);
     w.write_all(&frame).await?;
     w.flush().await
+}
+
+/// Writes `payloads` as frames of `kind`, each as it comes, until they end.
+pub async fn write_frames<S>(w: &mut Writer, kind: u8, payloads: S) -> io::Result<()>
+where
+    S: Stream<Item = io::Result<Vec<u8>>>,
+{
+    futures::pin_mut!(payloads);
+    while let Some(payload) = futures::StreamExt::next(&mut payloads).await {
+        write_frame(w, kind, &payload?).await?;
+    }
+    Ok(())
 }
 
 /// Reads one frame: its kind and payload. A clean end of the stream before a frame
@@ -336,10 +351,7 @@ pub async fn serve<SM: StateMachine>(
         let input = requests::<SM>(reader, payload, back_tx, gate.clone(), stopped.clone());
         let replies = raft.clone().stream_append(input);
         futures::pin_mut!(replies);
-        while let Some(r) = futures::StreamExt::next(&mut replies).await {
-            let payload = codec::encode(&r)?;
-            write_frame(&mut writer, REPLY, &payload).await?;
-        }
+        write_frames(&mut writer, REPLY, futures::StreamExt::map(&mut replies, |r| codec::encode(&r))).await?;
         let stop = lock(&stopped).take();
         let clean = stop.is_none();
         write_frame(&mut writer, END, &end_body(stop)).await?;

@@ -98,6 +98,9 @@ struct Unanswered {
     /// dropped, and openraft's request stream shares its state with the next session.)
     closed: AtomicBool,
     closing: Notify,
+    /// Woken when an answer comes (the sending half may be waiting for room in the
+    /// window, [`IN_FLIGHT`]).
+    answer: Notify,
 }
 
 #[derive(Default)]
@@ -126,6 +129,10 @@ impl Unanswered {
     }
     fn answered(&self) {
         lock(&self.deadlines).due.pop_front();
+        self.answer.notify_one();
+    }
+    fn in_flight(&self) -> usize {
+        lock(&self.deadlines).due.len()
     }
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -204,6 +211,17 @@ where
     })
 }
 
+/// Requests of a session sent and not yet answered, at most. openraft builds a
+/// request when it is asked for the next one, with every entry there is by then: while
+/// one is in flight, entries gather for the next instead of going out a few at a time
+/// — under load fewer, larger requests, answers and follower flushes (on links, which
+/// take a message to the follower sooner than h2 did, unbounded pipelining sent 1.5×
+/// the messages and flushes per allocation and lost 18 % at 256 clients; a window of
+/// one beat two and unbounded at every client count, docs/benchmarks.md, session 16).
+/// A lagging follower still catches up at full speed: each request then carries up
+/// to [`APPEND_BUDGET_BYTES`].
+pub const IN_FLIGHT: usize = 1;
+
 /// The sending half of a replication stream: openraft's requests ([`ride_commits`]),
 /// each cut to the byte budget and encoded, its deadline noted. A request that had to
 /// be cut is the session's last: the follower answers with the entries it took, and
@@ -224,6 +242,13 @@ where
         let unanswered = unanswered.clone();
         async move {
             let mut input = input?;
+            while unanswered.in_flight() >= IN_FLIGHT {
+                tokio::select! {
+                    biased;
+                    () = unanswered.closing.notified() => return None,
+                    () = unanswered.answer.notified() => {}
+                }
+            }
             if unanswered.closed.load(Ordering::SeqCst) {
                 return None;
             }
@@ -325,14 +350,11 @@ where
     let (back_tx, back_rx) = tokio::sync::oneshot::channel();
     let sending = unanswered.clone();
     tokio::spawn(async move {
-        futures::pin_mut!(requests);
-        while let Some(payload) = requests.next().await {
-            if let Err(e) = link::write_frame(&mut writer, link::REQUEST, &payload).await {
-                lock(&sending.failed).get_or_insert_with(|| format!("sending to the follower: {e}"));
-                // Wakes the receiving half, which may be waiting for a deadline only.
-                sending.sent.notify_one();
-                return;
-            }
+        if let Err(e) = link::write_frames(&mut writer, link::REQUEST, requests.map(Ok)).await {
+            lock(&sending.failed).get_or_insert_with(|| format!("sending to the follower: {e}"));
+            // Wakes the receiving half, which may be waiting for a deadline only.
+            sending.sent.notify_one();
+            return;
         }
         let clean = !sending.closed.load(Ordering::SeqCst) && lock(&sending.failed).is_none();
         if clean && link::write_frame(&mut writer, link::END, &[]).await.is_ok() {

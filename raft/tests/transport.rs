@@ -161,3 +161,64 @@ async fn catch_up(node3: Serves) {
         }
     }
 }
+
+/// A session keeps one request in flight (`network::IN_FLIGHT`): the next is taken
+/// from openraft — with whatever entries gathered meanwhile — only once the follower
+/// answered. Checked against a hand-written follower on the link protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_session_sends_the_next_request_only_after_an_answer() {
+    use berth_raft::link::{self, Reader, Writer};
+    use berth_raft::openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+    use berth_raft::openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+    use berth_raft::openraft::testing::log_id;
+    use berth_raft::openraft::{Entry, EntryPayload, Vote};
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let request = |prev: u64| AppendEntriesRequest::<C> {
+        vote: Vote::new_committed(1, 1),
+        prev_log_id: Some(log_id::<C>(1, 1, prev)),
+        entries: vec![Entry {
+            log_id: log_id::<C>(1, 1, prev + 1),
+            payload: EntryPayload::Normal(Put(prev.to_string())),
+        }],
+        leader_commit: None,
+    };
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    for prev in 10..13 {
+        tx.unbounded_send(request(prev)).unwrap();
+    }
+    let mut network = Network::<Journal>::new(1, Arc::new(Connections::new()));
+    let follower = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut r, mut w): (Reader, Writer) = link::split_tcp(tcp);
+        let mut preface = [0u8; 16];
+        r.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, link::PREFACE);
+        w.write_all(link::ACCEPTED).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let (kind, payload) = link::read_frame(&mut r).await.unwrap();
+            assert_eq!(kind, link::REQUEST);
+            let req: AppendEntriesRequest<C> = berth_raft::codec::decode(&payload).unwrap();
+            got.push(req.prev_log_id.unwrap().index);
+            // Nothing more comes while this one is unanswered.
+            let more = tokio::time::timeout(Duration::from_millis(300), link::read_frame(&mut r)).await;
+            assert!(more.is_err(), "a second request in flight after {got:?}");
+            let answer: Result<StreamAppendResult<C>, berth_raft::openraft::errors::Fatal<C>> =
+                Ok(Ok(Some(log_id::<C>(1, 1, req.prev_log_id.unwrap().index + 1))));
+            link::write_frame(&mut w, link::REPLY, &berth_raft::codec::encode(&answer).unwrap()).await.unwrap();
+        }
+        got
+    });
+    let mut conn = network.new_client(2, &Node::new(addr.to_string())).await;
+    let mut replies = conn.stream_append(rx, RPCOption::new(Duration::from_secs(5))).await.unwrap();
+    for want in 11..14 {
+        let got = replies.next().await.unwrap().unwrap().unwrap();
+        assert_eq!(got.map(|l| l.index), Some(want));
+    }
+    assert_eq!(follower.await.unwrap(), [10, 11, 12], "one at a time, in order");
+    drop(tx);
+}
