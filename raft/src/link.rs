@@ -82,6 +82,21 @@ pub type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
 /// The writing half.
 pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// Turns TCP keep-alive on for a link: probes after 10 s of silence, every 5 s, three
+/// unanswered ones close it. A link may carry nothing for long (a replication session
+/// between writes, a pooled link), and a peer that vanished without closing it — a
+/// host powered off, a partition that outlived the close — would otherwise hold its
+/// socket and task at this end for good.
+pub fn keepalive(tcp: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot turn TCP keep-alive on for a link");
+    }
+}
+
 /// Both halves of a plain TCP connection (no lock between them).
 pub fn split_tcp(tcp: TcpStream) -> (Reader, Writer) {
     let (r, w) = tcp.into_split();
@@ -274,6 +289,7 @@ impl Links {
         };
         // No Nagle: a small answer held back for a delayed ACK costs 40 ms.
         let _ = tcp.set_nodelay(true);
+        keepalive(&tcp);
         let (mut reader, mut writer) = match &self.tls {
             None => split_tcp(tcp),
             Some((config, name)) => {
@@ -313,7 +329,7 @@ async fn write_frame_raw(w: &mut Writer, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Serves one link from a peer until it closes: the preface, then sessions, each fed
-/// to openraft's `stream_append` as its requests arrive (pipelined) and answered in
+/// to openraft's `stream_append` as its requests arrive and answered in
 /// order once durable. While `gate` holds a reason, a session is ended with it (as the
 /// gRPC service refuses with `unavailable`).
 pub async fn serve<SM: StateMachine>(
@@ -427,6 +443,7 @@ pub fn sniff<SM: StateMachine>(
             tokio::spawn(async move {
                 match opens_with_preface(&tcp).await {
                     Ok(true) => {
+                        keepalive(&tcp);
                         let (r, w) = split_tcp(tcp);
                         tokio::select! {
                             () = stop.cancelled() => {}
@@ -549,6 +566,17 @@ mod tests {
         let (a, b) = pair().await;
         drop(a);
         assert_eq!(opens_with_preface(&b).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn links_probe_a_silent_peer() {
+        let (a, _b) = pair().await;
+        keepalive(&a);
+        let sock = socket2::SockRef::from(&a);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(10));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(5));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
     }
 
     #[tokio::test]

@@ -523,8 +523,7 @@ impl<SM: StateMachine> RaftNetworkV2<TypeConfig<SM>> for Connection<SM> {
 
     /// One replication session: on a link to the follower (`crate::link`), or — for a
     /// peer that does not speak links — one `StreamAppend` call, as HTTP/2 data frames
-    /// on one stream. Either way requests go out as openraft produces them, without
-    /// waiting for the previous answer (pipelined).
+    /// on one stream. Either way with [`IN_FLIGHT`] requests unanswered at most.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,

@@ -58,7 +58,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
     let result = match &node.tls {
         Some(tls) => {
             let link_stop = stop.clone();
-            let link = move |s| {
+            let link = move |s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>| {
+                berth_raft::link::keepalive(s.get_ref().0);
                 let (r, w) = berth_raft::link::split_io(s);
                 let (raft, gate, stop) = (raft.clone(), gate.clone(), link_stop.clone());
                 tokio::spawn(async move {
