@@ -29,7 +29,7 @@ fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-async fn peer(id: u64, addr: std::net::SocketAddr, append_budget: u64) -> Peer {
+async fn peer(id: u64, addr: std::net::SocketAddr, append_budget: u64, dials: Dials) -> Peer {
     let dir = tempfile::tempdir().unwrap();
     let kv = kv::open(Backend::Redb, &dir.path().join("raft")).unwrap();
     let sm = SmStore::open(kv.clone()).unwrap();
@@ -37,9 +37,21 @@ async fn peer(id: u64, addr: std::net::SocketAddr, append_budget: u64) -> Peer {
     let config =
         Config { heartbeat_interval: 50, election_timeout_min: 300, election_timeout_max: 600, ..Default::default() };
     let connections = Arc::new(Connections::new());
-    let network = Network::new(id, connections.clone()).with_append_budget(append_budget);
+    let mut network = Network::new(id, connections.clone()).with_append_budget(append_budget);
+    if dials == Dials::GrpcOnly {
+        network = network.grpc_only();
+    }
     let raft = Raft::new(id, Arc::new(config.validate().unwrap()), network, LogStore::new(kv), sm).await.unwrap();
     Peer { raft, state, addr, connections, _dir: dir }
+}
+
+/// How a peer replicates to the others.
+#[derive(Clone, Copy, PartialEq)]
+enum Dials {
+    /// On links, as berth does.
+    Links,
+    /// Over gRPC only, as a berth before links did.
+    GrpcOnly,
 }
 
 /// How a peer serves its port.
@@ -84,21 +96,26 @@ async fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_catches_up_over_links_cut_to_the_byte_budget() {
-    catch_up(Serves::Links).await;
+    catch_up(Serves::Links, Dials::Links).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_serves_grpc_only_catches_up_over_streams() {
-    catch_up(Serves::GrpcOnly).await;
+    catch_up(Serves::GrpcOnly, Dials::Links).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_replicates_over_grpc_only_reaches_followers_that_serve_links() {
+    catch_up(Serves::Links, Dials::GrpcOnly).await;
 }
 
 /// Node 3 is down while 60 ~1 KiB entries commit, then comes up serving `node3` and
 /// catches up; against a 4 KiB budget every catch-up request is cut to a few entries,
-/// and each cut ends its session.
-async fn catch_up(node3: Serves) {
+/// and each cut ends its session. Every peer replicates as `dials` says.
+async fn catch_up(node3: Serves, dials: Dials) {
     let mut peers = Vec::new();
     for id in 1..=3 {
-        peers.push(peer(id, free_addr(), 4096).await);
+        peers.push(peer(id, free_addr(), 4096, dials).await);
     }
     // Node 3 is down: nothing listens at its address yet.
     serve(&peers[0], Serves::Links).await;
@@ -148,15 +165,19 @@ async fn catch_up(node3: Serves) {
     // under a session, one for a heartbeat meanwhile). To the gRPC-only peer it opens
     // none: it learns that the peer does not speak links and uses gRPC for a while.
     let links = peers[leader_id as usize - 1].connections.links();
-    let dials = |addr: std::net::SocketAddr| links.opened(&addr.to_string());
+    let opened = |addr: std::net::SocketAddr| links.opened(&addr.to_string());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let other = peers.iter().position(|p| p.addr != peers[leader_id as usize - 1].addr && p.addr != peers[2].addr);
     let other = peers[other.unwrap()].addr;
-    assert!((1..=4).contains(&dials(other)), "links dialed to a follower: {}", dials(other));
+    if dials == Dials::GrpcOnly {
+        assert_eq!((opened(other), opened(peers[2].addr)), (0, 0), "no links when replicating over gRPC only");
+        return;
+    }
+    assert!((1..=4).contains(&opened(other)), "links dialed to a follower: {}", opened(other));
     match node3 {
-        Serves::Links => assert!(dials(peers[2].addr) <= 8, "links dialed to node 3: {}", dials(peers[2].addr)),
+        Serves::Links => assert!(opened(peers[2].addr) <= 8, "links dialed to node 3: {}", opened(peers[2].addr)),
         Serves::GrpcOnly => {
-            assert_eq!(dials(peers[2].addr), 0, "no link to a gRPC-only peer");
+            assert_eq!(opened(peers[2].addr), 0, "no link to a gRPC-only peer");
             assert!(links.is_legacy(&peers[2].addr.to_string()), "a gRPC-only peer is known as such");
         }
     }
