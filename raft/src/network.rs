@@ -219,7 +219,12 @@ where
 /// the messages and flushes per allocation and lost 18 % at 256 clients; a window of
 /// one beat two and unbounded at every client count, docs/benchmarks.md, session 16).
 /// A lagging follower still catches up at full speed: each request then carries up
-/// to [`APPEND_BUDGET_BYTES`].
+/// to [`APPEND_BUDGET_BYTES`]. The price: the sending half learns that openraft ended
+/// a session only when it may ask for the next request, so a session's end (on a
+/// link, its `End`) follows its last answer by a round trip — a heartbeat, a session
+/// of one request, completes in two round trips instead of one (well under a
+/// millisecond on a LAN; openraft allows it the heartbeat interval). Replication
+/// sessions proper last until openraft changes course, so this is not per write.
 pub const IN_FLIGHT: usize = 1;
 
 /// The sending half of a replication stream: openraft's requests ([`ride_commits`]),
