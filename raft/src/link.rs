@@ -411,7 +411,7 @@ fn requests<SM: StateMachine>(
                     Err(_) => return None,
                 },
             };
-            if let Some(reason) = gate.as_ref().and_then(|g| g.borrow().clone()) {
+            if let Some(reason) = crate::service::refusal(gate.as_ref()) {
                 *lock(&stopped) = Some((Stop::Unavailable, reason));
                 return None;
             }
@@ -428,14 +428,14 @@ fn requests<SM: StateMachine>(
 
 /// The plain connections of a port shared by gRPC and links: each connection that
 /// opens with [`PREFACE`] is served as a link (until `stop`), the others come out of
-/// the returned channel for tonic. Reading the first bytes of a connection runs on
-/// its own task (a silent client holds up no one).
+/// the returned stream for tonic. Reading the first bytes of a connection runs on its
+/// own task (a silent client holds up no one).
 pub fn sniff<SM: StateMachine>(
     listener: TcpListener,
     raft: Raft<SM>,
     gate: Option<watch::Receiver<Option<String>>>,
     stop: CancellationToken,
-) -> mpsc::Receiver<TcpStream> {
+) -> impl Stream<Item = io::Result<TcpStream>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         while let Some((tcp, _)) = accept(&listener, &stop, "gRPC").await {
@@ -445,12 +445,7 @@ pub fn sniff<SM: StateMachine>(
                     Ok(true) => {
                         keepalive(&tcp);
                         let (r, w) = split_tcp(tcp);
-                        tokio::select! {
-                            () = stop.cancelled() => {}
-                            r = serve(r, w, raft, gate) => if let Err(e) = r {
-                                tracing::debug!(error = %e, "link closed");
-                            },
-                        }
+                        serve_until(r, w, raft, gate, stop).await;
                     }
                     Ok(false) => {
                         let _ = tx.send(tcp).await;
@@ -460,7 +455,24 @@ pub fn sniff<SM: StateMachine>(
             });
         }
     });
-    rx
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (Ok(s), rx)) })
+}
+
+/// [`serve`]s a link until it closes or `stop` is cancelled; how it ended is logged
+/// at debug level (a peer closing its links is routine).
+pub async fn serve_until<SM: StateMachine>(
+    reader: Reader,
+    writer: Writer,
+    raft: Raft<SM>,
+    gate: Option<watch::Receiver<Option<String>>>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        r = serve(reader, writer, raft, gate) => if let Err(e) = r {
+            tracing::debug!(error = %e, "Raft link closed");
+        },
+    }
 }
 
 /// The next connection on `listener`, without Nagle (a small reply held back for a

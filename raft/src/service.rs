@@ -49,10 +49,15 @@ impl<SM: StateMachine> RaftService<SM> {
 
 /// Unavailable, with the reason, while `gate` holds one.
 fn closed(gate: Option<&watch::Receiver<Option<String>>>) -> Result<(), Status> {
-    match gate.and_then(|g| g.borrow().clone()) {
+    match refusal(gate) {
         Some(reason) => Err(Status::unavailable(reason)),
         None => Ok(()),
     }
+}
+
+/// Why `gate` refuses Raft requests now, if it does (gRPC and links alike).
+pub(crate) fn refusal(gate: Option<&watch::Receiver<Option<String>>>) -> Option<String> {
+    gate.and_then(|g| g.borrow().clone())
 }
 
 /// The replies of a `StreamAppend` call.

@@ -70,10 +70,7 @@ async fn serve(p: &Peer, how: Serves) {
     match how {
         Serves::Links => {
             let stop = tokio_util::sync::CancellationToken::new();
-            let rx = berth_raft::link::sniff(listener, p.raft.clone(), None, stop);
-            let incoming = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
-            });
+            let incoming = berth_raft::link::sniff(listener, p.raft.clone(), None, stop);
             tokio::spawn(async move { router.serve_with_incoming(incoming).await.unwrap() });
         }
         Serves::GrpcOnly => {

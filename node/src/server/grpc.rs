@@ -61,27 +61,16 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
             let link = move |s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>| {
                 berth_raft::link::keepalive(s.get_ref().0);
                 let (r, w) = berth_raft::link::split_io(s);
-                let (raft, gate, stop) = (raft.clone(), gate.clone(), link_stop.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        r = berth_raft::link::serve(r, w, raft, Some(gate)) => if let Err(e) = r {
-                            tracing::debug!(error = %e, "Raft link closed");
-                        },
-                    }
-                });
+                tokio::spawn(berth_raft::link::serve_until(r, w, raft.clone(), Some(gate.clone()), link_stop.clone()));
             };
             let incoming = tls.grpc_incoming(listener, stop.clone(), link);
             router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
         }
         None => {
-            // No Nagle (set by `sniff`): a small reply held back for a delayed ACK
-            // costs 40 ms. (The builder's `tcp_nodelay` applies only to listeners tonic
+            // No Nagle (set by `link::accept`, under `sniff`): a small reply held back
+            // for a delayed ACK costs 40 ms. (The builder's `tcp_nodelay` applies only to listeners tonic
             // binds itself.)
-            let rx = berth_raft::link::sniff(listener, raft, Some(gate), stop.clone());
-            let incoming = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
-            });
+            let incoming = berth_raft::link::sniff(listener, raft, Some(gate), stop.clone());
             router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
         }
     };
