@@ -5,7 +5,7 @@ use std::collections::{btree_map, BTreeMap};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
@@ -39,6 +39,14 @@ use crate::log_disk::{KvLog, LogDisk, LogOp, Meta};
 ///   after [`LAZY_HOLD`] without one or when the store closes. That is safe only because berth turns openraft's leader
 ///   restore off (`enable_leader_restore`, see `save_committed`).
 ///
+/// - a **follower's** append (entries another node led: [`LogStore::for_node`]) is
+///   written on the calling thread, without the writer, when the writer is idle, the
+///   append is small and the disk is fast ([`INLINE_BYTES`], [`INLINE_SLOW`]): the
+///   follower answers only once its entries are durable, so its thread has nothing
+///   better to do meanwhile, and the two thread wake-ups of the hand-over leave its
+///   answer's path. A leader's own entries always go through the writer — its flush
+///   overlaps the round trip to its followers.
+///
 /// A write that fails fails every call of its group; openraft stops the node on a
 /// storage error, and nothing it was told is flushed was not.
 pub struct LogStore<C: RaftTypeConfig> {
@@ -47,7 +55,13 @@ pub struct LogStore<C: RaftTypeConfig> {
     tail: Arc<Mutex<Tail<C>>>,
     writer: Arc<Writer>,
     appended: AppendedBytes,
+    /// Whether an entry was led by another node (appends of such entries may be written
+    /// inline); none: every append goes through the writer.
+    foreign: Option<Foreign<C>>,
 }
+
+/// Tells an entry another node led ([`LogStore::for_node`]).
+type Foreign<C> = Arc<dyn Fn(&<C as RaftTypeConfig>::Entry) -> bool + Send + Sync>;
 
 /// Bytes of encoded entries appended to a [`LogStore`] since it was opened (what the
 /// snapshot policy weighs against the size of the last snapshot).
@@ -68,6 +82,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             tail: self.tail.clone(),
             writer: self.writer.clone(),
             appended: self.appended.clone(),
+            foreign: self.foreign.clone(),
         }
     }
 }
@@ -76,9 +91,47 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
 /// store: the queue is closed, written out, and the thread joined — so the store's
 /// file is closed when the store is gone, and can be opened again.
 struct Writer {
+    io: Arc<Io>,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// The disk as the writer thread and inline appends share it: one write at a time, in
+/// queue order.
+struct Io {
+    disk: Arc<dyn LogDisk>,
+    /// Held for each write to the disk.
+    writing: Mutex<()>,
+    /// Jobs queued and not yet completed (their callbacks not yet run).
+    queued: AtomicUsize,
+    /// How long the last durable write took, in µs.
+    last_write_us: AtomicU64,
+}
+
+impl Io {
+    fn write(&self, ops: Vec<LogOp>, durable: bool) -> Result<(), KvError> {
+        let _writing = lock(&self.writing);
+        self.write_locked(ops, durable)
+    }
+
+    /// A write while `writing` is held.
+    fn write_locked(&self, ops: Vec<LogOp>, durable: bool) -> Result<(), KvError> {
+        let started = std::time::Instant::now();
+        let result = self.disk.write(ops, durable);
+        if durable {
+            self.last_write_us.store(started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+/// A follower writes an append inline only if its encoded entries are at most this
+/// many bytes (a plan of thousands of placements goes to the writer: its write would
+/// hold the node's runtime thread)...
+pub const INLINE_BYTES: u64 = 64 * 1024;
+/// ...and only while the last durable write took less than this (a slow or busy disk:
+/// the writer thread waits for it, not the runtime).
+pub const INLINE_SLOW: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Drop for Writer {
     fn drop(&mut self) {
@@ -190,9 +243,9 @@ impl Pointer {
 /// names were queued before openraft saved it, so they are in this group or an earlier
 /// one — a pointer never becomes durable ahead of its entries. A group cut short by
 /// [`GROUP_BYTES`] leaves the pointer for the next one.
-fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>, pointer: Arc<Pointer>) {
+fn write_loop(io: Arc<Io>, jobs: mpsc::Receiver<Job>, pointer: Arc<Pointer>) {
     let write_alone = |op: LogOp| {
-        if let Err(e) = disk.write(vec![op], false) {
+        if let Err(e) = io.write(vec![op], false) {
             tracing::error!(error = %e, "the Raft log's lazy write failed");
         }
     };
@@ -245,13 +298,15 @@ fn write_loop(disk: Arc<dyn LogDisk>, jobs: mpsc::Receiver<Job>, pointer: Arc<Po
             Some((op, _)) => ops.push(op),
             None => {}
         }
-        let result = disk.write(ops, true);
+        let result = io.write(ops, true);
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = group.len(), "the Raft log write failed");
         }
+        let jobs_done = group.len();
         for job in group {
             (job.done)(result.clone());
         }
+        io.queued.fetch_sub(jobs_done, Ordering::SeqCst);
     }
 }
 
@@ -273,20 +328,25 @@ impl<C: RaftTypeConfig> LogStore<C> {
     /// the store is dropped, once the queue is written).
     pub fn on(disk: Arc<dyn LogDisk>) -> Self {
         let (jobs, queue) = mpsc::channel();
-        let writer_disk = disk.clone();
+        let io = Arc::new(Io {
+            disk: disk.clone(),
+            writing: Mutex::new(()),
+            queued: AtomicUsize::new(0),
+            last_write_us: AtomicU64::new(0),
+        });
         let pointer = Arc::new(Pointer::default());
-        let writer_pointer = pointer.clone();
+        let (writer_io, writer_pointer) = (io.clone(), pointer.clone());
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(writer_disk, queue, writer_pointer))
+            .spawn(move || write_loop(writer_io, queue, writer_pointer))
             .expect("cannot start the Raft log writer thread");
-        let writer = Arc::new(Writer { jobs: Some(jobs), thread: Some(thread) });
+        let writer = Arc::new(Writer { io, jobs: Some(jobs), thread: Some(thread) });
         let tail = Arc::new(Mutex::new(Tail {
             entries: BTreeMap::new(),
             cut: None,
             recent: Recent { entries: BTreeMap::new(), bytes: 0 },
         }));
-        Self { disk, pointer, tail, writer, appended: AppendedBytes::default() }
+        Self { disk, pointer, tail, writer, appended: AppendedBytes::default(), foreign: None }
     }
 
     /// The count of bytes appended through this store (and its clones).
@@ -300,7 +360,45 @@ impl<C: RaftTypeConfig> LogStore<C> {
 
     fn submit(&self, ops: Vec<LogOp>, done: Done) -> io::Result<()> {
         let jobs = self.writer.jobs.as_ref().ok_or_else(writer_stopped)?;
-        jobs.send(Job { ops, done }).map_err(|_| writer_stopped())
+        self.writer.io.queued.fetch_add(1, Ordering::SeqCst);
+        jobs.send(Job { ops, done }).map_err(|_| {
+            self.writer.io.queued.fetch_sub(1, Ordering::SeqCst);
+            writer_stopped()
+        })
+    }
+
+    /// Writes `ops` on this thread and returns what the write returned, if nothing is
+    /// queued for the writer and the disk is fast; else hands `ops` back.
+    ///
+    /// Order: queued jobs hold `queued` above zero until written and reported, and a job
+    /// queued while this write holds `writing` waits for it — so an inline write never
+    /// overtakes a queued one, nor is overtaken. The commit pointer waiting in its slot
+    /// rides along: every entry it names was appended before it was saved, and all of
+    /// those are written (nothing is queued) or in `ops`.
+    fn write_inline(&self, mut ops: Vec<LogOp>) -> Result<Result<(), KvError>, Vec<LogOp>> {
+        let io = &self.writer.io;
+        if io.last_write_us.load(Ordering::Relaxed) >= INLINE_SLOW.as_micros() as u64 {
+            return Err(ops);
+        }
+        // Never waits: a write under way (the writer's, or the pointer written alone)
+        // sends this one to the writer too.
+        let writing = match io.writing.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(ops),
+        };
+        if io.queued.load(Ordering::SeqCst) != 0 {
+            return Err(ops);
+        }
+        if let Some((op, _)) = lock(&self.pointer.0).take() {
+            ops.push(op);
+        }
+        let result = io.write_locked(ops, true);
+        drop(writing);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "the Raft log write failed");
+        }
+        Ok(result)
     }
 
     /// Queues `op` and waits until it is durable.
@@ -473,6 +571,11 @@ where
             ops.push(LogOp::Entry { index: entry.index(), bytes: encoded });
         }
         self.appended.0.fetch_add(bytes, Ordering::Relaxed);
+        let inline = bytes <= INLINE_BYTES
+            && match (&self.foreign, entries.first()) {
+                (Some(foreign), Some(first)) => foreign(first),
+                _ => false,
+            };
         {
             let mut tail = self.tail();
             for entry in entries {
@@ -497,6 +600,17 @@ where
             }
             callback.io_completed(result.map_err(io::Error::from));
         });
+        let ops = if inline {
+            match self.write_inline(ops) {
+                Ok(result) => {
+                    done(result);
+                    return Ok(());
+                }
+                Err(ops) => ops,
+            }
+        } else {
+            ops
+        };
         self.submit(ops, done)
     }
 
@@ -527,5 +641,14 @@ where
         tail.entries = keep;
         tail.recent.keep_from(log_id.index() + 1);
         Ok(())
+    }
+}
+
+impl<SM: crate::StateMachine> LogStore<crate::TypeConfig<SM>> {
+    /// This store is node `id`'s: appends of entries another node led — what a follower
+    /// receives — are written inline when they can be (see [`LogStore`]).
+    pub fn for_node(mut self, id: u64) -> Self {
+        self.foreign = Some(Arc::new(move |e: &crate::typ::Entry<SM>| e.log_id.leader_id.node_id != id));
+        self
     }
 }

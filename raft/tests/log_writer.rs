@@ -245,3 +245,95 @@ async fn the_last_entries_written_are_read_back_without_the_disk() {
     let got = indexes(&mut store, 1996..2001).await;
     assert_eq!(got, vec![(1996, "1-1996".into()), (1997, "1-1997".into()), (1998, "2-1998".into())]);
 }
+
+/// An entry led by node 2: what node 1 receives as a follower.
+fn from_leader_2(term: u64, index: u64, payload: String) -> berth_raft::typ::Entry<Journal> {
+    Entry { log_id: log_id::<C>(term, 2, index), payload: EntryPayload::Normal(Put(payload)) }
+}
+
+/// Appends on node 1's store and tells whether the append was reported flushed by the
+/// time it returned, and how long it took.
+async fn append_timed(store: &mut LogStore<C>, entries: Vec<berth_raft::typ::Entry<Journal>>) -> (bool, Duration) {
+    let (tx, mut rx) = C::oneshot();
+    let started = std::time::Instant::now();
+    store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+    let took = started.elapsed();
+    (rx.try_recv().is_ok(), took)
+}
+
+/// Opens the gate after `after`, from a thread of its own (so a test that wrongly
+/// blocks on the gate ends, and fails on its timing).
+fn open_after(kv: &Arc<Gated>, after: Duration) -> std::thread::JoinHandle<()> {
+    let kv = kv.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        kv.set_closed(false);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_append_is_written_before_the_call_returns_a_leaders_is_not() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone()).for_node(1);
+    store.save_committed(Some(log_id::<C>(1, 2, 1))).await.unwrap();
+    let (flushed, _) =
+        append_timed(&mut store, vec![from_leader_2(1, 1, "a".into()), from_leader_2(1, 2, "b".into())]).await;
+    assert!(flushed, "a follower's append is durable when append returns");
+    assert_eq!(kv.durable_writes(), vec![3], "both entries and the waiting commit pointer, in one write");
+    // Entries this node led go through the writer: the call returns before the write.
+    kv.set_closed(true);
+    let gate = open_after(&kv, Duration::from_millis(300));
+    let (flushed, took) = append_timed(&mut store, vec![entry(2, 3)]).await;
+    assert!(!flushed && took < Duration::from_millis(200), "a leader's append does not wait for its write");
+    gate.join().unwrap();
+    assert_eq!(indexes(&mut store, 1..4).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_append_queues_behind_a_write_under_way_and_keeps_the_order() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone()).for_node(1);
+    kv.set_closed(true);
+    let first = append(&mut store, vec![entry(1, 1)]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let gate = open_after(&kv, Duration::from_millis(500));
+    let (flushed, took) = append_timed(&mut store, vec![from_leader_2(2, 2, "x".into())]).await;
+    assert!(
+        !flushed && took < Duration::from_millis(300),
+        "queued behind the writer, not written past it nor waiting for it"
+    );
+    gate.join().unwrap();
+    first.await.unwrap().unwrap();
+    // Written after the first, in a transaction of its own (it was queued while the
+    // first was under way).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(kv.durable_writes(), vec![1, 1]);
+    assert_eq!(indexes(&mut store, 1..3).await, vec![(1, "1-1".into()), (2, "x".into())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_append_or_a_slow_disk_sends_a_followers_append_to_the_writer() {
+    let kv = Arc::new(Gated::default());
+    let mut store = LogStore::<C>::new(kv.clone()).for_node(1);
+    // Larger than INLINE_BYTES: to the writer, even with the writer idle.
+    kv.set_closed(true);
+    let gate = open_after(&kv, Duration::from_millis(300));
+    let big = "p".repeat(berth_raft::log_store::INLINE_BYTES as usize + 1);
+    let (flushed, took) = append_timed(&mut store, vec![from_leader_2(1, 1, big)]).await;
+    assert!(!flushed && took < Duration::from_millis(200), "a large append is not written inline");
+    gate.join().unwrap();
+    // That write took ~300 ms (> INLINE_SLOW): the next small one goes to the writer too.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    kv.set_closed(true);
+    let gate = open_after(&kv, Duration::from_millis(300));
+    let (flushed, took) = append_timed(&mut store, vec![from_leader_2(1, 2, "s".into())]).await;
+    assert!(!flushed && took < Duration::from_millis(200), "after a slow write, appends go to the writer");
+    gate.join().unwrap();
+    // A fast write since: inline again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fast = append(&mut store, vec![from_leader_2(1, 3, "f".into())]).await;
+    fast.await.unwrap().unwrap();
+    let (flushed, _) = append_timed(&mut store, vec![from_leader_2(1, 4, "g".into())]).await;
+    assert!(flushed, "inline again once the disk is fast");
+    assert_eq!(indexes(&mut store, 2..5).await.len(), 3);
+}

@@ -264,7 +264,7 @@ impl Node {
                     path: config.data_dir.display().to_string(),
                     reason: e.to_string(),
                 })?;
-        let log = LogStore::on(log_disk);
+        let log = LogStore::on(log_disk).for_node(config.id);
         let appended = log.appended_bytes();
         let raft = typ::Raft::<State>::new(
             config.id,
