@@ -334,6 +334,36 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Waits until the leader's membership holds every running node, as a voter or a
+    /// learner (nodes join through the autopilot a little after a leader is elected):
+    /// faults that change membership or pick a node by id start from the whole
+    /// cluster.
+    pub async fn wait_members(&self, http: &reqwest::Client, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let want: std::collections::BTreeSet<u64> =
+            self.nodes.iter().filter(|(_, n)| n.child.is_some()).map(|(id, _)| *id).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            let leader = self.wait_leader(http, deadline.saturating_duration_since(Instant::now())).await?;
+            let url = format!("{}/v1/cluster", self.url(leader));
+            if let Ok(r) = http.get(&url).timeout(Duration::from_millis(500)).send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    seen = v["members"]
+                        .as_array()
+                        .map(|m| m.iter().filter_map(|m| m["id"].as_u64()).collect())
+                        .unwrap_or_default();
+                    if want.is_subset(&seen) {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the members are {seen:?}, not yet all of {want:?}, after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// The addresses of a cluster's nodes, to ask from async code without holding the

@@ -565,6 +565,7 @@ async fn run_converge(args: &Args, nemeses: &[String], seed: u64, namespaces: bo
     let flags = ["--snapshot-logs", "200", "--host-deadline-s", deadline_flag.as_str(), "--runtime", "process"];
     let cluster = Cluster::start_with(args.nodes, &flags, options(args, nemeses, namespaces))?;
     let http = cluster.http_client();
+    cluster.wait_members(&http, Duration::from_secs(30)).await?;
     let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
     let url = cluster.url(leader);
     let (s, v) = request(
@@ -670,7 +671,7 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
     }
     let cluster = Cluster::start_with(args.nodes, &["--snapshot-logs", "200"], options(args, nemeses, namespaces))?;
     let http = cluster.http_client();
-    cluster.wait_leader(&http, Duration::from_secs(30)).await?;
+    cluster.wait_members(&http, Duration::from_secs(30)).await?;
     let urls: Vec<String> = cluster.nodes.keys().map(|id| cluster.url(*id)).collect();
     if workload == "ipam" {
         let (s, v) = request(
