@@ -338,8 +338,8 @@ impl Cluster {
     /// Waits until the leader's membership holds every running node, as a voter or a
     /// learner (nodes join through the autopilot a little after a leader is elected):
     /// faults that change membership or pick a node by id start from the whole
-    /// cluster.
-    pub async fn wait_members(&self, http: &reqwest::Client, within: Duration) -> Result<()> {
+    /// cluster. Returns the leader.
+    pub async fn wait_members(&self, http: &reqwest::Client, within: Duration) -> Result<u64> {
         let deadline = Instant::now() + within;
         let want: std::collections::BTreeSet<u64> =
             self.nodes.iter().filter(|(_, n)| n.child.is_some()).map(|(id, _)| *id).collect();
@@ -354,7 +354,7 @@ impl Cluster {
                         .map(|m| m.iter().filter_map(|m| m["id"].as_u64()).collect())
                         .unwrap_or_default();
                     if want.is_subset(&seen) {
-                        return Ok(());
+                        return Ok(leader);
                     }
                 }
             }

@@ -565,8 +565,7 @@ async fn run_converge(args: &Args, nemeses: &[String], seed: u64, namespaces: bo
     let flags = ["--snapshot-logs", "200", "--host-deadline-s", deadline_flag.as_str(), "--runtime", "process"];
     let cluster = Cluster::start_with(args.nodes, &flags, options(args, nemeses, namespaces))?;
     let http = cluster.http_client();
-    cluster.wait_members(&http, Duration::from_secs(30)).await?;
-    let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
+    let leader = cluster.wait_members(&http, Duration::from_secs(30)).await?;
     let url = cluster.url(leader);
     let (s, v) = request(
         &http,

@@ -50,7 +50,6 @@ use crate::log_disk::{KvLog, LogDisk, LogOp, Meta};
 /// A write that fails fails every call of its group; openraft stops the node on a
 /// storage error, and nothing it was told is flushed was not.
 pub struct LogStore<C: RaftTypeConfig> {
-    disk: Arc<dyn LogDisk>,
     pointer: Arc<Pointer>,
     tail: Arc<Mutex<Tail<C>>>,
     writer: Arc<Writer>,
@@ -77,7 +76,6 @@ impl AppendedBytes {
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
-            disk: self.disk.clone(),
             pointer: self.pointer.clone(),
             tail: self.tail.clone(),
             writer: self.writer.clone(),
@@ -329,7 +327,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
     pub fn on(disk: Arc<dyn LogDisk>) -> Self {
         let (jobs, queue) = mpsc::channel();
         let io = Arc::new(Io {
-            disk: disk.clone(),
+            disk,
             writing: Mutex::new(()),
             queued: AtomicUsize::new(0),
             last_write_us: AtomicU64::new(0),
@@ -346,7 +344,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             cut: None,
             recent: Recent { entries: BTreeMap::new(), bytes: 0 },
         }));
-        Self { disk, pointer, tail, writer, appended: AppendedBytes::default(), foreign: None }
+        Self { pointer, tail, writer, appended: AppendedBytes::default(), foreign: None }
     }
 
     /// The count of bytes appended through this store (and its clones).
@@ -409,7 +407,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     fn get_meta<T: DeserializeOwned>(&self, which: Meta) -> io::Result<Option<T>> {
-        match self.disk.meta(which)? {
+        match self.writer.io.disk.meta(which)? {
             None => Ok(None),
             Some(bytes) => codec::decode(&bytes).map(Some),
         }
@@ -467,7 +465,7 @@ where
             }
         }
         let mut out = Vec::new();
-        for (index, value) in self.disk.entries(start, end)? {
+        for (index, value) in self.writer.io.disk.entries(start, end)? {
             if let Some(entry) = pending.remove(&index) {
                 out.push(entry);
             } else if cut.is_none_or(|c| index < c) {
@@ -500,7 +498,7 @@ where
             let tail = self.tail();
             (tail.entries.last_key_value().map(|(_, e)| e.log_id()), tail.cut)
         };
-        let stored_last = match self.disk.last_entry(cut)? {
+        let stored_last = match self.writer.io.disk.last_entry(cut)? {
             Some(v) => Some(codec::decode::<EntryOf<C>>(&v)?.log_id()),
             None => None,
         };
