@@ -22,6 +22,8 @@
 //!   itself runs on [`link`]s — framed TCP (or TLS) connections on the same port —
 //!   with gRPC as the fallback for peers that do not speak them.
 //! - [`type_config`]: `TypeConfig<SM>` and the `typ` aliases.
+//! - [`stages`]: opt-in timestamps of the steps on a write's path, across processes
+//!   (`BERTH_STAGES`, read by `berth-bench ipam --stages`).
 //!
 //! ## Invariants
 //!
@@ -54,6 +56,7 @@ pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod sm_store;
+pub mod stages;
 pub mod state_machine;
 pub mod type_config;
 pub mod wal;

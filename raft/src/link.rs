@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec;
 use crate::connections::{CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
 use crate::locks::lock;
+use crate::stages::{self, Step};
 use crate::state_machine::StateMachine;
 use crate::type_config::typ::Raft;
 
@@ -117,6 +118,13 @@ pub async fn write_frame(w: &mut Writer, kind: u8, payload: &[u8]) -> io::Result
     frame.push(kind);
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
+    // Marked before the write: a loopback write returns after the peer may have read
+    // it, and the marks keep cause before effect.
+    match kind {
+        REQUEST => stages::mark(Step::FrameOut),
+        REPLY => stages::mark(Step::ReplyOut),
+        _ => {}
+    }
     w.write_all(&frame).await?;
     w.flush().await
 }
@@ -147,6 +155,11 @@ pub async fn read_frame(r: &mut Reader) -> io::Result<(u8, Vec<u8>)> {
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
+    match head[0] {
+        REQUEST => stages::mark(Step::FrameIn),
+        REPLY => stages::mark(Step::ReplyIn),
+        _ => {}
+    }
     Ok((head[0], payload))
 }
 

@@ -19,6 +19,7 @@ use crate::codec;
 use crate::kv::{KvError, KvStore};
 use crate::locks::lock;
 use crate::log_disk::{KvLog, LogDisk, LogOp, Meta};
+use crate::stages::{self, Step};
 
 /// openraft's [`RaftLogStorage`] over any [`LogDisk`], with a group-committing writer.
 ///
@@ -569,11 +570,12 @@ where
             ops.push(LogOp::Entry { index: entry.index(), bytes: encoded });
         }
         self.appended.0.fetch_add(bytes, Ordering::Relaxed);
-        let inline = bytes <= INLINE_BYTES
-            && match (&self.foreign, entries.first()) {
-                (Some(foreign), Some(first)) => foreign(first),
-                _ => false,
-            };
+        let foreign = match (&self.foreign, entries.first()) {
+            (Some(foreign), Some(first)) => foreign(first),
+            _ => false,
+        };
+        stages::mark(if foreign { Step::FollowerAppend } else { Step::Append });
+        let inline = foreign && bytes <= INLINE_BYTES;
         {
             let mut tail = self.tail();
             for entry in entries {
@@ -583,6 +585,7 @@ where
         let tail = self.tail.clone();
         let done: Done = Box::new(move |result| {
             if result.is_ok() {
+                stages::mark(Step::Durable);
                 // Written: the store serves them from now on (the last ones from
                 // `recent`). Only these very entries leave the tail (a later append,
                 // or a truncation, may have replaced or removed one).

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use berth_raft::stages::{self, Step};
 use serde_json::json;
 
 use super::etcd::{pb, Etcd, EtcdCluster};
@@ -146,7 +147,9 @@ async fn berth_level(
         let url = format!("{}/v1/ipam/pools/{pool}/allocations", urls[c % urls.len()]);
         let http = http.clone();
         async move {
+            stages::mark(Step::ClientSend);
             let r = http.post(url).json(&json!({"owner": format!("c{c}-{seq}")})).send().await?;
+            stages::mark(Step::ClientDone);
             if r.status().as_u16() != 201 {
                 bail!("allocation failed: {}", r.status());
             }
@@ -270,8 +273,11 @@ async fn etcd_best_level(_: &EtcdCluster, _: usize, _: usize, _: f64) -> Result<
 }
 
 /// The scenario: each client count in turn, berth then the etcd designs; the goal is
-/// set against the best etcd row at each count (highest throughput).
-pub async fn run(levels: &[usize], secs: f64, vs_etcd: bool) -> Result<()> {
+/// set against the best etcd row at each count (highest throughput). With `stages`
+/// (the directory `BERTH_STAGES` names, set before this process and its nodes
+/// started), berth's one-client levels also report where an allocation's time went
+/// (`bench::stages`).
+pub async fn run(levels: &[usize], secs: f64, vs_etcd: bool, stages: Option<&std::path::Path>) -> Result<()> {
     let cluster = Cluster::start(3, &[])?;
     let etcd = if vs_etcd { Some(EtcdCluster::start(3).await?) } else { None };
     // The best design once more, its members sharing the CPUs as berth's nodes do
@@ -285,8 +291,17 @@ pub async fn run(levels: &[usize], secs: f64, vs_etcd: bool) -> Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let mut ratios = Vec::new();
     for (i, &clients) in levels.iter().enumerate() {
+        let from = stages::now_ns();
         let b = berth_level(&cluster, &http, i, clients, secs).await?;
         emit(b.line("berth", clients));
+        if let (Some(dir), 1) = (stages, clients) {
+            // The nodes append their marks every FLUSH_EVERY: wait for the last ones.
+            let to = stages::now_ns();
+            tokio::time::sleep(stages::FLUSH_EVERY * 2).await;
+            let marks = super::stages::read(dir, from, to)?;
+            let breakdown = super::stages::breakdown(&marks, std::process::id())?;
+            emit(json!({"scenario": "ipam", "system": "berth", "clients": 1, "stages": breakdown.to_json()}));
+        }
         let Some(etcd) = &etcd else { continue };
         let mut rows = vec![("etcd", etcd_level(etcd, i, clients, secs, false).await?)];
         emit(rows[0].1.line("etcd", clients));

@@ -17,6 +17,7 @@ pub mod ipam;
 pub mod mixed;
 pub mod placement;
 pub mod rounds;
+pub mod stages;
 
 use std::time::Duration;
 

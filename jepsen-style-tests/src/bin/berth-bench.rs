@@ -34,6 +34,11 @@ enum Scenario {
         /// Measure the anchor in the same run.
         #[arg(long)]
         vs: Option<Anchor>,
+        /// At one client, also report where an allocation's time goes, step by step
+        /// across the client, the leader and the faster follower (every process
+        /// records timestamps: allocations run a few percent slower).
+        #[arg(long)]
+        stages: bool,
     },
     /// Leader kill -9, unavailability per kill (anchor: etcd); then elections while idle.
     Failover {
@@ -125,19 +130,33 @@ enum Scenario {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let scenario = Args::parse().scenario;
-    berth_jepsen::interrupt::until_signalled(run(scenario)).await
+    // `ipam --stages`: every process of the run records its marks into one directory
+    // (`berth_raft::stages`); the variable is set here, before any thread exists, and
+    // the nodes inherit it.
+    let stages = match &scenario {
+        Scenario::Ipam { stages: true, .. } => {
+            let dir = tempfile::Builder::new().prefix("berth-stages").tempdir()?;
+            std::env::set_var(berth_raft::stages::ENV, dir.path());
+            Some(dir)
+        }
+        _ => None,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(berth_jepsen::interrupt::until_signalled(run(scenario, stages.as_ref().map(|d| d.path()))))
 }
 
-async fn run(scenario: Scenario) -> Result<()> {
+async fn run(scenario: Scenario, stages: Option<&std::path::Path>) -> Result<()> {
     match scenario {
-        Scenario::Ipam { clients, secs, vs } => {
+        Scenario::Ipam { clients, secs, vs, stages: _ } => {
             if clients.is_empty() || clients.contains(&0) {
                 bail!("--clients needs positive counts");
             }
-            bench::ipam::run(&clients, secs, vs == Some(Anchor::Etcd)).await
+            if stages.is_some() && !clients.contains(&1) {
+                bail!("--stages follows one client's allocations: give --clients 1 (or a list with 1)");
+            }
+            bench::ipam::run(&clients, secs, vs == Some(Anchor::Etcd), stages).await
         }
         Scenario::Failover { kills, idle, vs, berth_flag } => {
             bench::failover::run(kills, idle, vs == Some(Anchor::Etcd), &berth_flag).await

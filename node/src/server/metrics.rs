@@ -33,6 +33,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use berth_raft::openraft::type_config::async_runtime::WatchReceiver;
+use berth_raft::stages::{self, Step};
 use berth_raft::typ;
 use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -277,10 +278,12 @@ pub async fn serve(State(node): State<Arc<Node>>) -> Result<Response, ApiError> 
 /// Middleware: times every request under its route template (`/v1/apps/{id}`, never
 /// the concrete path: the label set stays small), `unmatched` for no route.
 pub async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    stages::mark(Step::HttpIn);
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let method = req.method().as_str().to_string();
     let started = Instant::now();
     let response = next.run(req).await;
+    stages::mark(Step::HttpOut);
     node.metrics.observe(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }

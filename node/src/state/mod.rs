@@ -139,6 +139,7 @@ impl StateMachine for State {
     }
 
     fn apply(&mut self, index: u64, req: Request) -> Response {
+        berth_raft::stages::mark(berth_raft::stages::Step::Apply);
         self.clock_ms = self.clock_ms.max(req.at_ms);
         self.applied_index = index;
         let fp = if req.id.is_empty() { 0 } else { dedup::fingerprint(&req.cmd) };
