@@ -684,4 +684,52 @@ mod tests {
         let err = issue(dir.path(), 4, &["not a name!".into()], 30, dir.path(), false).unwrap_err();
         assert!(err.contains("--host not a name!"), "{err}");
     }
+
+    /// A link dial over TLS to a peer that cuts the connection mid-handshake (as one
+    /// restarting does) fails like any dial and is tried again at once; a peer whose
+    /// TLS refuses the link protocol (an older berth) is replicated to over gRPC for
+    /// `LEGACY_RETRY`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_refusal_in_tls_sends_a_peer_to_grpc() {
+        use berth_raft::link::Dial;
+        install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), 30).unwrap();
+        issue(dir.path(), 1, &[], 30, dir.path(), false).unwrap();
+        let tls = Arc::new(NodeTls::load(&files(dir.path(), 1), 1).unwrap());
+        let within = std::time::Duration::from_secs(5);
+
+        let cutting = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cut_addr = cutting.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = cutting.accept().await {
+                // Reads the client's hello, then goes away without a word.
+                let mut buf = [0u8; 64];
+                let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+                drop(tcp);
+            }
+        });
+        let links = Arc::new(tls.link_client());
+        for _ in 0..2 {
+            match links.open(&cut_addr, within).await {
+                Some(Dial::Failed(_)) => {}
+                Some(Dial::Legacy) => panic!("a connection cut mid-handshake took the peer for an older berth"),
+                Some(Dial::Link(_)) => panic!("no link can open through a cut connection"),
+                None => panic!("the dial did not end within {within:?}"),
+            }
+            assert!(!links.is_legacy(&cut_addr));
+        }
+
+        // A TLS server that offers HTTP only: no common ALPN protocol.
+        let older = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let older_addr = older.local_addr().unwrap().to_string();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.http_server.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = older.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        assert!(matches!(links.open(&older_addr, within).await, Some(Dial::Legacy)));
+        assert!(links.is_legacy(&older_addr));
+    }
 }

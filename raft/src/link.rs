@@ -26,7 +26,8 @@
 //! by the preface (HTTP/2's starts `PRI *`) or by ALPN. A peer that does not speak
 //! links (an older berth: it answers the preface with an HTTP/2 error, or refuses the
 //! ALPN protocol) is noted as such for [`LEGACY_RETRY`], and replication to it goes
-//! over gRPC meanwhile — a rolling upgrade keeps replicating.
+//! over gRPC meanwhile — a rolling upgrade keeps replicating. A connection lost before
+//! the answer (mid-handshake, a peer restarting) is only a failed dial.
 
 use std::collections::HashMap;
 use std::io;
@@ -182,6 +183,12 @@ pub fn parse_end(body: &[u8]) -> Option<(Stop, String)> {
     Some((code, String::from_utf8_lossy(reason).into_owned()))
 }
 
+/// Whether a failed TLS handshake was refused by TLS itself (an alert, a certificate,
+/// no common protocol: rustls' error inside), not cut short by the connection.
+fn is_tls_refusal(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
 /// An open link: both halves, the preface exchanged.
 pub struct Link {
     pub reader: Reader,
@@ -310,10 +317,13 @@ impl Links {
                 match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp)).await {
                     Err(_) => return Dial::Failed(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
                     // A peer that refuses the ALPN protocol (or TLS as we do it) may
-                    // be an older berth; gRPC will say what is wrong if it is not.
+                    // be an older berth; gRPC will say what is wrong if it is not. A
+                    // connection lost mid-handshake (a peer restarting) is a failed
+                    // dial like any other, not a reason to leave links for
+                    // `LEGACY_RETRY`.
                     Ok(Err(e)) => {
                         tracing::debug!(peer = addr, error = %e, "link TLS handshake failed");
-                        return Dial::Legacy;
+                        return if is_tls_refusal(&e) { Dial::Legacy } else { Dial::Failed(e) };
                     }
                     Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() != Some(ALPN) => return Dial::Legacy,
                     Ok(Ok(tls)) => split_io(tls),
