@@ -15,7 +15,7 @@ use berth_proto::berth::{HeartbeatRequest, ProposeRequest};
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{create_pool, emit, round, rss_mb, Latencies};
+use super::{create_pool, emit, peak_rss_mb, round, rss_mb, Latencies};
 use crate::cluster::Cluster;
 
 async fn internal(addr: &str) -> Result<InternalClient<tonic::transport::Channel>> {
@@ -285,10 +285,13 @@ pub async fn footprint(cluster: &mut Cluster, instances: u32) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let serving_s = t0.elapsed().as_secs_f64();
+    // The restart's high-water mark: loading the snapshot and rebuilding the state.
+    let restart_peak = cluster.pid(follower).and_then(peak_rss_mb).unwrap_or(0.0);
     emit(json!({
         "scenario": "footprint", "system": "berth", "instances": instances, "node": "follower",
         "rss_mb": rss.round(), "snapshot_index": snap["index"], "snapshot_ms": snap["ms"],
         "data_dir_mb": round(disk_mb, 1), "restart_to_serving_s": round(serving_s, 2),
+        "restart_peak_rss_mb": restart_peak.round(),
     }));
     Ok(())
 }
