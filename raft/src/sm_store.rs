@@ -264,10 +264,11 @@ fn load(kv: &Arc<dyn KvStore>, legacy: Option<&Arc<dyn KvStore>>) -> io::Result<
                 Some(v) => {
                     let (generation, count) = codec::decode::<(u64, u32)>(&v)?;
                     // Room for every chunk at once (each is SNAPSHOT_CHUNK but the
-                    // last): a buffer grown by doubling would copy a big snapshot
-                    // several times and hold up to three times its size at the last
-                    // growth. A count too large to reserve (a damaged store) just
-                    // grows as it reads, and fails at the missing chunk below.
+                    // last): a buffer grown by doubling reallocates at every growth
+                    // (glibc moves one this large with `mremap`, so the gain is
+                    // small: docs/benchmarks.md, session 18). A count too large to
+                    // reserve (a damaged store) just grows as it reads, and fails at
+                    // the missing chunk below.
                     let mut data = Vec::new();
                     let _ = data.try_reserve_exact((count as usize).saturating_mul(SNAPSHOT_CHUNK));
                     for n in 0..count {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::locks::lock;
 
 /// The steps of a write's path that are marked, in path order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Step {
     /// The client sends its request (the bench's client).
@@ -145,11 +145,6 @@ pub fn mark(step: Step) {
             eprintln!("{ENV}: over {MAX_PENDING} marks between two flushes; dropping marks");
         }
     }
-}
-
-/// Whether this process records marks.
-pub fn recording() -> bool {
-    recorder().is_some()
 }
 
 #[cfg(test)]
