@@ -7,8 +7,8 @@
 //! Here the task that produces a message writes it to the socket, and the task that
 //! consumes one reads it from the socket: on the leader, openraft's request stream
 //! is polled by a writer task of ours and its replication task reads the answers
-//! itself; on a follower, openraft's intake task reads the requests and a writer task
-//! of ours sends the answers. Everything else — votes, snapshots, leadership transfer,
+//! itself; on a follower, the link's task reads a request, hands it to openraft's
+//! core and writes the answer. Everything else — votes, snapshots, leadership transfer,
 //! forwarded writes — stays on gRPC.
 //!
 //! **Wire.** A link opens with a 16-byte preface from the dialing node
@@ -41,6 +41,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
+
+use openraft::errors::{Fatal, RaftError};
+use openraft::raft::StreamAppendResult;
 
 use crate::codec;
 use crate::connections::{CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
@@ -351,10 +354,10 @@ async fn write_frame_raw(w: &mut Writer, bytes: &[u8]) -> io::Result<()> {
     w.flush().await
 }
 
-/// Serves one link from a peer until it closes: the preface, then sessions, each fed
-/// to openraft's `stream_append` as its requests arrive and answered in
-/// order once durable. While `gate` holds a reason, a session is ended with it (as the
-/// gRPC service refuses with `unavailable`).
+/// Serves one link from a peer until it closes: the preface, then sessions, each
+/// request handed to openraft as it is read and answered once durable. While `gate`
+/// holds a reason, a session is ended with it (as the gRPC service refuses with
+/// `unavailable`).
 pub async fn serve<SM: StateMachine>(
     mut reader: Reader,
     mut writer: Writer,
@@ -385,68 +388,79 @@ pub async fn serve<SM: StateMachine>(
             }
             k => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected frame kind {k}"))),
         }
-        let stopped: Arc<Mutex<Option<(Stop, String)>>> = Default::default();
-        let (back_tx, back_rx) = oneshot::channel();
-        let input = requests::<SM>(reader, payload, back_tx, gate.clone(), stopped.clone());
-        let replies = raft.clone().stream_append(input);
-        futures::pin_mut!(replies);
-        write_frames(&mut writer, REPLY, futures::StreamExt::map(&mut replies, |r| codec::encode(&r))).await?;
-        let stop = lock(&stopped).take();
-        let clean = stop.is_none();
-        write_frame(&mut writer, END, &end_body(stop)).await?;
-        // The reading half comes back once the dialer's `End` was read; a session that
-        // ended any other way ends the link.
-        match back_rx.await {
-            Ok(r) if clean => reader = r,
-            _ => return Ok(()),
+        match session(&mut reader, &mut writer, &raft, gate.as_ref(), payload).await? {
+            // The dialer's `End` was read: the link may carry its next session.
+            Ended::Clean => {}
+            Ended::Stopped(stop) => {
+                write_frame(&mut writer, END, &end_body(Some(stop))).await?;
+                return Ok(());
+            }
+            Ended::Gone => return Ok(()),
         }
     }
 }
 
-/// A session's requests, decoded, for openraft: from `first` on, until the dialer's
-/// `End` (the reader is then handed back on `back`) or anything else — a frame that
-/// does not decode, a closed gate, a transport error (left in `stopped` when the
-/// dialer should hear of it).
-fn requests<SM: StateMachine>(
-    reader: Reader,
+/// How a session served on a link ended.
+enum Ended {
+    /// Both sides sent their `End`.
+    Clean,
+    /// This side stops early, for the reason its `End` gives; the link closes.
+    Stopped((Stop, String)),
+    /// The dialer went away: there is no one to tell.
+    Gone,
+}
+
+/// One session, from its `first` request: each request is read, handed to openraft
+/// (`Raft::append_entries`, on this task: the request goes to the Raft core without a
+/// task of its own between, and the answer comes back here to be written) and
+/// answered, until the dialer's `End`. One request at a time: the dialer sends the next
+/// only once this one is answered ([`crate::network::IN_FLIGHT`]); a dialer that sent
+/// more would find them read, in order, once each is answered. An answer openraft ends
+/// the session with (a conflict, a higher vote, its core stopped) is followed by this
+/// side's `End`; whatever the dialer sent meanwhile is read and dropped, to its `End`.
+async fn session<SM: StateMachine>(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    raft: &Raft<SM>,
+    gate: Option<&watch::Receiver<Option<String>>>,
     first: Vec<u8>,
-    back: oneshot::Sender<Reader>,
-    gate: Option<watch::Receiver<Option<String>>>,
-    stopped: Arc<Mutex<Option<(Stop, String)>>>,
-) -> impl Stream<Item = openraft::raft::AppendEntriesRequest<crate::TypeConfig<SM>>> + Send + 'static {
-    futures::stream::unfold(Some((reader, Some(first), back)), move |state| {
-        let (gate, stopped) = (gate.clone(), stopped.clone());
-        async move {
-            let (mut reader, first, back) = state?;
-            let payload = match first {
-                Some(p) => p,
-                None => match read_frame(&mut reader).await {
-                    Ok((REQUEST, p)) => p,
-                    Ok((END, _)) => {
-                        let _ = back.send(reader);
-                        return None;
-                    }
-                    Ok((k, _)) => {
-                        *lock(&stopped) = Some((Stop::Invalid, format!("unexpected frame kind {k}")));
-                        return None;
-                    }
-                    // The dialer went away; there is no one to tell.
-                    Err(_) => return None,
-                },
-            };
-            if let Some(reason) = crate::service::refusal(gate.as_ref()) {
-                *lock(&stopped) = Some((Stop::Unavailable, reason));
-                return None;
+) -> io::Result<Ended> {
+    let mut payload = first;
+    let mut going = true;
+    loop {
+        if going {
+            if let Some(reason) = crate::service::refusal(gate) {
+                return Ok(Ended::Stopped((Stop::Unavailable, reason)));
             }
-            match codec::decode(&payload) {
-                Ok(req) => Some((req, Some((reader, None, back)))),
-                Err(e) => {
-                    *lock(&stopped) = Some((Stop::Invalid, e.to_string()));
-                    None
-                }
+            let req: openraft::raft::AppendEntriesRequest<crate::TypeConfig<SM>> = match codec::decode(&payload) {
+                Ok(req) => req,
+                Err(e) => return Ok(Ended::Stopped((Stop::Invalid, e.to_string()))),
+            };
+            let (prev, last) = (req.prev_log_id, req.entries.last().map(|e| e.log_id).or(req.prev_log_id));
+            let reply: Result<StreamAppendResult<crate::TypeConfig<SM>>, Fatal<crate::TypeConfig<SM>>> =
+                match raft.append_entries(req).await {
+                    Ok(answer) => Ok(answer.into_stream_result(prev, last)),
+                    Err(RaftError::Fatal(fatal)) => Err(fatal),
+                    Err(RaftError::APIError(never)) => match never {},
+                };
+            // openraft ends a session at any answer but a match (`Raft::stream_append`).
+            going = matches!(reply, Ok(Ok(_)));
+            write_frame(writer, REPLY, &codec::encode(&reply)?).await?;
+            if !going {
+                write_frame(writer, END, &[]).await?;
             }
         }
-    })
+        payload = match read_frame(reader).await {
+            Ok((REQUEST, p)) => p,
+            Ok((END, _)) if going => {
+                write_frame(writer, END, &[]).await?;
+                return Ok(Ended::Clean);
+            }
+            Ok((END, _)) => return Ok(Ended::Clean),
+            Ok((k, _)) => return Ok(Ended::Stopped((Stop::Invalid, format!("unexpected frame kind {k}")))),
+            Err(_) => return Ok(Ended::Gone),
+        };
+    }
 }
 
 /// The plain connections of a port shared by gRPC and links: each connection that

@@ -337,6 +337,16 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
         if batch.is_empty() {
             return Ok(());
         }
+        // What someone waits for goes before the bookkeeping. A batch nobody on this
+        // node waits for (a follower's) is applied after the node's ready tasks — its
+        // answer to the leader, woken by the same flush report that committed these —
+        // and the callers of a batch that answers some run before openraft hears of
+        // the apply. tokio runs a woken task next, before the one that was woken
+        // earlier: without the yields the state machine ran first.
+        let answers = batch.iter().any(|(_, r)| r.is_some());
+        if !answers {
+            tokio::task::yield_now().await;
+        }
         // A batch with a heavy entry (a plan placing thousands of instances) is applied
         // off the async worker, so the node's other tasks — Raft heartbeats — go on;
         // the rest inline, which costs no thread hand-over.
@@ -373,6 +383,9 @@ impl<SM: StateMachine> RaftStateMachine<TypeConfig<SM>> for SmStore<SM> {
         }
         for (responder, response) in replies {
             responder.send(response);
+        }
+        if answers {
+            tokio::task::yield_now().await;
         }
         Ok(())
     }

@@ -240,3 +240,72 @@ async fn a_link_session_sends_the_next_request_only_after_an_answer() {
     assert_eq!(follower.await.unwrap(), [10, 11, 12], "one at a time, in order");
     drop(tx);
 }
+
+/// The serving side of a link, against a hand-written dialer and a real follower: a
+/// request openraft refuses (its `prev_log_id` is not in the log) is answered with the
+/// conflict and the follower's `End`; what the dialer sends before its own `End` is
+/// read and dropped, and the link carries the next session, whose request is taken.
+/// A request that does not decode ends the session with `Invalid` and closes the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_link_answers_a_conflict_ends_the_session_and_carries_the_next() {
+    use berth_raft::link::{self, Reader, Stop, Writer};
+    use berth_raft::openraft::raft::{AppendEntriesRequest, StreamAppendError, StreamAppendResult};
+    use berth_raft::openraft::testing::log_id;
+    use berth_raft::openraft::{Entry, EntryPayload, Vote};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    type Answer = Result<StreamAppendResult<C>, berth_raft::openraft::errors::Fatal<C>>;
+    let follower = peer(2, free_addr(), 1 << 20, Dials::Links).await;
+    serve(&follower, Serves::Links).await;
+    let request = |prev: Option<u64>| {
+        let index = prev.map_or(0, |p| p + 1);
+        berth_raft::codec::encode(&AppendEntriesRequest::<C> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: prev.map(|p| log_id::<C>(1, 1, p)),
+            entries: vec![Entry { log_id: log_id::<C>(1, 1, index), payload: EntryPayload::Normal(Put("x".into())) }],
+            leader_commit: None,
+        })
+        .unwrap()
+    };
+    let (mut r, mut w): (Reader, Writer) =
+        link::split_tcp(tokio::net::TcpStream::connect(follower.addr).await.unwrap());
+    w.write_all(link::PREFACE).await.unwrap();
+    let mut accepted = [0u8; 16];
+    r.read_exact(&mut accepted).await.unwrap();
+    assert_eq!(&accepted, link::ACCEPTED);
+    let answer = |payload: &[u8]| berth_raft::codec::decode::<Answer>(payload).unwrap();
+
+    // Entry 6 after entry 5, which the empty log does not hold: a conflict at 5.
+    link::write_frame(&mut w, link::REQUEST, &request(Some(5))).await.unwrap();
+    let (kind, payload) = link::read_frame(&mut r).await.unwrap();
+    assert_eq!(kind, link::REPLY);
+    match answer(&payload) {
+        Ok(Err(StreamAppendError::Conflict(at))) => assert_eq!(at, log_id::<C>(1, 1, 5)),
+        other => panic!("want a conflict at 5, got {other:?}"),
+    }
+    assert_eq!(link::read_frame(&mut r).await.unwrap(), (link::END, Vec::new()), "the follower ends the session");
+    // Sent before the dialer heard of the conflict: dropped, unanswered.
+    link::write_frame(&mut w, link::REQUEST, &request(Some(6))).await.unwrap();
+    link::write_frame(&mut w, link::END, &[]).await.unwrap();
+
+    // The next session on the same link: the log's first entry (index 0) is taken,
+    // then both sides end.
+    link::write_frame(&mut w, link::REQUEST, &request(None)).await.unwrap();
+    let (kind, payload) = link::read_frame(&mut r).await.unwrap();
+    assert_eq!(kind, link::REPLY, "the dropped request had no answer");
+    assert_eq!(answer(&payload).unwrap().unwrap(), Some(log_id::<C>(1, 1, 0)));
+    link::write_frame(&mut w, link::END, &[]).await.unwrap();
+    assert_eq!(link::read_frame(&mut r).await.unwrap(), (link::END, Vec::new()));
+    until("the entry in the follower's log", Duration::from_secs(5), || {
+        follower.raft.metrics().borrow_watched().last_log_index
+    })
+    .await;
+
+    // A request that does not decode: the session ends with why, and the link closes.
+    link::write_frame(&mut w, link::REQUEST, b"not bincode").await.unwrap();
+    let (kind, body) = link::read_frame(&mut r).await.unwrap();
+    assert_eq!(kind, link::END);
+    assert_eq!(link::parse_end(&body).map(|(code, _)| code), Some(Stop::Invalid));
+    let closed = link::read_frame(&mut r).await;
+    assert!(closed.is_err(), "the link closes after an invalid request: {closed:?}");
+}
