@@ -42,15 +42,14 @@ use tokio::time::Instant;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
-use openraft::errors::{Fatal, RaftError};
-use openraft::raft::StreamAppendResult;
+use openraft::errors::RaftError;
 
 use crate::codec;
 use crate::connections::{CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
 use crate::locks::lock;
 use crate::stages::{self, Step};
 use crate::state_machine::StateMachine;
-use crate::type_config::typ::Raft;
+use crate::type_config::typ::{AppendReply, Raft};
 
 /// What a dialing node sends first.
 pub const PREFACE: &[u8; 16] = b"BERTH-RAFT/1\r\n\r\n";
@@ -417,7 +416,7 @@ enum Ended {
 /// only once this one is answered ([`crate::network::IN_FLIGHT`]); a dialer that sent
 /// more would find them read, in order, once each is answered. An answer openraft ends
 /// the session with (a conflict, a higher vote, its core stopped) is followed by this
-/// side's `End`; whatever the dialer sent meanwhile is read and dropped, to its `End`.
+/// side's `End`, then [`drain`]ed.
 async fn session<SM: StateMachine>(
     reader: &mut Reader,
     writer: &mut Writer,
@@ -426,40 +425,48 @@ async fn session<SM: StateMachine>(
     first: Vec<u8>,
 ) -> io::Result<Ended> {
     let mut payload = first;
-    let mut going = true;
     loop {
-        if going {
-            if let Some(reason) = crate::service::refusal(gate) {
-                return Ok(Ended::Stopped((Stop::Unavailable, reason)));
-            }
-            let req: openraft::raft::AppendEntriesRequest<crate::TypeConfig<SM>> = match codec::decode(&payload) {
-                Ok(req) => req,
-                Err(e) => return Ok(Ended::Stopped((Stop::Invalid, e.to_string()))),
-            };
-            let (prev, last) = (req.prev_log_id, req.entries.last().map(|e| e.log_id).or(req.prev_log_id));
-            let reply: Result<StreamAppendResult<crate::TypeConfig<SM>>, Fatal<crate::TypeConfig<SM>>> =
-                match raft.append_entries(req).await {
-                    Ok(answer) => Ok(answer.into_stream_result(prev, last)),
-                    Err(RaftError::Fatal(fatal)) => Err(fatal),
-                    Err(RaftError::APIError(never)) => match never {},
-                };
-            // openraft ends a session at any answer but a match (`Raft::stream_append`).
-            going = matches!(reply, Ok(Ok(_)));
-            write_frame(writer, REPLY, &codec::encode(&reply)?).await?;
-            if !going {
-                write_frame(writer, END, &[]).await?;
-            }
+        if let Some(reason) = crate::service::refusal(gate) {
+            return Ok(Ended::Stopped((Stop::Unavailable, reason)));
+        }
+        let req: openraft::raft::AppendEntriesRequest<crate::TypeConfig<SM>> = match codec::decode(&payload) {
+            Ok(req) => req,
+            Err(e) => return Ok(Ended::Stopped((Stop::Invalid, e.to_string()))),
+        };
+        let (prev, last) = (req.prev_log_id, req.entries.last().map(|e| e.log_id).or(req.prev_log_id));
+        let reply: AppendReply<SM> = match raft.append_entries(req).await {
+            Ok(answer) => Ok(answer.into_stream_result(prev, last)),
+            Err(RaftError::Fatal(fatal)) => Err(fatal),
+            Err(RaftError::APIError(never)) => match never {},
+        };
+        write_frame(writer, REPLY, &codec::encode(&reply)?).await?;
+        // openraft ends a session at any answer but a match (`Raft::stream_append`).
+        if !matches!(reply, Ok(Ok(_))) {
+            write_frame(writer, END, &[]).await?;
+            return Ok(drain(reader).await);
         }
         payload = match read_frame(reader).await {
             Ok((REQUEST, p)) => p,
-            Ok((END, _)) if going => {
+            Ok((END, _)) => {
                 write_frame(writer, END, &[]).await?;
                 return Ok(Ended::Clean);
             }
-            Ok((END, _)) => return Ok(Ended::Clean),
             Ok((k, _)) => return Ok(Ended::Stopped((Stop::Invalid, format!("unexpected frame kind {k}")))),
             Err(_) => return Ok(Ended::Gone),
         };
+    }
+}
+
+/// The rest of a session this side has ended: what the dialer sent before it heard of
+/// the end is read and dropped, up to its `End` (the link then carries the next
+/// session). Anything else closes the link: this side's `End` is already sent.
+async fn drain(reader: &mut Reader) -> Ended {
+    loop {
+        match read_frame(reader).await {
+            Ok((REQUEST, _)) => {}
+            Ok((END, _)) => return Ended::Clean,
+            Ok(_) | Err(_) => return Ended::Gone,
+        }
     }
 }
 

@@ -311,11 +311,10 @@ where
                 None => lock(&unanswered.failed).take().map(|e| (Err(network(&e)), None)),
                 Some(Ok(payload)) => {
                     unanswered.answered();
-                    let reply: Result<StreamAppendResult<TypeConfig<SM>>, openraft::errors::Fatal<TypeConfig<SM>>> =
-                        match codec::decode(&payload) {
-                            Ok(r) => r,
-                            Err(e) => return Some((Err(network(&e)), None)),
-                        };
+                    let reply: crate::type_config::typ::AppendReply<SM> = match codec::decode(&payload) {
+                        Ok(r) => r,
+                        Err(e) => return Some((Err(network(&e)), None)),
+                    };
                     match reply {
                         Ok(Ok(matching)) => Some((Ok(Ok(matching)), Some((replies, guard)))),
                         // A conflict or a higher vote ends the session (openraft's rule).

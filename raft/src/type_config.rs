@@ -96,4 +96,8 @@ pub mod typ {
     pub type ClientWriteResponse<SM> = openraft::raft::ClientWriteResponse<TypeConfig<SM>>;
     pub type StorageError<SM> = openraft::StorageError<TypeConfig<SM>>;
     pub type ForwardToLeader<SM> = openraft::errors::ForwardToLeader<TypeConfig<SM>>;
+    /// A follower's answer to one AppendEntries request of a replication session, as
+    /// links and gRPC's `StreamAppend` carry it: openraft's result, or its core stopped.
+    pub type AppendReply<SM> =
+        Result<openraft::raft::StreamAppendResult<TypeConfig<SM>>, openraft::errors::Fatal<TypeConfig<SM>>>;
 }

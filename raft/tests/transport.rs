@@ -187,7 +187,7 @@ async fn catch_up(node3: Serves, dials: Dials) {
 async fn a_link_session_sends_the_next_request_only_after_an_answer() {
     use berth_raft::link::{self, Reader, Writer};
     use berth_raft::openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-    use berth_raft::openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+    use berth_raft::openraft::raft::AppendEntriesRequest;
     use berth_raft::openraft::testing::log_id;
     use berth_raft::openraft::{Entry, EntryPayload, Vote};
     use futures::StreamExt;
@@ -225,7 +225,7 @@ async fn a_link_session_sends_the_next_request_only_after_an_answer() {
             // Nothing more comes while this one is unanswered.
             let more = tokio::time::timeout(Duration::from_millis(300), link::read_frame(&mut r)).await;
             assert!(more.is_err(), "a second request in flight after {got:?}");
-            let answer: Result<StreamAppendResult<C>, berth_raft::openraft::errors::Fatal<C>> =
+            let answer: berth_raft::typ::AppendReply<Journal> =
                 Ok(Ok(Some(log_id::<C>(1, 1, req.prev_log_id.unwrap().index + 1))));
             link::write_frame(&mut w, link::REPLY, &berth_raft::codec::encode(&answer).unwrap()).await.unwrap();
         }
@@ -249,12 +249,12 @@ async fn a_link_session_sends_the_next_request_only_after_an_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_served_link_answers_a_conflict_ends_the_session_and_carries_the_next() {
     use berth_raft::link::{self, Reader, Stop, Writer};
-    use berth_raft::openraft::raft::{AppendEntriesRequest, StreamAppendError, StreamAppendResult};
+    use berth_raft::openraft::raft::{AppendEntriesRequest, StreamAppendError};
     use berth_raft::openraft::testing::log_id;
     use berth_raft::openraft::{Entry, EntryPayload, Vote};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    type Answer = Result<StreamAppendResult<C>, berth_raft::openraft::errors::Fatal<C>>;
+    type Answer = berth_raft::typ::AppendReply<Journal>;
     let follower = peer(2, free_addr(), 1 << 20, Dials::Links).await;
     serve(&follower, Serves::Links).await;
     let request = |prev: Option<u64>| {
