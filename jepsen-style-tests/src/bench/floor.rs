@@ -70,12 +70,15 @@ fn connect(to: std::net::SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-/// A follower: each message durable, then one byte back; ends when the leader hangs up.
-fn follower(listener: TcpListener, mut copy: Copy) -> io::Result<()> {
+/// A follower: each message durable (without a copy: kept nowhere), then one byte
+/// back; ends when the other side hangs up.
+fn follower(listener: TcpListener, mut copy: Option<Copy>) -> io::Result<()> {
     let mut s = accept(&listener)?;
     let mut buf = [0u8; MSG];
     while s.read_exact(&mut buf).is_ok() {
-        copy.write(&buf)?;
+        if let Some(copy) = &mut copy {
+            copy.write(&buf)?;
+        }
         s.write_all(&[1])?;
     }
     Ok(())
@@ -141,12 +144,31 @@ pub fn measure(dir: &Path, secs: f64) -> Result<Floor> {
     let (f1, f2, l) = (listen()?, listen()?, listen()?);
     let addrs = [f1.local_addr()?, f2.local_addr()?, l.local_addr()?];
     let (c1, c2, c0) = (Copy::create(dir, "floor-1")?, Copy::create(dir, "floor-2")?, Copy::create(dir, "floor-0")?);
-    let threads = [std::thread::spawn(move || follower(f1, c1)), std::thread::spawn(move || follower(f2, c2)), {
-        // The listeners' backlogs hold these connections until accepted.
-        let followers = [connect(addrs[0])?, connect(addrs[1])?];
-        std::thread::spawn(move || leader(l, followers, c0))
-    }];
-    let mut client = connect(addrs[2])?;
+    let threads =
+        [std::thread::spawn(move || follower(f1, Some(c1))), std::thread::spawn(move || follower(f2, Some(c2))), {
+            // The listeners' backlogs hold these connections until accepted.
+            let followers = [connect(addrs[0])?, connect(addrs[1])?];
+            std::thread::spawn(move || leader(l, followers, c0))
+        }];
+    run_client(addrs[2], secs, threads)
+}
+
+/// The floor's client round trip alone: the same 200 bytes to a thread that answers
+/// one byte at once — what the floor spends on its client's hop, for `secs`.
+pub fn hop(secs: f64) -> Result<Floor> {
+    let l = TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback for the hop")?;
+    let at = l.local_addr()?;
+    run_client(at, secs, [std::thread::spawn(move || follower(l, None))])
+}
+
+/// One client writing to `to` and waiting for each answer for `secs`; then it hangs up
+/// and joins `threads`.
+fn run_client<const N: usize>(
+    to: std::net::SocketAddr,
+    secs: f64,
+    threads: [std::thread::JoinHandle<io::Result<()>>; N],
+) -> Result<Floor> {
+    let mut client = connect(to)?;
     let (mut lat, mut ack) = (Latencies::default(), [0u8; 1]);
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(secs);
@@ -181,5 +203,12 @@ mod tests {
             assert!(bytes[..len].iter().all(|b| *b == 7), "{name}: a write is missing");
             assert!(bytes[len..len + MSG].iter().all(|b| *b == 0), "{name}: more writes than answers");
         }
+    }
+
+    #[test]
+    fn the_hop_alone_is_answered_and_writes_nothing() {
+        let h = hop(0.2).unwrap();
+        assert!(!h.lat.is_empty());
+        assert!(h.lat.quantile(0.5) > 0.0);
     }
 }

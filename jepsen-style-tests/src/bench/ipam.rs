@@ -130,6 +130,21 @@ fn subnet(i: usize) -> String {
     format!("10.{}.0.0/14", 64 + 4 * (i % 32))
 }
 
+/// One client's `GET`s of `url` for `secs`, each waited for: the HTTP round trip alone.
+async fn http_round_trips(http: &reqwest::Client, url: &str, secs: f64) -> Result<floor::Floor> {
+    let (mut lat, t0) = (Latencies::default(), Instant::now());
+    let end = t0 + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        let t = Instant::now();
+        let r = http.get(url).send().await?;
+        if !r.status().is_success() {
+            bail!("{url}: {}", r.status());
+        }
+        lat.push(t.elapsed());
+    }
+    Ok(floor::Floor { secs: t0.elapsed().as_secs_f64(), lat })
+}
+
 async fn berth_level(
     cluster: &Cluster,
     http: &reqwest::Client,
@@ -322,22 +337,42 @@ pub async fn run(levels: &[usize], secs: f64, vs_etcd: bool, stages: Option<&std
         let per_s = |m: &Measured| m.ops as f64 / m.secs;
         let (anchor, a) = rows.iter().max_by(|x, y| per_s(&x.1).total_cmp(&per_s(&y.1))).expect("rows");
         // At one client, the machine's own floor beside them (`floor`): how far above
-        // the anchor any system could get here.
+        // the anchor any system could get here; and the ceiling for one that serves
+        // this HTTP API: the floor with its client's bare round trip (`floor-hop`)
+        // replaced by an HTTP one through berth's server that does nothing (`http`).
         let floor = if clients == 1 {
+            let short = secs.min(3.0);
             let f = tokio::task::spawn_blocking(move || {
                 let dir = tempfile::tempdir()?;
                 floor::measure(dir.path(), secs)
             })
             .await??;
-            let f_per_s = f.lat.len() as f64 / f.secs;
-            emit(json!({
-                "scenario": "ipam", "system": "floor", "clients": 1, "ops": f.lat.len(),
-                "ops_per_s": round(f_per_s, 0),
-                "p50_ms": round(f.lat.quantile(0.5), 2), "p99_ms": round(f.lat.quantile(0.99), 2),
-            }));
+            let hop = tokio::task::spawn_blocking(move || floor::hop(short)).await??;
+            let leader = cluster.wait_leader(&http, Duration::from_secs(30)).await?;
+            let http_rt = http_round_trips(&http, &format!("{}/healthz", cluster.url(leader)), short).await?;
+            for (system, m) in [("floor", &f), ("floor-hop", &hop), ("http", &http_rt)] {
+                emit(json!({
+                    "scenario": "ipam", "system": system, "clients": 1, "ops": m.lat.len(),
+                    "ops_per_s": round(m.lat.len() as f64 / m.secs, 0),
+                    "p50_ms": round(m.lat.quantile(0.5), 3), "p99_ms": round(m.lat.quantile(0.99), 3),
+                }));
+            }
+            // Mean cycles in µs: what the throughput at one client is the inverse of.
+            let cycle = |ops: f64, secs: f64| secs * 1e6 / ops.max(1.0);
+            let (a_us, b_us) = (cycle(a.ops as f64, a.secs), cycle(b.ops as f64, b.secs));
+            let f_us = cycle(f.lat.len() as f64, f.secs);
+            let (hop_us, http_us) =
+                (cycle(hop.lat.len() as f64, hop.secs), cycle(http_rt.lat.len() as f64, http_rt.secs));
+            let ceiling_us = f_us - hop_us + http_us;
             Some(json!({
-                "floor_ratio": round(f_per_s / per_s(a).max(f64::MIN_POSITIVE), 2),
-                "berth_of_floor": round(per_s(&b) / f_per_s.max(f64::MIN_POSITIVE), 2),
+                "floor_ratio": round(a_us / f_us, 2),
+                "berth_of_floor": round(f_us / b_us, 2),
+                "hop_us": round(hop_us, 1),
+                "http_us": round(http_us, 1),
+                "ceiling_ratio": round(a_us / ceiling_us, 2),
+                "berth_of_ceiling": round(ceiling_us / b_us, 2),
+                "berth_above_ceiling_us": round(b_us - ceiling_us, 1),
+                "for_3x_us": round(a_us / 3.0 - ceiling_us, 1),
             }))
         } else {
             None

@@ -75,6 +75,9 @@ pub const ROWS: [&str; 12] = [
 pub struct Breakdown {
     pub steps: Vec<Vec<f64>>,
     pub incomplete: usize,
+    /// Every cycle's whole time (µs), complete or not, with whether it was complete:
+    /// what the client saw, tail included.
+    pub cycles: Vec<(f64, bool)>,
     /// The first step each incomplete cycle was found without, and how often.
     pub missing_by: BTreeMap<&'static str, usize>,
 }
@@ -109,6 +112,7 @@ pub fn breakdown(marks: &Marks, client: u32) -> Result<Breakdown> {
     }
     let mut steps = vec![Vec::new(); ROWS.len()];
     let mut incomplete = 0;
+    let mut cycles = Vec::new();
     let mut missing_by: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut sends = c.iter().filter(|(s, _)| *s == Step::ClientSend).map(|(_, t)| *t).peekable();
     while let Some(s) = sends.next() {
@@ -118,6 +122,7 @@ pub fn breakdown(marks: &Marks, client: u32) -> Result<Breakdown> {
             *missing_by.entry("client ClientDone").or_default() += 1;
             continue;
         };
+        let whole = d.saturating_sub(s) as f64 / 1000.0;
         let path = (|| {
             let http_in = first(l, Step::HttpIn, s, d).ok_or("leader HttpIn")?;
             let append = first(l, Step::Append, http_in, d).ok_or("leader Append")?;
@@ -156,11 +161,13 @@ pub fn breakdown(marks: &Marks, client: u32) -> Result<Breakdown> {
         })();
         match path {
             Ok(spans) => {
+                cycles.push((whole, true));
                 for (row, (a, b)) in spans.iter().enumerate() {
                     steps[row].push(b.saturating_sub(*a) as f64 / 1000.0);
                 }
             }
             Err(missing) => {
+                cycles.push((whole, false));
                 incomplete += 1;
                 *missing_by.entry(missing).or_default() += 1;
             }
@@ -169,7 +176,7 @@ pub fn breakdown(marks: &Marks, client: u32) -> Result<Breakdown> {
     if steps[0].is_empty() {
         bail!("no allocation could be followed through the marks ({incomplete} cycles incomplete)");
     }
-    Ok(Breakdown { steps, incomplete, missing_by })
+    Ok(Breakdown { steps, incomplete, cycles, missing_by })
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -178,25 +185,48 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 impl Breakdown {
-    /// The breakdown as JSON: per step its p50, mean and p90 in µs.
+    /// The breakdown as JSON: per step its p50, mean and p90 in µs, and its mean over
+    /// the slowest tenth of the complete cycles (where the tail's time goes); beside
+    /// it every cycle the client saw, complete or not (the mean the throughput is).
     pub fn to_json(&self) -> Value {
+        let total = self.steps.last().expect("rows");
+        let mut by_total: Vec<usize> = (0..total.len()).collect();
+        by_total.sort_by(|a, b| total[*b].total_cmp(&total[*a]));
+        let slowest = &by_total[..total.len().div_ceil(10)];
         let rows: Vec<Value> = ROWS
             .iter()
             .zip(&self.steps)
             .map(|(name, v)| {
                 let mut sorted = v.clone();
                 sorted.sort_by(f64::total_cmp);
-                let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+                let slow = slowest.iter().map(|i| v[*i]).sum::<f64>() / slowest.len() as f64;
                 json!({
                     "step": name,
                     "p50_us": super::round(quantile(&sorted, 0.5), 1),
-                    "mean_us": super::round(mean, 1),
+                    "mean_us": super::round(mean(&sorted), 1),
                     "p90_us": super::round(quantile(&sorted, 0.9), 1),
+                    "slowest_tenth_mean_us": super::round(slow, 1),
                 })
             })
             .collect();
-        json!({"cycles": self.steps[0].len(), "incomplete": self.incomplete, "missing": self.missing_by, "steps": rows})
+        let mut all: Vec<f64> = self.cycles.iter().map(|(t, _)| *t).collect();
+        all.sort_by(f64::total_cmp);
+        let left_out: Vec<f64> = self.cycles.iter().filter(|(_, complete)| !complete).map(|(t, _)| *t).collect();
+        let client = json!({
+            "cycles": all.len(),
+            "p50_us": super::round(quantile(&all, 0.5), 1),
+            "mean_us": super::round(mean(&all), 1),
+            "p90_us": super::round(quantile(&all, 0.9), 1),
+            "p99_us": super::round(quantile(&all, 0.99), 1),
+            "incomplete_mean_us": if left_out.is_empty() { Value::Null } else { super::round(mean(&left_out), 1).into() },
+        });
+        json!({"cycles": self.steps[0].len(), "incomplete": self.incomplete, "missing": self.missing_by, "steps": rows,
+               "client": client})
     }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 #[cfg(test)]
@@ -258,6 +288,29 @@ mod tests {
         let j = b.to_json();
         assert_eq!(j["cycles"], 2);
         assert_eq!(j["steps"][5]["p50_us"], 160.0);
+        assert_eq!(j["steps"][5]["slowest_tenth_mean_us"], 160.0);
+        assert_eq!(j["client"]["cycles"], 2, "the cycle without an answer has no time");
+        assert_eq!(j["client"]["p99_us"], 460.0);
+        assert_eq!(j["client"]["incomplete_mean_us"], Value::Null);
+    }
+
+    #[test]
+    fn a_cycle_left_out_of_the_steps_still_counts_in_what_the_client_saw() {
+        let mut m = marks();
+        // Answered, but the leader marked nothing for it (a forwarded write, say).
+        let c = m.get_mut(&CLIENT).unwrap();
+        c.retain(|(s, t)| !(*s == Step::ClientSend && *t == 3_000_000));
+        c.extend([(Step::ClientSend, 4_000_000), (Step::ClientDone, 4_900_000)]);
+        let b = breakdown(&m, CLIENT).unwrap();
+        assert_eq!((b.steps[0].len(), b.incomplete), (2, 1));
+        assert_eq!(b.missing_by.get("leader HttpIn"), Some(&1));
+        let j = b.to_json();
+        assert_eq!(j["client"]["cycles"], 3);
+        assert_eq!(j["client"]["incomplete_mean_us"], 900.0);
+        assert_eq!(j["client"]["p50_us"], 460.0);
+        assert_eq!(j["client"]["p99_us"], 900.0);
+        assert_eq!(j["client"]["mean_us"], 606.7);
+        assert_eq!(j["steps"][11]["slowest_tenth_mean_us"], 460.0, "the steps cover complete cycles only");
     }
 
     #[test]
