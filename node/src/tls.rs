@@ -23,22 +23,28 @@
 //! CA", "expired"), at most once per address every 10 s. Each node checks its own files
 //! at start and exits naming the file and what is wrong with it.
 //!
-//! Certificates are ECDSA P-256 (rcgen), TLS is rustls with the ring provider. Not done:
-//! reloading certificates without a restart, and revocation lists — rotate by
-//! restarting nodes one by one with new files (a rolling restart keeps the quorum).
+//! Certificates are ECDSA P-256 (rcgen), TLS is rustls with the ring provider.
+//!
+//! `SIGHUP` reloads the three files ([`NodeTls::reload`]): every configuration above
+//! resolves its certificate and checks peers through one shared material, swapped
+//! whole when new files pass every check made at start — the next handshake uses
+//! them; files that fail keep the material in use. Not done: revocation lists (a leaked
+//! key is cut off by moving the cluster to a new CA, docs/operations.md).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -119,30 +125,22 @@ pub struct PeerInfo {
     pub node: bool,
 }
 
-/// A node's TLS material, loaded and checked at start.
-pub struct NodeTls {
-    ca_pem: Vec<u8>,
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    grpc_server: Arc<ServerConfig>,
-    http_server: Arc<ServerConfig>,
-    peer_client: rustls::ClientConfig,
-    /// Refusals logged lately, by peer address and reason (at most one line per 10 s
-    /// each).
-    refusals: Mutex<HashMap<(IpAddr, String), Instant>>,
+/// What a node's three TLS files hold, read and checked ([`Material::read`]).
+struct Material {
+    /// This node's chain and key, as presented to peers and API clients.
+    certified: Arc<CertifiedKey>,
+    /// Accepts a client certificate of the CA (and a client without one).
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    /// Accepts a server certificate of the CA.
+    server_verifier: Arc<WebPkiServerVerifier>,
+    /// When this node's certificate expires (Unix seconds).
+    not_after: i64,
 }
 
-/// Never prints the key.
-impl std::fmt::Debug for NodeTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeTls").finish_non_exhaustive()
-    }
-}
-
-impl NodeTls {
+impl Material {
     /// Reads and checks `files` for node `id`: the certificate chains to the CA, is a
     /// node certificate (`node.berth`), is node `id`'s, and matches the key.
-    pub fn load(files: &berth_cluster_config::TlsFiles, id: u64) -> Result<NodeTls, String> {
+    fn read(files: &berth_cluster_config::TlsFiles, id: u64) -> Result<Material, String> {
         let ca_pem = read("--tls-ca", &files.ca)?;
         let cert_pem = read("--tls-cert", &files.cert)?;
         let key_pem = read("--tls-key", &files.key)?;
@@ -169,7 +167,7 @@ impl NodeTls {
             )
         };
         server_verifier.verify_server_cert(&chain[0], &chain[1..], &role, &[], UnixTime::now()).map_err(not_ours)?;
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
             .allow_unauthenticated()
             .build()
             .map_err(|e| format!("--tls-ca {}: {e}", files.ca.display()))?;
@@ -183,20 +181,168 @@ impl NodeTls {
                 node_name(id)
             ));
         }
+        let not_after = x509_parser::parse_x509_certificate(&chain[0])
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .map_err(|e| format!("--tls-cert {}: {e}", files.cert.display()))?;
+        let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+            format!("--tls-key {} does not go with --tls-cert {}: {e}", files.key.display(), files.cert.display())
+        })?;
+        Ok(Material { certified: Arc::new(certified), client_verifier, server_verifier, not_after })
+    }
+}
 
+/// The material in use. Every TLS configuration of the node (the gRPC and HTTP
+/// servers, the links, gRPC channels and HTTP proxies it dials) reads it at each
+/// handshake, so a reload ([`NodeTls::reload`]) takes effect on the next connection;
+/// those already open carry on (TLS checks certificates at the handshake only).
+struct Current {
+    material: RwLock<Arc<Material>>,
+    /// Handshake signatures are checked with the provider's algorithms, whatever the
+    /// CA.
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl Current {
+    fn new(material: Material) -> Current {
+        let algorithms = provider().signature_verification_algorithms;
+        Current { material: RwLock::new(Arc::new(material)), algorithms }
+    }
+
+    fn get(&self) -> Arc<Material> {
+        self.material.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The handshake-signature checks both verifiers share (client certificates checked
+/// by the servers, server certificates by the dialers).
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get().certified.clone())
+    }
+}
+
+impl ResolvesClientCert for Current {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.get().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client certificate is checked against the CA in use; none is asked for by name
+/// (no root hints: a node has one certificate to offer, and an API client without one
+/// is let in to show its token).
+impl ClientCertVerifier for Current {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.get().client_verifier.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    signature_checks!();
+}
+
+/// A peer's server certificate is checked against the CA in use for the node role
+/// (`node.berth`) whatever address it was dialled at: an HTTP proxy reaches a host by
+/// IP, and every node is equally a node.
+impl ServerCertVerifier for Current {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let role = ServerName::try_from(NODE_NAME).expect("a valid DNS name");
+        self.get().server_verifier.verify_server_cert(end_entity, intermediates, &role, ocsp, now)
+    }
+
+    signature_checks!();
+}
+
+/// A node's TLS: its files, the material they held when last read, and the
+/// configurations built on it.
+pub struct NodeTls {
+    files: berth_cluster_config::TlsFiles,
+    id: u64,
+    current: Arc<Current>,
+    grpc_server: Arc<ServerConfig>,
+    http_server: Arc<ServerConfig>,
+    peer_client: rustls::ClientConfig,
+    /// Refusals logged lately, by peer address and reason (at most one line per 10 s
+    /// each).
+    refusals: Mutex<HashMap<(IpAddr, String), Instant>>,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls").finish_non_exhaustive()
+    }
+}
+
+impl NodeTls {
+    /// Reads and checks `files` for node `id` (`Material::read`) and builds the
+    /// node's TLS configurations on them.
+    pub fn load(files: &berth_cluster_config::TlsFiles, id: u64) -> Result<NodeTls, String> {
+        let current = Arc::new(Current::new(Material::read(files, id)?));
         let server = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, String> {
             let mut c = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| e.to_string())?
-                .with_client_cert_verifier(client_verifier.clone())
-                .with_single_cert(chain.clone(), key.clone_key())
-                .map_err(|e| {
-                    format!(
-                        "--tls-key {} does not go with --tls-cert {}: {e}",
-                        files.key.display(),
-                        files.cert.display()
-                    )
-                })?;
+                .with_client_cert_verifier(current.clone())
+                .with_cert_resolver(current.clone());
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(c))
         };
@@ -207,18 +353,41 @@ impl NodeTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NodeRoleVerifier(server_verifier)))
-            .with_client_auth_cert(chain.clone(), key.clone_key())
-            .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
-        Ok(NodeTls { ca_pem, cert_pem, key_pem, grpc_server, http_server, peer_client, refusals: Default::default() })
+            .with_custom_certificate_verifier(current.clone())
+            .with_client_cert_resolver(current.clone());
+        Ok(NodeTls {
+            files: files.clone(),
+            id,
+            current,
+            grpc_server,
+            http_server,
+            peer_client,
+            refusals: Default::default(),
+        })
     }
 
-    /// What this node dials its peers' gRPC ports with.
-    pub fn grpc_client(&self) -> tonic::transport::ClientTlsConfig {
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(NODE_NAME)
+    /// Reads the files again (`SIGHUP`): when they pass every check [`NodeTls::load`]
+    /// makes, the next handshakes — accepted and dialed — use them; otherwise the
+    /// material in use stays and the error names the file and the fault. Returns
+    /// the new certificate's expiry (Unix seconds).
+    pub fn reload(&self) -> Result<i64, String> {
+        let fresh = Arc::new(Material::read(&self.files, self.id)?);
+        let not_after = fresh.not_after;
+        *self.current.material.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(not_after)
+    }
+
+    /// When the certificate in use expires (Unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.current.get().not_after
+    }
+
+    /// What this node dials its peers' gRPC ports with: its certificate, and only a
+    /// node certificate of the CA accepted at the other end (HTTP/2 by ALPN).
+    pub fn grpc_client(&self) -> Arc<rustls::ClientConfig> {
+        let mut config = self.peer_client.clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(config)
     }
 
     /// How this node dials its peers' replication links: its certificate, and only a
@@ -373,47 +542,6 @@ fn explain(e: &std::io::Error) -> String {
         ) => "the client does not trust this node's certificate (a client without the cluster CA: --ca-cert?)"
             .to_string(),
         other => other.to_string(),
-    }
-}
-
-/// Verifies a peer's certificate for the node role (`node.berth`) whatever address it
-/// was dialled at: an HTTP proxy reaches a host by IP, and every node is equally a node.
-#[derive(Debug)]
-struct NodeRoleVerifier(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for NodeRoleVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let role = ServerName::try_from(NODE_NAME).expect("a valid DNS name");
-        self.0.verify_server_cert(end_entity, intermediates, &role, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }
 
@@ -644,7 +772,7 @@ mod tests {
         issue(dir.path(), 2, &["127.0.0.1".into(), "api.example".into()], 30, dir.path(), false).unwrap();
         assert!(issue(dir.path(), 2, &[], 30, dir.path(), false).unwrap_err().contains("exists"));
         let tls = NodeTls::load(&files(dir.path(), 2), 2).unwrap();
-        let der = CertificateDer::from_pem_slice(&tls.cert_pem).unwrap();
+        let der = tls.current.get().certified.cert[0].clone();
         assert!(is_node_cert(&der));
         assert_eq!(dns_names(&der), ["node.berth", "node-2.berth", "api.example"]);
         // The key is the owner's only, also when replaced over a looser file.
@@ -683,6 +811,111 @@ mod tests {
         assert!(validity(0).is_err() && issue(dir.path(), 0, &[], 1, dir.path(), true).is_err());
         let err = issue(dir.path(), 4, &["not a name!".into()], 30, dir.path(), false).unwrap_err();
         assert!(err.contains("--host not a name!"), "{err}");
+    }
+
+    /// The certificate a handshake with `acceptor` shows the client, and the one the
+    /// client (`client`) showed the server.
+    async fn handshake(
+        acceptor: Arc<ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+    ) -> Result<(CertificateDer<'static>, Option<CertificateDer<'static>>), String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let s = tokio_rustls::TlsAcceptor::from(acceptor).accept(tcp).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(s.get_ref().1.peer_certificates().and_then(|c| c.first().cloned()))
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from(NODE_NAME).unwrap();
+        let c = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.map_err(|e| e.to_string());
+        let shown = server.await.unwrap();
+        let c = c?;
+        Ok((c.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned(), shown?))
+    }
+
+    fn pem_cert(path: &Path) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(path).unwrap()
+    }
+
+    /// A reload takes effect at the next handshake, on both ends (the certificate
+    /// this node shows as a server and as a client, and the CA it checks peers
+    /// against); files that fail a check change nothing and the error names them.
+    #[tokio::test]
+    async fn a_reload_takes_effect_at_the_next_handshake_and_a_refused_one_changes_nothing() {
+        install_provider();
+        let (dir, next) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        init_ca(dir.path(), 30).unwrap();
+        issue(dir.path(), 1, &[], 30, dir.path(), false).unwrap();
+        let f = files(dir.path(), 1);
+        let tls = NodeTls::load(&f, 1).unwrap();
+        let first = pem_cert(&f.cert);
+        let (shown, as_client) = handshake(tls.http_server.clone(), tls.grpc_client()).await.unwrap();
+        assert_eq!((&shown, as_client.as_ref()), (&first, Some(&first)));
+
+        // The same CA, a new certificate that lives longer.
+        let before = tls.not_after();
+        issue(dir.path(), 1, &[], 60, dir.path(), true).unwrap();
+        let second = pem_cert(&f.cert);
+        assert_ne!(first, second);
+        assert!(tls.reload().unwrap() > before + 29 * 86_400);
+        let (shown, as_client) = handshake(tls.grpc_server.clone(), tls.grpc_client()).await.unwrap();
+        assert_eq!((&shown, as_client.as_ref()), (&second, Some(&second)));
+
+        // Refused: not PEM, another node's, a key that is not the certificate's. The
+        // certificate in use stays, and so does its expiry.
+        let expiry = tls.not_after();
+        let keep = |what: &str, err: String| {
+            assert!(err.contains(what), "{err}");
+            assert_eq!(tls.not_after(), expiry);
+        };
+        std::fs::write(&f.cert, "not a certificate").unwrap();
+        keep("--tls-cert", tls.reload().unwrap_err());
+        issue(dir.path(), 2, &[], 30, dir.path(), false).unwrap();
+        std::fs::copy(node_files(dir.path(), 2).0, &f.cert).unwrap();
+        keep("not this node (node-1.berth)", tls.reload().unwrap_err());
+        init_ca(next.path(), 30).unwrap();
+        issue(next.path(), 1, &[], 30, next.path(), false).unwrap();
+        std::fs::copy(node_files(next.path(), 1).0, &f.cert).unwrap();
+        keep("is not a node certificate of the CA", tls.reload().unwrap_err());
+        issue(dir.path(), 1, &[], 30, dir.path(), true).unwrap();
+        std::fs::copy(node_files(next.path(), 1).1, &f.key).unwrap();
+        keep("does not go with", tls.reload().unwrap_err());
+        let (shown, _) = handshake(tls.http_server.clone(), tls.grpc_client()).await.unwrap();
+        assert_eq!(shown, second, "the refused files were never used");
+
+        // A new CA, as an operator rolls one out: trusted beside the old one first
+        // (a peer not yet moved still gets in), then the new certificate with the new
+        // CA alone — a peer of the old CA is refused from the next handshake on.
+        issue(dir.path(), 1, &[], 30, dir.path(), true).unwrap();
+        let old_peer = NodeTls::load(&files(dir.path(), 2), 2).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        init_ca(other.path(), 30).unwrap();
+        issue(other.path(), 1, &[], 30, other.path(), false).unwrap();
+        let (old_ca, new_ca) = (std::fs::read(&f.ca).unwrap(), std::fs::read(ca_files(other.path()).0).unwrap());
+        std::fs::write(&f.ca, [old_ca.as_slice(), new_ca.as_slice()].concat()).unwrap();
+        tls.reload().unwrap();
+        let (_, as_client) = handshake(tls.grpc_server.clone(), old_peer.grpc_client()).await.unwrap();
+        assert_eq!(as_client, Some(pem_cert(&files(dir.path(), 2).cert)), "the old CA's peer is let in");
+        let (cert, key) = node_files(other.path(), 1);
+        std::fs::copy(&cert, &f.cert).unwrap();
+        std::fs::copy(key, &f.key).unwrap();
+        std::fs::write(&f.ca, &new_ca).unwrap();
+        tls.reload().unwrap();
+        let third = pem_cert(&cert);
+        let (shown, as_client) = handshake(tls.http_server.clone(), tls.grpc_client()).await.unwrap();
+        assert_eq!((&shown, as_client.as_ref()), (&third, Some(&third)));
+        // The old peer's certificate, by a client that trusts this node: refused here.
+        let f2 = files(dir.path(), 2);
+        let old_identity = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(tls.current.clone())
+            .with_client_auth_cert(vec![pem_cert(&f2.cert)], PrivateKeyDer::from_pem_file(&f2.key).unwrap())
+            .unwrap();
+        let err = handshake(tls.grpc_server.clone(), Arc::new(old_identity)).await.unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
     }
 
     /// A link dial over TLS to a peer that cuts the connection mid-handshake (as one

@@ -3,7 +3,8 @@
 //! `--ca-cert`, and without it), log and exec proxied between nodes over TLS with the
 //! node's certificate, node-only gRPC services refusing a caller without a node
 //! certificate, a node of another CA and a plain-text node kept out — each refusal
-//! logged with its reason — and a node refusing to start with files that are not its.
+//! logged with its reason — and a node refusing to start with files that are not its;
+//! and a running cluster moved to a new CA by `SIGHUP`s, without a restart.
 
 mod support;
 
@@ -220,4 +221,127 @@ async fn nodes_speak_mutual_tls_and_keep_out_whoever_has_no_certificate_of_the_c
     let (code, err) = start("1", tls_flags(&ca_dir, 1)[..2].to_vec());
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("missing --tls-key, --tls-ca"), "{err}");
+}
+
+/// An HTTPS client trusting only `cas`, with no connection from before.
+fn client_trusting(cas: &[&[u8]]) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().tls_built_in_root_certs(false).timeout(Duration::from_secs(30));
+    for pem in cas {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// How often node `id` has logged `what`.
+fn logged(c: &Cluster, id: u64, what: &str) -> usize {
+    c.log_of(id).matches(what).count()
+}
+
+/// An operator's CA rotation on a running cluster, each step a file change and a
+/// `SIGHUP` per node: the new CA trusted beside the old, then new certificates and the
+/// new CA alone. Every new connection uses the new files (a client trusting only the
+/// new CA reaches each node, writes commit, a node restarted with its new files is let
+/// back in by peers that never restarted); a certificate of the old CA is refused
+/// from then on; files that fail a check are refused with the reason, and the node
+/// serves on with the ones it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_cluster_moves_to_a_new_ca_by_sighup() {
+    berth_node::tls::install_provider();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca_dir, new_dir) = (certs.path().join("ca"), certs.path().join("new"));
+    make_ca(&ca_dir, &[1, 2, 3, 5]);
+    make_ca(&new_dir, &[1, 2, 3]);
+    let ca = ca_dir.join("ca.pem");
+    let (old_pem, new_pem) = (std::fs::read(&ca).unwrap(), std::fs::read(new_dir.join("ca.pem")).unwrap());
+    let mut c = Cluster::start_each(3, |id| tls_flags(&ca_dir, id));
+    c.http = client_trusting(&[&old_pem, &new_pem]);
+    let leader = c.wait_leader(FORM).await;
+    c.create_pool(leader, "lan", 74).await;
+    const RELOADED: &str = "SIGHUP: TLS files reloaded";
+    let hangup_all = |c: &Cluster| {
+        for id in 1..=3 {
+            c.hangup(id);
+        }
+    };
+    let reloaded = |times: usize| {
+        let c = &c;
+        async move {
+            c.eventually(Duration::from_secs(10), "every node reloaded", || async {
+                (1..=3).all(|id| logged(c, id, RELOADED) == times).then_some(())
+            })
+            .await
+        }
+    };
+
+    // Both CAs trusted, then the new certificates and the new CA alone.
+    std::fs::write(&ca, [old_pem.as_slice(), new_pem.as_slice()].concat()).unwrap();
+    hangup_all(&c);
+    reloaded(1).await;
+    for id in 1..=3 {
+        for ext in ["pem", "key"] {
+            let name = format!("node-{id}.{ext}");
+            std::fs::copy(new_dir.join(&name), ca_dir.join(&name)).unwrap();
+        }
+    }
+    std::fs::write(&ca, &new_pem).unwrap();
+    hangup_all(&c);
+    reloaded(2).await;
+
+    // New connections: only the new CA is needed to reach each node, and writes commit.
+    let fresh = client_trusting(&[&new_pem]);
+    for id in 1..=3 {
+        let r = fresh.get(format!("{}/v1/cluster", c.url(id))).send().await;
+        assert_eq!(r.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}")), Ok(200), "node {id}");
+    }
+    let leader_url = c.url(leader);
+    let allocate = |owner: &'static str| {
+        let (fresh, url) = (fresh.clone(), leader_url.clone());
+        async move {
+            let r = fresh.post(format!("{url}/v1/ipam/pools/lan/allocations")).json(&json!({"owner": owner}));
+            r.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(allocate("after-rotation").await, 201);
+    let text = fresh.get(format!("{}/metrics", c.url(1))).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("berth_tls_reloads_total{result=\"ok\"} 2"), "{text}");
+    assert!(text.contains("berth_tls_certificate_expiry_timestamp_seconds "), "{text}");
+
+    // A node certificate of the old CA no longer reaches the node-only services.
+    let old5 = (ca_dir.join("node-5.pem"), ca_dir.join("node-5.key"));
+    let ep = Endpoint::from_shared(format!("https://{}", c.nodes[&1].grpc_addr())).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&new_pem))
+        .identity(Identity::from_pem(std::fs::read(&old5.0).unwrap(), std::fs::read(&old5.1).unwrap()))
+        .domain_name("node.berth");
+    let refused = match ep.tls_config(tls).unwrap().connect().await {
+        Err(_) => true,
+        Ok(ch) => InternalClient::new(ch).probe(ProbeRequest { from: 5 }).await.is_err(),
+    };
+    assert!(refused, "a certificate of the old CA is refused after the rotation");
+
+    // A node restarted on its new files is let back in by peers that only reloaded,
+    // and catches up.
+    let follower = if leader == 2 { 3 } else { 2 };
+    c.kill(follower);
+    assert_eq!(allocate("while-down").await, 201);
+    c.spawn(follower);
+    c.eventually(Duration::from_secs(30), "the restarted node has both allocations", || async {
+        let r = fresh.get(format!("{}/v1/ipam/pools/lan/allocations", c.url(follower))).send().await.ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        (v.as_array()?.len() == 2).then_some(())
+    })
+    .await;
+
+    // Files that fail a check: refused with the reason, the node serves on.
+    let other = if follower == 3 { 2 } else { 3 };
+    std::fs::write(ca_dir.join(format!("node-{other}.pem")), "garbage").unwrap();
+    c.hangup(other);
+    c.eventually(Duration::from_secs(10), "the refusal is logged", || async {
+        c.log_of(other).contains("SIGHUP: TLS files refused").then_some(())
+    })
+    .await;
+    let log = c.log_of(other);
+    assert!(log.contains("--tls-cert") && log.contains("no PEM certificate"), "{log}");
+    let r = client_trusting(&[&new_pem]).get(format!("{}/v1/cluster", c.url(other))).send().await.unwrap();
+    assert_eq!(r.status(), 200, "node {other} serves on with the files it had");
 }

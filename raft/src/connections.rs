@@ -4,9 +4,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::link::Links;
+
+/// TLS for gRPC channels: the client configuration (its certificate resolver and
+/// verifier may change what they present and accept between handshakes) and the name
+/// the peer's certificate is checked for.
+#[derive(Clone)]
+pub struct ChannelTls {
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
 
 /// The largest gRPC message berth sends or accepts (Raft batches, snapshot chunks).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -21,13 +30,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// one per address serves every request to that peer — Raft replication, write
 /// forwarding, read-index calls — without a connection per RPC.
 ///
-/// With TLS, every channel dials `https://` with the node's client certificate.
+/// With TLS, every channel dials through [`ChannelTls`]: this crate's own handshake
+/// (tokio-rustls) with the node's configuration, read at each connection — a node
+/// that reloads its certificates (`SIGHUP`) dials with the new ones from its next
+/// connection on.
 ///
 /// Replication has links of its own ([`Links`], `crate::link`), dialed the same way.
 #[derive(Default)]
 pub struct Connections {
     channels: Mutex<HashMap<String, Channel>>,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<ChannelTls>,
     links: Arc<Links>,
 }
 
@@ -36,10 +48,17 @@ impl Connections {
         Self::default()
     }
 
-    /// Channels over TLS with `tls` (the cluster CA, this node's identity), and
-    /// replication links dialed with `links` (TLS too).
-    pub fn with_tls(tls: ClientTlsConfig, links: Links) -> Self {
-        Connections { channels: Default::default(), tls: Some(tls), links: Arc::new(links) }
+    /// Channels over TLS with `config` (the cluster CA, this node's identity; ALPN
+    /// `h2`), the peer's certificate checked for `server_name`, and replication links
+    /// dialed with `links` (TLS too).
+    pub fn with_tls(
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+        links: Links,
+    ) -> Result<Self, rustls::pki_types::InvalidDnsNameError> {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())?;
+        let tls = ChannelTls { config, name };
+        Ok(Connections { channels: Default::default(), tls: Some(tls), links: Arc::new(links) })
     }
 
     /// The replication links to peers.
@@ -54,17 +73,42 @@ impl Connections {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = match &self.tls {
-            None => Endpoint::from_shared(format!("http://{addr}"))?,
-            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone())?,
-        };
-        let channel = endpoint
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            // tonic's connect timeout covers the connector: the TCP dial and the handshake.
+            Some(tls) => endpoint.connect_with_connector_lazy(tls.clone()),
+        };
         map.insert(addr.to_string(), channel.clone());
         Ok(channel)
+    }
+}
+
+/// Dials a peer for a gRPC channel: TCP (no Nagle), then TLS with the configuration
+/// as it is at this moment.
+impl tower::Service<http::Uri> for ChannelTls {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.clone();
+        Box::pin(async move {
+            let addr = uri.authority().map(|a| a.to_string()).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: no host:port to dial"))
+            })?;
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tokio_rustls::TlsConnector::from(tls.config).connect(tls.name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
     }
 }

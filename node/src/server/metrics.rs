@@ -82,6 +82,10 @@ pub struct Metrics {
     /// Requests refused with 429.
     pub rate_limited: IntCounter,
     read_rounds: IntCounter,
+    /// With TLS only (not in the registry: a node without TLS shows no expiry).
+    tls_expiry: IntGauge,
+    /// `SIGHUP` reloads of the TLS files, by result (`ok`, `refused`); with TLS only.
+    pub tls_reloads: IntCounterVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -150,6 +154,16 @@ impl Metrics {
             "1 while the data dir takes writes; 0 when full (under --min-free-disk-mb) or read-only",
         );
         Metrics {
+            tls_expiry: IntGauge::new(
+                "berth_tls_certificate_expiry_timestamp_seconds",
+                "when the TLS certificate this node presents expires (Unix seconds)",
+            )
+            .expect("valid"),
+            tls_reloads: IntCounterVec::new(
+                Opts::new("berth_tls_reloads_total", "reloads of the TLS files on SIGHUP, by result (ok, refused)"),
+                &["result"],
+            )
+            .expect("valid"),
             disk_free,
             disk_usable,
             auth_refused,
@@ -265,7 +279,14 @@ impl Metrics {
                 self.hosts.with_label_values(&[name]).set(n);
             }
         }
-        TextEncoder::new().encode_to_string(&self.registry.gather()).map_err(|e| e.to_string())
+        let mut families = self.registry.gather();
+        if let Some(tls) = &node.tls {
+            use prometheus::core::Collector;
+            self.tls_expiry.set(tls.not_after());
+            families.extend(self.tls_expiry.collect());
+            families.extend(self.tls_reloads.collect());
+        }
+        TextEncoder::new().encode_to_string(&families).map_err(|e| e.to_string())
     }
 }
 

@@ -122,6 +122,39 @@ pub struct Node {
     _lock: File,
 }
 
+/// With TLS: reads the node's TLS files again at every `SIGHUP` until shutdown
+/// ([`crate::tls::NodeTls::reload`]). Without TLS no handler is installed (a `SIGHUP`
+/// ends the process, as it always did).
+async fn reload_tls_on_hangup(node: Arc<Node>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(tls) = node.tls.clone() else { return };
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for SIGHUP: TLS files are reloaded only by a restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = node.stopping() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(not_after) => {
+                node.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
+                    .map_or(not_after.to_string(), |t| t.to_string());
+                tracing::info!(%expires, "SIGHUP: TLS files reloaded; new connections use them");
+            }
+            Err(e) => {
+                node.metrics.tls_reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(error = %e, "SIGHUP: TLS files refused; the ones in use stay");
+            }
+        }
+    }
+}
+
 /// `--snapshot-logs`: the fewest entries between two snapshots.
 fn snapshot_min_entries(cfg: &ValidConfig) -> u64 {
     cfg.raft.snapshot_logs.unwrap_or(5000)
@@ -251,7 +284,8 @@ impl Node {
         })?;
         let state = sm.handle();
         let connections = Arc::new(match &tls {
-            Some(t) => Connections::with_tls(t.grpc_client(), t.link_client()),
+            Some(t) => Connections::with_tls(t.grpc_client(), crate::tls::NODE_NAME, t.link_client())
+                .expect("NODE_NAME is a valid DNS name"),
             None => Connections::new(),
         });
         let http_client = match &tls {
@@ -358,6 +392,7 @@ impl Node {
             tokio::spawn(snapshots::run(node.clone(), appended, snapshot_min_entries(&node.config))),
             tokio::spawn(leader::heartbeat(node.clone())),
             tokio::spawn(metrics::watch_leader(node.clone())),
+            tokio::spawn(reload_tls_on_hangup(node.clone())),
             tokio::spawn(leader::report(node.clone(), reports_rx)),
             match macvlan_parent {
                 Some(parent) => tokio::spawn(network::run(node.clone(), parent)),

@@ -248,6 +248,11 @@ impl Cluster {
         signal(self.nodes[&id].pid().unwrap(), libc::SIGCONT);
     }
 
+    /// SIGHUP: a node with TLS reads its files again.
+    pub fn hangup(&self, id: u64) {
+        signal(self.nodes[&id].pid().unwrap(), libc::SIGHUP);
+    }
+
     pub fn url(&self, id: u64) -> String {
         self.nodes[&id].url()
     }
