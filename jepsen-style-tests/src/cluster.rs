@@ -193,6 +193,31 @@ impl Cluster {
         self.berth(&["ca", "issue", "--id", &id.to_string(), "--host", &host, "--dir"], &[])
     }
 
+    /// Sends node `id` a `SIGHUP` (with TLS: it reads its files again).
+    pub fn hangup(&self, id: u64) -> Result<()> {
+        let pid = self.pid(id).context("the node is not running")?;
+        // SAFETY: kill(2) on a node process of this run.
+        if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+            bail!("SIGHUP to node {id}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Puts a certificate file that fails every check in node `id`'s place.
+    pub fn break_certificate(&self, id: u64) -> Result<()> {
+        self.ca.as_ref().context("the cluster runs without TLS")?;
+        Ok(std::fs::write(self.ca_dir().join(format!("node-{id}.pem")), "not a certificate")?)
+    }
+
+    /// Renews node `id`'s certificate (the same CA, a new key); the new certificate
+    /// (DER).
+    pub fn renew_certificate(&self, id: u64) -> Result<Vec<u8>> {
+        self.ca.as_ref().context("the cluster runs without TLS")?;
+        let host = self.nodes[&id].http.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+        self.berth(&["ca", "issue", "--id", &id.to_string(), "--host", &host, "--dir"], &["--force"])?;
+        berth_node::tls::first_certificate(&self.ca_dir().join(format!("node-{id}.pem"))).map_err(anyhow::Error::msg)
+    }
+
     /// An HTTP client for this cluster's APIs (trusting its CA when it runs TLS).
     pub fn http_builder(&self) -> reqwest::ClientBuilder {
         let b = reqwest::Client::builder();

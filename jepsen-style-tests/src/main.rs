@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use berth_jepsen::checker::{self, Verdict};
 use berth_jepsen::cluster::Cluster;
 use berth_jepsen::history::{pair, Event, Kind};
@@ -33,7 +33,9 @@ struct Args {
     /// Nemeses, comma separated: kill, kill-leader, pause, restart-all, partition,
     /// partition-leader, partition-ring, partition-bridge, host-loss (a node killed, or
     /// cut off when namespaces allow, for longer than the host deadline), disk-full (a
-    /// node's data dir, a tmpfs of its own, filled past its reserve), or none.
+    /// node's data dir, a tmpfs of its own, filled past its reserve), tls-reload (with
+    /// --tls: a node's certificate renewed and reloaded by SIGHUP, sometimes after files
+    /// that fail the checks; the node must serve on and present the new one), or none.
     /// Partitions and disk-full need root.
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
@@ -61,7 +63,7 @@ struct Args {
     tls: bool,
 }
 
-const NEMESES: [&str; 11] = [
+const NEMESES: [&str; 12] = [
     "kill",
     "kill-leader",
     "pause",
@@ -73,6 +75,7 @@ const NEMESES: [&str; 11] = [
     "partition-bridge",
     "host-loss",
     "disk-full",
+    "tls-reload",
 ];
 
 /// How the cluster is started: namespaces when they can be had, a tmpfs per node when
@@ -355,6 +358,71 @@ fn ring_cuts(ids: &[u64]) -> Vec<(u64, u64)> {
     cuts
 }
 
+/// What the nemesis did: its faults, and what it saw go wrong that no history shows
+/// (a node that did not take renewed certificates, say).
+#[derive(Default)]
+struct NemesisRun {
+    faults: Vec<Fault>,
+    problems: Vec<String>,
+}
+
+impl NemesisRun {
+    /// The nemesis's own verdict when it saw something go wrong.
+    fn verdict(&self) -> Option<Verdict> {
+        let first = self.problems.first()?;
+        Some(Verdict {
+            checker: "nemesis",
+            valid: false,
+            checked: self.faults.len(),
+            anomaly: Some(first.clone()),
+            excerpt: self.problems.clone(),
+        })
+    }
+}
+
+/// The certificate node `id` presents to a new connection (DER).
+async fn presented(cluster: &Mutex<Cluster>, id: u64) -> Result<Vec<u8>> {
+    let (url, builder) = {
+        let c = cluster.lock().unwrap();
+        (c.url(id), c.http_builder())
+    };
+    let client = builder.tls_info(true).timeout(Duration::from_secs(2)).build()?;
+    let r = client.get(format!("{url}/healthz")).send().await?;
+    let info = r.extensions().get::<reqwest::tls::TlsInfo>().context("no TLS on the connection")?;
+    Ok(info.peer_certificate().context("no certificate presented")?.to_vec())
+}
+
+/// `tls-reload` on node `target`: with `refused_first`, files that fail the checks and
+/// a `SIGHUP` (the node must serve on); then a renewed certificate and a `SIGHUP`
+/// (the node must present it within 5 s).
+async fn reload_certificate(cluster: &Mutex<Cluster>, target: u64, refused_first: bool) -> Result<()> {
+    if refused_first {
+        {
+            let c = cluster.lock().unwrap();
+            c.break_certificate(target)?;
+            c.hangup(target)?;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        presented(cluster, target).await.context("serving after refusing bad files")?;
+    }
+    let new = {
+        let c = cluster.lock().unwrap();
+        let new = c.renew_certificate(target)?;
+        c.hangup(target)?;
+        new
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = presented(cluster, target).await;
+        match now {
+            Ok(der) if der == new => return Ok(()),
+            _ if Instant::now() < until => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(_) => bail!("still presents its old certificate 5 s after the SIGHUP"),
+            Err(e) => return Err(e.context("no connection 5 s after the SIGHUP")),
+        }
+    }
+}
+
 /// The nemesis: a fault every few seconds, healed before the next; all healed at the end.
 async fn nemesis(
     cluster: Arc<Mutex<Cluster>>,
@@ -364,13 +432,13 @@ async fn nemesis(
     deadline: Instant,
     seed: u64,
     http: reqwest::Client,
-) -> Vec<Fault> {
+) -> NemesisRun {
     let mut rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
-    let mut faults = Vec::new();
+    let mut run = NemesisRun::default();
     // Ids are never reused: nodes added by membership changes take the next one.
     let mut next_id = size + 1;
     if kinds.is_empty() {
-        return faults;
+        return run;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     while Instant::now() + Duration::from_secs(3) < deadline {
@@ -523,6 +591,14 @@ async fn nemesis(
                 tokio::time::sleep(hold).await;
                 cluster.lock().unwrap().free_disk(target);
             }
+            "tls-reload" => {
+                let refused_first = rng.below(2) == 0;
+                if let Err(e) = reload_certificate(&cluster, target, refused_first).await {
+                    run.problems
+                        .push(format!("tls-reload of node {target} (refused files first: {refused_first}): {e:#}"));
+                }
+                tokio::time::sleep(hold).await;
+            }
             "pause" => {
                 let pid = cluster.lock().unwrap().pid(target);
                 if let Some(pid) = pid {
@@ -534,10 +610,10 @@ async fn nemesis(
             }
             _ => {}
         }
-        faults.push(Fault { fault: kind, node: Some(target), start_ns: start, end_ns: rec.now() });
+        run.faults.push(Fault { fault: kind, node: Some(target), start_ns: start, end_ns: rec.now() });
         tokio::time::sleep(Duration::from_millis(1000 + rng.below(1500))).await;
     }
-    faults
+    run
 }
 
 /// Every node running again (resumed, or restarted).
@@ -619,7 +695,8 @@ async fn run_converge(args: &Args, nemeses: &[String], seed: u64, namespaces: bo
         sample(&mut samples);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let faults = nem.await.unwrap_or_default();
+    let run = nem.await.unwrap_or_default();
+    let faults = &run.faults;
     heal(&cluster);
     // Time for the last fault's consequences: the deadline + 3 s, and a little more.
     let settle = Instant::now() + CONVERGE_DEADLINE + Duration::from_secs(5);
@@ -627,18 +704,19 @@ async fn run_converge(args: &Args, nemeses: &[String], seed: u64, namespaces: bo
         sample(&mut samples);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let verdict = berth_jepsen::checker::converge::check(&samples, &faults, &expected, CONVERGE_DEADLINE);
+    let verdict = berth_jepsen::checker::converge::check(&samples, faults, &expected, CONVERGE_DEADLINE);
     let events = rec.events.lock().unwrap().clone();
     let calls = pair(&events);
     let dir = args.out.join(format!("converge-{}-{seed}", nemeses.join("+")));
-    report::write(&dir, &events, &faults, std::slice::from_ref(&verdict), &calls)?;
+    let verdicts: Vec<Verdict> = std::iter::once(verdict).chain(run.verdict()).collect();
+    report::write(&dir, &events, faults, &verdicts, &calls)?;
     println!(
         "{}",
         json!({"workload": "converge", "nemesis": nemeses, "nodes": args.nodes, "seconds": args.time,
-               "samples": samples.len(), "instances": n, "faults": faults.len(), "valid": verdict.valid,
-               "anomaly": verdict.anomaly, "report": dir})
+               "samples": samples.len(), "instances": n, "faults": faults.len(), "valid": verdicts[0].valid,
+               "anomaly": verdicts[0].anomaly, "nemesis_problems": run.problems, "report": dir})
     );
-    Ok(vec![verdict])
+    Ok(verdicts)
 }
 
 async fn final_read(http: &reqwest::Client, view: &berth_jepsen::cluster::View, path: &str) -> Option<Value> {
@@ -705,7 +783,8 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
     for c in clients {
         let _ = c.await;
     }
-    let faults = nem.await.unwrap_or_default();
+    let run = nem.await.unwrap_or_default();
+    let faults = &run.faults;
     // Heal: every node running, a leader, then the final reads.
     heal(&cluster);
     let view = cluster.lock().unwrap().clone_view();
@@ -736,15 +815,17 @@ async fn run_one(args: &Args, workload: &str, nemeses: &[String], seed: u64) -> 
         other => bail!("unknown workload {other}"),
     };
     let dir = args.out.join(format!("{workload}-{}-{seed}", nemeses.join("+")));
-    report::write(&dir, &events, &faults, std::slice::from_ref(&verdict), &calls)?;
+    let verdicts: Vec<Verdict> = std::iter::once(verdict).chain(run.verdict()).collect();
+    report::write(&dir, &events, faults, &verdicts, &calls)?;
     let ops = calls.iter().filter(|c| c.process != u64::MAX).count();
     let ok = calls.iter().filter(|c| c.process != u64::MAX && c.outcome == Kind::Ok).count();
     println!(
         "{}",
         json!({"workload": workload, "nemesis": nemeses, "nodes": args.nodes, "seconds": args.time, "ops": ops, "ok": ok,
-               "faults": faults.len(), "valid": verdict.valid, "anomaly": verdict.anomaly, "report": dir})
+               "faults": faults.len(), "valid": verdicts[0].valid, "anomaly": verdicts[0].anomaly,
+               "nemesis_problems": run.problems, "report": dir})
     );
-    Ok(vec![verdict])
+    Ok(verdicts)
 }
 
 #[tokio::main]
@@ -756,6 +837,9 @@ async fn run(mut args: Args) -> Result<()> {
     for n in &args.nemesis {
         if n != "none" && !NEMESES.contains(&n.as_str()) {
             bail!("unknown nemesis {n:?} (available: {})", NEMESES.join(", "));
+        }
+        if n == "tls-reload" && !args.tls {
+            bail!("the tls-reload nemesis renews the nodes' certificates: it needs --tls");
         }
     }
     let seed = args.seed.unwrap_or_else(|| {
@@ -770,7 +854,7 @@ async fn run(mut args: Args) -> Result<()> {
         args.clients = 4;
         for w in ["ipam", "register", "set", "converge"] {
             let all: Vec<String> = if berth_jepsen::netns::unavailable().is_none() {
-                NEMESES.iter().map(|s| s.to_string()).collect()
+                NEMESES.iter().filter(|n| args.tls || **n != "tls-reload").map(|s| s.to_string()).collect()
             } else {
                 vec!["kill".into(), "kill-leader".into(), "pause".into(), "restart-all".into()]
             };

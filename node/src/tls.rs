@@ -91,6 +91,13 @@ fn certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
+/// The first certificate of a PEM file, DER-encoded (a node's own, for tools that
+/// check which one a node presents).
+pub fn first_certificate(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = read("certificate", path)?;
+    Ok(certs("certificate", path, &pem)?.swap_remove(0).to_vec())
+}
+
 /// The DNS names a certificate is valid for (its subject alternative names).
 pub fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return vec![] };
