@@ -392,25 +392,39 @@ async fn presented(cluster: &Mutex<Cluster>, id: u64) -> Result<Vec<u8>> {
     Ok(info.peer_certificate().context("no certificate presented")?.to_vec())
 }
 
-/// `tls-reload` on node `target`: with `refused_first`, files that fail the checks and
-/// a `SIGHUP` (the node must serve on); then a renewed certificate and a `SIGHUP`
-/// (the node must present it within 5 s).
+/// `tls-reload` on node `target`: once it serves (a node just restarted by an
+/// earlier fault may still be starting), with `refused_first` files that fail the
+/// checks and a `SIGHUP` (the node must serve on); then — whatever happened before —
+/// a renewed certificate and a `SIGHUP` (the node must present it within 5 s). The
+/// node's files are always left renewed and valid.
 async fn reload_certificate(cluster: &Mutex<Cluster>, target: u64, refused_first: bool) -> Result<()> {
-    if refused_first {
-        {
-            let c = cluster.lock().unwrap();
-            c.break_certificate(target)?;
-            c.hangup(target)?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = presented(cluster, target).await {
+        if Instant::now() >= until {
+            return Err(e.context("not serving before the reload"));
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        presented(cluster, target).await.context("serving after refusing bad files")?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let refused = if refused_first {
+        let sent = {
+            let c = cluster.lock().unwrap();
+            c.break_certificate(target).and_then(|()| c.hangup(target))
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match sent {
+            Ok(()) => presented(cluster, target).await.map(|_| ()).context("serving after refusing bad files"),
+            Err(e) => Err(e),
+        }
+    } else {
+        Ok(())
+    };
     let new = {
         let c = cluster.lock().unwrap();
         let new = c.renew_certificate(target)?;
         c.hangup(target)?;
         new
     };
+    refused?;
     let until = Instant::now() + Duration::from_secs(5);
     loop {
         let now = presented(cluster, target).await;

@@ -28,8 +28,10 @@
 //! `SIGHUP` reloads the three files ([`NodeTls::reload`]): every configuration above
 //! resolves its certificate and checks peers through one shared material, swapped
 //! whole when new files pass every check made at start — the next handshake uses
-//! them; files that fail keep the material in use. Not done: revocation lists (a leaked
-//! key is cut off by moving the cluster to a new CA, docs/operations.md).
+//! them; files that fail keep the material in use. No TLS session is ever resumed (a
+//! resumed handshake checks no certificate: a CA dropped by a reload would still let
+//! its certificates in). Not done: revocation lists (a leaked key is cut off by moving
+//! the cluster to a new CA and a rolling restart, docs/operations.md).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -344,6 +346,11 @@ impl NodeTls {
     /// node's TLS configurations on them.
     pub fn load(files: &berth_cluster_config::TlsFiles, id: u64) -> Result<NodeTls, String> {
         let current = Arc::new(Current::new(Material::read(files, id)?));
+        // No session resumption, either way: a resumed handshake checks no certificate
+        // (the server restores the client's chain from the ticket), so after a reload
+        // that dropped a CA its certificates would still get in. Connections between
+        // nodes are few and long-lived; an API client pays one full handshake per
+        // connection.
         let server = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, String> {
             let mut c = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
@@ -351,17 +358,20 @@ impl NodeTls {
                 .with_client_cert_verifier(current.clone())
                 .with_cert_resolver(current.clone());
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            c.send_tls13_tickets = 0;
             Ok(Arc::new(c))
         };
         // gRPC, and Raft replication links (`berth_raft::link`) on the same port.
         let grpc_server = server(&[b"h2", berth_raft::link::ALPN])?;
         let http_server = server(&[b"h2", b"http/1.1"])?;
-        let peer_client = rustls::ClientConfig::builder_with_provider(provider())
+        let mut peer_client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
             .with_custom_certificate_verifier(current.clone())
             .with_client_cert_resolver(current.clone());
+        peer_client.resumption = rustls::client::Resumption::disabled();
         Ok(NodeTls {
             files: files.clone(),
             id,
@@ -821,24 +831,34 @@ mod tests {
     }
 
     /// The certificate a handshake with `acceptor` shows the client, and the one the
-    /// client (`client`) showed the server.
+    /// client (`client`) showed the server. The server then writes a byte and the
+    /// client reads it: any session ticket sent is taken in by the client's config.
     async fn handshake(
         acceptor: Arc<ServerConfig>,
         client: Arc<rustls::ClientConfig>,
     ) -> Result<(CertificateDer<'static>, Option<CertificateDer<'static>>), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let s = tokio_rustls::TlsAcceptor::from(acceptor).accept(tcp).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(s.get_ref().1.peer_certificates().and_then(|c| c.first().cloned()))
+            let mut s = tokio_rustls::TlsAcceptor::from(acceptor).accept(tcp).await.map_err(|e| e.to_string())?;
+            let shown = s.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
+            s.write_all(b"k").await.map_err(|e| e.to_string())?;
+            s.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(shown)
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from(NODE_NAME).unwrap();
-        let c = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.map_err(|e| e.to_string());
-        let shown = server.await.unwrap();
-        let c = c?;
-        Ok((c.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned(), shown?))
+        let client = async {
+            let mut c = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            c.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(c.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned())
+        };
+        let (shown_to_client, shown_to_server) = (client.await, server.await.unwrap());
+        let shown_to_server = shown_to_server?;
+        Ok((shown_to_client?, shown_to_server))
     }
 
     fn pem_cert(path: &Path) -> CertificateDer<'static> {
@@ -902,7 +922,10 @@ mod tests {
         let (old_ca, new_ca) = (std::fs::read(&f.ca).unwrap(), std::fs::read(ca_files(other.path()).0).unwrap());
         std::fs::write(&f.ca, [old_ca.as_slice(), new_ca.as_slice()].concat()).unwrap();
         tls.reload().unwrap();
-        let (_, as_client) = handshake(tls.grpc_server.clone(), old_peer.grpc_client()).await.unwrap();
+        // One client configuration for the old peer throughout (as a node keeps one):
+        // were resumption on, its ticket from now would get it in after the rotation.
+        let old_peer_client = old_peer.grpc_client();
+        let (_, as_client) = handshake(tls.grpc_server.clone(), old_peer_client.clone()).await.unwrap();
         assert_eq!(as_client, Some(pem_cert(&files(dir.path(), 2).cert)), "the old CA's peer is let in");
         let (cert, key) = node_files(other.path(), 1);
         std::fs::copy(&cert, &f.cert).unwrap();
@@ -923,6 +946,9 @@ mod tests {
             .unwrap();
         let err = handshake(tls.grpc_server.clone(), Arc::new(old_identity)).await.unwrap_err();
         assert!(err.contains("UnknownIssuer"), "{err}");
+        // The old peer itself, with the configuration it connected with before.
+        let err = handshake(tls.grpc_server.clone(), old_peer_client).await.unwrap_err();
+        assert!(err.contains("UnknownCA") || err.contains("certificate"), "{err}");
     }
 
     /// A link dial over TLS to a peer that cuts the connection mid-handshake (as one

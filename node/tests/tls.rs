@@ -257,6 +257,20 @@ async fn a_running_cluster_moves_to_a_new_ca_by_sighup() {
     c.http = client_trusting(&[&old_pem, &new_pem]);
     let leader = c.wait_leader(FORM).await;
     c.create_pool(leader, "lan", 74).await;
+    // A TLS node's metrics before any reload: both reload series at 0, the expiry ahead.
+    let r = c.http.get(format!("{}/metrics", c.url(1))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for result in ["ok", "refused"] {
+        assert!(text.contains(&format!("berth_tls_reloads_total{{result=\"{result}\"}} 0")), "{text}");
+    }
+    let expiry: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_tls_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no expiry in {text}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(expiry > now + 30.0 * 86_400.0, "{expiry} vs {now}");
     const RELOADED: &str = "SIGHUP: TLS files reloaded";
     let hangup_all = |c: &Cluster| {
         for id in 1..=3 {

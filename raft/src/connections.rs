@@ -74,13 +74,12 @@ impl Connections {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = match &self.tls {
-            None => endpoint.connect_lazy(),
-            // tonic's connect timeout covers the connector: the TCP dial and the handshake.
+            None => endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy(),
+            // The connector times its two steps itself, each as a link's dial does.
             Some(tls) => endpoint.connect_with_connector_lazy(tls.clone()),
         };
         map.insert(addr.to_string(), channel.clone());
@@ -89,7 +88,7 @@ impl Connections {
 }
 
 /// Dials a peer for a gRPC channel: TCP (no Nagle), then TLS with the configuration
-/// as it is at this moment.
+/// as it is at this moment; each step within [`CONNECT_TIMEOUT`], as a link's dial.
 impl tower::Service<http::Uri> for ChannelTls {
     type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
     type Error = std::io::Error;
@@ -105,9 +104,15 @@ impl tower::Service<http::Uri> for ChannelTls {
             let addr = uri.authority().map(|a| a.to_string()).ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: no host:port to dial"))
             })?;
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let timed_out = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{addr}: {what}"));
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+                .await
+                .map_err(|_| timed_out("no TCP connection within the connect timeout"))??;
             tcp.set_nodelay(true)?;
-            let stream = tokio_rustls::TlsConnector::from(tls.config).connect(tls.name, tcp).await?;
+            let handshake = tokio_rustls::TlsConnector::from(tls.config).connect(tls.name, tcp);
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                .await
+                .map_err(|_| timed_out("no TLS handshake within the connect timeout"))??;
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }

@@ -170,11 +170,15 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let mut announced = false;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
+    // The terminal closing stops the cluster too (with TLS the nodes take a SIGHUP as
+    // a reload: they would outlive this process).
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP");
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let code = loop {
         tokio::select! {
             _ = sigint.recv() => break ExitCode::SUCCESS,
             _ = sigterm.recv() => break ExitCode::SUCCESS,
+            _ = sighup.recv() => break ExitCode::SUCCESS,
             _ = tick.tick() => {}
         }
         let mut dead = None;

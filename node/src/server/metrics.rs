@@ -159,11 +159,18 @@ impl Metrics {
                 "when the TLS certificate this node presents expires (Unix seconds)",
             )
             .expect("valid"),
-            tls_reloads: IntCounterVec::new(
-                Opts::new("berth_tls_reloads_total", "reloads of the TLS files on SIGHUP, by result (ok, refused)"),
-                &["result"],
-            )
-            .expect("valid"),
+            tls_reloads: {
+                let c = IntCounterVec::new(
+                    Opts::new("berth_tls_reloads_total", "reloads of the TLS files on SIGHUP, by result (ok, refused)"),
+                    &["result"],
+                )
+                .expect("valid");
+                // Both series from the start: a family without one cannot be encoded.
+                for result in ["ok", "refused"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
             disk_free,
             disk_usable,
             auth_refused,

@@ -122,19 +122,21 @@ pub struct Node {
     _lock: File,
 }
 
-/// With TLS: reads the node's TLS files again at every `SIGHUP` until shutdown
-/// ([`crate::tls::NodeTls::reload`]). Without TLS no handler is installed (a `SIGHUP`
-/// ends the process, as it always did).
-async fn reload_tls_on_hangup(node: Arc<Node>) {
+/// With TLS, the node's `SIGHUP`s: registered before any server starts (from then on a
+/// `SIGHUP` no longer ends the process). Without TLS none (a `SIGHUP` ends the
+/// process, as it always did).
+fn tls_hangups(node: &Node) -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Some(tls) = node.tls.clone() else { return };
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch for SIGHUP: TLS files are reloaded only by a restart");
-            return;
-        }
-    };
+    node.tls.as_ref()?;
+    signal(SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot watch for SIGHUP: TLS files are reloaded only by a restart"))
+        .ok()
+}
+
+/// Reads the node's TLS files again at every `SIGHUP` until shutdown
+/// ([`crate::tls::NodeTls::reload`]).
+async fn reload_tls_on_hangup(node: Arc<Node>, hangups: Option<tokio::signal::unix::Signal>) {
+    let (Some(tls), Some(mut hangups)) = (node.tls.clone(), hangups) else { return };
     loop {
         tokio::select! {
             _ = node.stopping() => return,
@@ -367,6 +369,7 @@ impl Node {
         });
 
         let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
+        let hangups = tls_hangups(&node);
         let tasks = vec![
             tokio::spawn(grpc::serve(node.clone(), grpc_listener, node.shutdown.clone())),
             tokio::spawn(http::serve(node.clone(), http_listener, node.shutdown.clone())),
@@ -392,7 +395,7 @@ impl Node {
             tokio::spawn(snapshots::run(node.clone(), appended, snapshot_min_entries(&node.config))),
             tokio::spawn(leader::heartbeat(node.clone())),
             tokio::spawn(metrics::watch_leader(node.clone())),
-            tokio::spawn(reload_tls_on_hangup(node.clone())),
+            tokio::spawn(reload_tls_on_hangup(node.clone(), hangups)),
             tokio::spawn(leader::report(node.clone(), reports_rx)),
             match macvlan_parent {
                 Some(parent) => tokio::spawn(network::run(node.clone(), parent)),
