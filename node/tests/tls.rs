@@ -238,8 +238,8 @@ fn logged(c: &Cluster, id: u64, what: &str) -> usize {
 }
 
 /// An operator's CA rotation on a running cluster, each step a file change and a
-/// `SIGHUP` per node: the new CA trusted beside the old, then new certificates and the
-/// new CA alone. Every new connection uses the new files (a client trusting only the
+/// `SIGHUP` per node: the new CA trusted beside the old, then new certificates, then
+/// the new CA alone — no node refuses another on the way. Every new connection uses the new files (a client trusting only the
 /// new CA reaches each node, writes commit, a node restarted with its new files is let
 /// back in by peers that never restarted); a certificate of the old CA is refused
 /// from then on; files that fail a check are refused with the reason, and the node
@@ -287,7 +287,8 @@ async fn a_running_cluster_moves_to_a_new_ca_by_sighup() {
         }
     };
 
-    // Both CAs trusted, then the new certificates and the new CA alone.
+    // The three steps of docs/operations.md: both CAs trusted, the new certificates,
+    // the new CA alone.
     std::fs::write(&ca, [old_pem.as_slice(), new_pem.as_slice()].concat()).unwrap();
     hangup_all(&c);
     reloaded(1).await;
@@ -297,9 +298,15 @@ async fn a_running_cluster_moves_to_a_new_ca_by_sighup() {
             std::fs::copy(new_dir.join(&name), ca_dir.join(&name)).unwrap();
         }
     }
-    std::fs::write(&ca, &new_pem).unwrap();
     hangup_all(&c);
     reloaded(2).await;
+    std::fs::write(&ca, &new_pem).unwrap();
+    hangup_all(&c);
+    reloaded(3).await;
+    for id in 1..=3 {
+        let log = c.log_of(id);
+        assert!(!log.contains("connection refused (TLS)"), "no node refused another during the move: {log}");
+    }
 
     // New connections: only the new CA is needed to reach each node, and writes commit.
     let fresh = client_trusting(&[&new_pem]);
@@ -317,7 +324,7 @@ async fn a_running_cluster_moves_to_a_new_ca_by_sighup() {
     };
     assert_eq!(allocate("after-rotation").await, 201);
     let text = fresh.get(format!("{}/metrics", c.url(1))).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("berth_tls_reloads_total{result=\"ok\"} 2"), "{text}");
+    assert!(text.contains("berth_tls_reloads_total{result=\"ok\"} 3"), "{text}");
     assert!(text.contains("berth_tls_certificate_expiry_timestamp_seconds "), "{text}");
 
     // A node certificate of the old CA no longer reaches the node-only services.
@@ -332,6 +339,10 @@ async fn a_running_cluster_moves_to_a_new_ca_by_sighup() {
         Ok(ch) => InternalClient::new(ch).probe(ProbeRequest { from: 5 }).await.is_err(),
     };
     assert!(refused, "a certificate of the old CA is refused after the rotation");
+    c.eventually(Duration::from_secs(5), "node 1 says why it refused the old CA's certificate", || async {
+        c.log_of(1).contains("the client's certificate is not signed by this cluster's CA").then_some(())
+    })
+    .await;
 
     // A node restarted on its new files is let back in by peers that only reloaded,
     // and catches up.
