@@ -399,18 +399,10 @@ impl NodeTls {
         self.current.get().not_after
     }
 
-    /// What this node dials its peers' gRPC ports with: its certificate, and only a
-    /// node certificate of the CA accepted at the other end (HTTP/2 by ALPN).
-    pub fn grpc_client(&self) -> Arc<rustls::ClientConfig> {
-        let mut config = self.peer_client.clone();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Arc::new(config)
-    }
-
-    /// How this node dials its peers' replication links: its certificate, and only a
-    /// node certificate of the CA accepted at the other end.
-    pub fn link_client(&self) -> berth_raft::link::Links {
-        berth_raft::link::Links::with_tls(&self.peer_client, NODE_NAME).expect("NODE_NAME is a valid DNS name")
+    /// How this node dials its peers' gRPC ports and replication links: its
+    /// certificate, and only a node certificate of the CA accepted at the other end.
+    pub fn connections(&self) -> berth_raft::Connections {
+        berth_raft::Connections::with_tls(&self.peer_client, NODE_NAME).expect("NODE_NAME is a valid DNS name")
     }
 
     /// An HTTP client for peers' APIs (log and exec proxies): this node's certificate,
@@ -861,6 +853,11 @@ mod tests {
         Ok((shown_to_client?, shown_to_server))
     }
 
+    /// The configuration a node dials its peers with.
+    fn client_of(tls: &NodeTls) -> Arc<rustls::ClientConfig> {
+        Arc::new(tls.peer_client.clone())
+    }
+
     fn pem_cert(path: &Path) -> CertificateDer<'static> {
         CertificateDer::from_pem_file(path).unwrap()
     }
@@ -877,7 +874,7 @@ mod tests {
         let f = files(dir.path(), 1);
         let tls = NodeTls::load(&f, 1).unwrap();
         let first = pem_cert(&f.cert);
-        let (shown, as_client) = handshake(tls.http_server.clone(), tls.grpc_client()).await.unwrap();
+        let (shown, as_client) = handshake(tls.http_server.clone(), client_of(&tls)).await.unwrap();
         assert_eq!((&shown, as_client.as_ref()), (&first, Some(&first)));
 
         // The same CA, a new certificate that lives longer.
@@ -886,7 +883,7 @@ mod tests {
         let second = pem_cert(&f.cert);
         assert_ne!(first, second);
         assert!(tls.reload().unwrap() > before + 29 * 86_400);
-        let (shown, as_client) = handshake(tls.grpc_server.clone(), tls.grpc_client()).await.unwrap();
+        let (shown, as_client) = handshake(tls.grpc_server.clone(), client_of(&tls)).await.unwrap();
         assert_eq!((&shown, as_client.as_ref()), (&second, Some(&second)));
 
         // Refused: not PEM, another node's, a key that is not the certificate's. The
@@ -908,7 +905,7 @@ mod tests {
         issue(dir.path(), 1, &[], 30, dir.path(), true).unwrap();
         std::fs::copy(node_files(next.path(), 1).1, &f.key).unwrap();
         keep("does not go with", tls.reload().unwrap_err());
-        let (shown, _) = handshake(tls.http_server.clone(), tls.grpc_client()).await.unwrap();
+        let (shown, _) = handshake(tls.http_server.clone(), client_of(&tls)).await.unwrap();
         assert_eq!(shown, second, "the refused files were never used");
 
         // A new CA, as an operator rolls one out: trusted beside the old one first
@@ -924,7 +921,7 @@ mod tests {
         tls.reload().unwrap();
         // One client configuration for the old peer throughout (as a node keeps one):
         // were resumption on, its ticket from now would get it in after the rotation.
-        let old_peer_client = old_peer.grpc_client();
+        let old_peer_client = client_of(&old_peer);
         let (_, as_client) = handshake(tls.grpc_server.clone(), old_peer_client.clone()).await.unwrap();
         assert_eq!(as_client, Some(pem_cert(&files(dir.path(), 2).cert)), "the old CA's peer is let in");
         let (cert, key) = node_files(other.path(), 1);
@@ -933,7 +930,7 @@ mod tests {
         std::fs::write(&f.ca, &new_ca).unwrap();
         tls.reload().unwrap();
         let third = pem_cert(&cert);
-        let (shown, as_client) = handshake(tls.http_server.clone(), tls.grpc_client()).await.unwrap();
+        let (shown, as_client) = handshake(tls.http_server.clone(), client_of(&tls)).await.unwrap();
         assert_eq!((&shown, as_client.as_ref()), (&third, Some(&third)));
         // The old peer's certificate, by a client that trusts this node: refused here.
         let f2 = files(dir.path(), 2);
@@ -975,7 +972,7 @@ mod tests {
                 drop(tcp);
             }
         });
-        let links = Arc::new(tls.link_client());
+        let links = tls.connections().links().clone();
         for _ in 0..2 {
             match links.open(&cut_addr, within).await {
                 Some(Dial::Failed(_)) => {}

@@ -48,16 +48,18 @@ impl Connections {
         Self::default()
     }
 
-    /// Channels over TLS with `config` (the cluster CA, this node's identity; ALPN
-    /// `h2`), the peer's certificate checked for `server_name`, and replication links
-    /// dialed with `links` (TLS too).
+    /// Channels and replication links over TLS with `config` (the cluster CA, this
+    /// node's identity), the peer's certificate checked for `server_name`; each with
+    /// its own ALPN protocol (`h2`, [`crate::link::ALPN`]).
     pub fn with_tls(
-        config: Arc<rustls::ClientConfig>,
+        config: &rustls::ClientConfig,
         server_name: &str,
-        links: Links,
     ) -> Result<Self, rustls::pki_types::InvalidDnsNameError> {
+        let links = Links::with_tls(config, server_name)?;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())?;
-        let tls = ChannelTls { config, name };
+        let mut config = config.clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tls = ChannelTls { config: Arc::new(config), name };
         Ok(Connections { channels: Default::default(), tls: Some(tls), links: Arc::new(links) })
     }
 

@@ -132,14 +132,22 @@ fn leader(listener: TcpListener, mut followers: [TcpStream; 2], mut copy: Copy) 
     Ok(())
 }
 
-/// What the floor measured: seconds, and a latency per write.
-pub struct Floor {
+/// What one client measured, waiting for each answer (the floor, its hop, an HTTP
+/// round trip): seconds, and a latency per round trip.
+pub struct OneClient {
     pub secs: f64,
     pub lat: Latencies,
 }
 
+impl OneClient {
+    /// The mean round trip in µs: what the rate at one client is the inverse of.
+    pub fn cycle_us(&self) -> f64 {
+        self.secs * 1e6 / (self.lat.len() as f64).max(1.0)
+    }
+}
+
 /// Runs one client against the three threads for `secs`, their files in `dir`.
-pub fn measure(dir: &Path, secs: f64) -> Result<Floor> {
+pub fn measure(dir: &Path, secs: f64) -> Result<OneClient> {
     let listen = || TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback for the floor");
     let (f1, f2, l) = (listen()?, listen()?, listen()?);
     let addrs = [f1.local_addr()?, f2.local_addr()?, l.local_addr()?];
@@ -155,7 +163,7 @@ pub fn measure(dir: &Path, secs: f64) -> Result<Floor> {
 
 /// The floor's client round trip alone: the same 200 bytes to a thread that answers
 /// one byte at once — what the floor spends on its client's hop, for `secs`.
-pub fn hop(secs: f64) -> Result<Floor> {
+pub fn hop(secs: f64) -> Result<OneClient> {
     let l = TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback for the hop")?;
     let at = l.local_addr()?;
     run_client(at, secs, [std::thread::spawn(move || follower(l, None))])
@@ -167,7 +175,7 @@ fn run_client<const N: usize>(
     to: std::net::SocketAddr,
     secs: f64,
     threads: [std::thread::JoinHandle<io::Result<()>>; N],
-) -> Result<Floor> {
+) -> Result<OneClient> {
     let mut client = connect(to)?;
     let (mut lat, mut ack) = (Latencies::default(), [0u8; 1]);
     let t0 = Instant::now();
@@ -184,7 +192,7 @@ fn run_client<const N: usize>(
     for t in threads {
         t.join().map_err(|_| anyhow::anyhow!("a floor thread panicked"))??;
     }
-    Ok(Floor { secs, lat })
+    Ok(OneClient { secs, lat })
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ fn subnet(i: usize) -> String {
 }
 
 /// One client's `GET`s of `url` for `secs`, each waited for: the HTTP round trip alone.
-async fn http_round_trips(http: &reqwest::Client, url: &str, secs: f64) -> Result<floor::Floor> {
+async fn http_round_trips(http: &reqwest::Client, url: &str, secs: f64) -> Result<floor::OneClient> {
     let (mut lat, t0) = (Latencies::default(), Instant::now());
     let end = t0 + Duration::from_secs_f64(secs);
     while Instant::now() < end {
@@ -142,7 +142,7 @@ async fn http_round_trips(http: &reqwest::Client, url: &str, secs: f64) -> Resul
         }
         lat.push(t.elapsed());
     }
-    Ok(floor::Floor { secs: t0.elapsed().as_secs_f64(), lat })
+    Ok(floor::OneClient { secs: t0.elapsed().as_secs_f64(), lat })
 }
 
 async fn berth_level(
@@ -358,11 +358,8 @@ pub async fn run(levels: &[usize], secs: f64, vs_etcd: bool, stages: Option<&std
                 }));
             }
             // Mean cycles in µs: what the throughput at one client is the inverse of.
-            let cycle = |ops: f64, secs: f64| secs * 1e6 / ops.max(1.0);
-            let (a_us, b_us) = (cycle(a.ops as f64, a.secs), cycle(b.ops as f64, b.secs));
-            let f_us = cycle(f.lat.len() as f64, f.secs);
-            let (hop_us, http_us) =
-                (cycle(hop.lat.len() as f64, hop.secs), cycle(http_rt.lat.len() as f64, http_rt.secs));
+            let (a_us, b_us) = (1e6 / per_s(a).max(f64::MIN_POSITIVE), 1e6 / per_s(&b).max(f64::MIN_POSITIVE));
+            let (f_us, hop_us, http_us) = (f.cycle_us(), hop.cycle_us(), http_rt.cycle_us());
             let ceiling_us = f_us - hop_us + http_us;
             Some(json!({
                 "floor_ratio": round(a_us / f_us, 2),

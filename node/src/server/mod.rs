@@ -286,8 +286,7 @@ impl Node {
         })?;
         let state = sm.handle();
         let connections = Arc::new(match &tls {
-            Some(t) => Connections::with_tls(t.grpc_client(), crate::tls::NODE_NAME, t.link_client())
-                .expect("NODE_NAME is a valid DNS name"),
+            Some(t) => t.connections(),
             None => Connections::new(),
         });
         let http_client = match &tls {
